@@ -1,0 +1,48 @@
+# radlake — the two commands a newcomer runs: `make demo` and `make test`.
+# Prerequisites: Python 3.11+, Java 17+, make. Everything else is installed by `make setup`
+# into .venv (pinned by constraints.txt) and, once, the Delta Lake jars beside it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO_DIR ?= .radlake/demo-archive
+DEMO_STUDIES ?= 12
+PYTEST_ARGS ?=
+
+.PHONY: setup check-prereqs demo test bench lint clean clean-all
+
+setup: check-prereqs $(VENV)/.radlake-installed $(VENV)/share/radlake/jars/COORDINATE
+
+check-prereqs:
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else "radlake needs Python 3.11+, found %d.%d (set PYTHON=python3.x)" % v[:2])'
+	@command -v java >/dev/null 2>&1 || { echo "radlake needs Java 17+ (java not found on PATH)"; exit 1; }
+	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); if (v[1] < 17) { print "radlake needs Java 17+, found " $$2; exit 1 } }'
+
+# The venv is rebuilt when the pins or the project metadata change.
+$(VENV)/.radlake-installed: constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" -c constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $@
+
+# Delta Lake jars for the installed pyspark/delta-spark, from ~/.m2 or Maven Central (once).
+$(VENV)/share/radlake/jars/COORDINATE: $(VENV)/.radlake-installed
+	$(BIN)/radlake setup-jars
+
+demo: setup
+	$(BIN)/python -m radlake.demo --out $(DEMO_DIR) --studies $(DEMO_STUDIES)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/python -m ruff check lib tests jobs bench
+
+clean:
+	rm -rf .radlake .pytest_cache
+
+clean-all: clean
+	rm -rf $(VENV)

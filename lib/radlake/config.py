@@ -1,0 +1,298 @@
+"""Typed configuration: one pydantic schema for every setting, YAML files per environment.
+
+A configuration is chosen by name or path (``--conf local``, ``--conf dev``,
+``--conf conf/prod.yml``) and any key can be overridden on the command line with
+``--set section.key=value`` (the value is parsed as YAML, so ``3`` is an int,
+``true`` a bool and ``[1, 2]`` a list). Unknown keys and wrong types raise
+:class:`~radlake.errors.ConfigError` naming the key, before any Spark work starts.
+
+Relative paths in ``storage`` are resolved against the current working directory,
+so ``make demo`` run from the repository keeps everything under ``./.radlake``.
+
+Examples
+--------
+>>> cfg = load_config("local", overrides=["storage.root=/tmp/radlake-doc"])
+>>> cfg.storage.warehouse_dir
+PosixPath('/tmp/radlake-doc/warehouse')
+>>> cfg.mlflow.resolved_tracking_uri()
+'sqlite:////tmp/radlake-doc/mlflow.db'
+
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from radlake.errors import ConfigError
+from radlake.synth import SynthConfig
+
+#: Environment variable naming the folder that holds ``<name>.yml`` configurations.
+CONF_DIR_ENV = "RADLAKE_CONF_DIR"
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    """Where tables, caches and local state live.
+
+    Locally (``catalog`` unset) every table is a path-based Delta table under
+    ``warehouse_dir``. On Databricks ``catalog`` and ``schema`` name the Unity
+    Catalog schema and tables are ``catalog.schema.table``.
+    """
+
+    root: Path = Field(Path(".radlake"), description="Local state folder (relative to the working directory).")
+    warehouse: Path | None = Field(None, description="Delta tables folder; default <root>/warehouse.")
+    catalog: str | None = Field(None, description="Unity Catalog catalog; unset locally.")
+    schema_: str = Field("radlake", alias="schema", description="Schema (database) of the tables.")
+    volume: str | None = Field(
+        None, description="Unity Catalog Volume path for caches and exports, e.g. /Volumes/main/radlake/work."
+    )
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @property
+    def root_dir(self) -> Path:
+        """Absolute local state folder."""
+        return Path(os.path.abspath(self.root))
+
+    @property
+    def warehouse_dir(self) -> Path:
+        """Absolute folder of the path-based Delta tables (local mode)."""
+        return Path(os.path.abspath(self.warehouse)) if self.warehouse else self.root_dir / "warehouse"
+
+    @property
+    def work_dir(self) -> Path:
+        """Folder for caches and exports: the Volume on Databricks, ``<root>`` locally."""
+        return Path(self.volume) if self.volume else self.root_dir
+
+
+class TablesConfig(_Section):
+    """Physical table name of each logical table (see :class:`radlake.tables.Table`)."""
+
+    instances: str = "instances"
+    series: str = "series"
+    images: str = "images"
+    quarantine: str = "quarantine"
+
+
+class MlflowConfig(_Section):
+    """MLflow tracking and registry.
+
+    Unset URIs mean the embedded default: a sqlite store ``<root>/mlflow.db`` with
+    artifacts under ``<root>/mlartifacts``. On Databricks use ``databricks`` and
+    ``databricks-uc``.
+    """
+
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    experiment: str = "radlake"
+    artifact_location: str | None = Field(
+        None, description="Artifact root of new experiments; default <root>/mlartifacts locally."
+    )
+
+    def resolved_tracking_uri(self, storage: StorageConfig | None = None) -> str:
+        """The tracking URI to use: the configured one or the local sqlite default."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        root = (storage or StorageConfig()).root_dir
+        return f"sqlite:///{root / 'mlflow.db'}"
+
+
+class ModelsConfig(_Section):
+    """Registered model names (three-level ``catalog.schema.name`` on Unity Catalog)."""
+
+    vertebra: str = "vertebra_detector"
+    schmorl: str = "schmorl_detector"
+
+
+class SparkConfig(_Section):
+    """Settings of the local Spark session; ignored on Databricks, where the cluster decides."""
+
+    master: str = "local[*]"
+    driver_memory: str = Field("4g", pattern=r"^\d+[kmgt]?$")
+    shuffle_partitions: int = Field(8, ge=1)
+    arrow_batch_size: int = Field(1024, ge=1, description="spark.sql.execution.arrow.maxRecordsPerBatch")
+    extra: dict[str, str] = Field(default_factory=dict, description="Any other spark.* settings.")
+    jars_dir: Path | None = Field(
+        None, description="Delta Lake jars folder; default <python prefix>/share/radlake/jars (filled by make setup)."
+    )
+
+    @property
+    def resolved_jars_dir(self) -> Path:
+        """Folder of the Delta jars: beside the installed packages, so they match pyspark's version."""
+        return Path(os.path.abspath(self.jars_dir)) if self.jars_dir else Path(sys.prefix) / "share" / "radlake" / "jars"
+
+
+class RadlakeConfig(_Section):
+    """The whole configuration of one environment."""
+
+    environment: Literal["local", "dev", "prod", "test"] = "local"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tables: TablesConfig = Field(default_factory=TablesConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+
+def find_config_file(name_or_path: str | os.PathLike[str]) -> Path | None:
+    """Locate a configuration by path or by environment name.
+
+    Parameters
+    ----------
+    name_or_path
+        A path to a YAML file, or a name such as ``local`` looked up as
+        ``<name>.yml`` in ``$RADLAKE_CONF_DIR`` and then ``./conf``.
+
+    Returns
+    -------
+    Path | None
+        The file, or ``None`` for the name ``local`` when no file exists (the
+        schema's defaults are the local configuration).
+
+    Raises
+    ------
+    ConfigError
+        If a path or a name other than ``local`` names no file.
+    """
+    text = os.fspath(name_or_path)
+    candidate = Path(text)
+    if candidate.suffix in {".yml", ".yaml"} or os.sep in text:
+        if not candidate.is_file():
+            raise ConfigError(f"Configuration file '{text}' does not exist.")
+        return candidate
+    folders = [Path(os.environ[CONF_DIR_ENV])] if os.environ.get(CONF_DIR_ENV) else []
+    folders.append(Path("conf"))
+    for folder in folders:
+        for suffix in (".yml", ".yaml"):
+            path = folder / f"{text}{suffix}"
+            if path.is_file():
+                return path
+    if text == "local":
+        return None
+    searched = ", ".join(str(f) for f in folders)
+    raise ConfigError(f"No configuration named '{text}' (looked for {text}.yml in {searched}).")
+
+
+def load_config(
+    name_or_path: str | os.PathLike[str] = "local",
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RadlakeConfig:
+    """Load and validate a configuration, then apply ``key=value`` overrides.
+
+    Parameters
+    ----------
+    name_or_path
+        Environment name (``local``, ``dev``, ``prod``) or YAML file path.
+    overrides
+        ``dotted.key=value`` strings; values are parsed as YAML.
+
+    Returns
+    -------
+    RadlakeConfig
+
+    Raises
+    ------
+    ConfigError
+        If the file is not valid YAML, names an unknown key, or a value has the
+        wrong type; the message names the key.
+    """
+    path = find_config_file(name_or_path)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Configuration file '{path}' is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"Configuration file '{path}' must hold a mapping, got {type(loaded).__name__}.")
+        data = loaded or {}
+    source = str(path) if path else "built-in defaults"
+    for item in overrides:
+        key, value = _parse_override(item)
+        _check_key(key)
+        _set_dotted(data, key, value)
+    try:
+        return RadlakeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, source)) from exc
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"Override '{item}' must look like section.key=value.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Override '{item}': value is not valid YAML: {exc}") from exc
+    return key, value
+
+
+def _check_key(dotted: str) -> None:
+    """Raise ConfigError naming ``dotted`` if it is not a key of the schema."""
+    model: type[BaseModel] | None = RadlakeConfig
+    walked: list[str] = []
+    for part in dotted.split("."):
+        if model is None:  # below a free-form mapping (e.g. spark.extra.<any spark key>)
+            return
+        fields = _field_names(model)
+        if part not in fields:
+            hint = difflib.get_close_matches(part, list(fields), n=1)
+            where = ".".join(walked) or "the top level"
+            suggestion = f" (did you mean '{'.'.join([*walked, hint[0]])}'?)" if hint else ""
+            known = ", ".join(sorted(fields))
+            raise ConfigError(
+                f"Unknown config key '{dotted}': '{part}' is not a key of {where}{suggestion}. Known keys: {known}."
+            )
+        walked.append(part)
+        model = fields[part]
+
+
+def _field_names(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    names: dict[str, type[BaseModel] | None] = {}
+    for name, field in model.model_fields.items():
+        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        names[field.alias or name] = sub
+    return names
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"Invalid configuration ({source}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown config key '{key}'")
+        else:
+            lines.append(f"  '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_as_yaml(config: RadlakeConfig) -> str:
+    """Render a configuration as YAML, with every default filled in."""
+    return yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False)

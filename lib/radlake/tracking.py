@@ -1,0 +1,57 @@
+"""MLflow set-up: tracking and registry URIs, and the experiment, from the configuration.
+
+Locally the embedded default is a sqlite store ``<storage.root>/mlflow.db`` with artifacts
+under ``<storage.root>/mlartifacts`` (MLflow 3 refuses a plain file store). On Databricks the
+configuration says ``databricks`` / ``databricks-uc`` and experiments are workspace paths.
+
+Example
+-------
+>>> from radlake.config import load_config
+>>> cfg = load_config(overrides=["storage.root=/tmp/rl-doc"])
+>>> experiment_id = configure_mlflow(cfg)          # doctest: +SKIP
+>>> print(ui_command(cfg))
+mlflow ui --backend-store-uri sqlite:////tmp/rl-doc/mlflow.db --port 5000
+
+"""
+
+from __future__ import annotations
+
+import mlflow
+
+from radlake.config import RadlakeConfig
+
+
+def configure_mlflow(config: RadlakeConfig) -> str:
+    """Point MLflow at the configured stores and make sure the experiment exists.
+
+    Parameters
+    ----------
+    config
+        Supplies ``mlflow.*`` and, for the local default, ``storage.root``.
+
+    Returns
+    -------
+    str
+        The experiment id (also set as the active experiment).
+    """
+    mc = config.mlflow
+    tracking_uri = mc.resolved_tracking_uri(config.storage)
+    if tracking_uri.startswith("sqlite:///"):
+        config.storage.root_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(mc.registry_uri or tracking_uri)
+    experiment = mlflow.get_experiment_by_name(mc.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        artifact_location = mc.artifact_location
+        if artifact_location is None and not mc.tracking_uri:
+            artifact_location = (config.storage.root_dir / "mlartifacts").as_uri()
+        experiment_id = mlflow.create_experiment(mc.experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def ui_command(config: RadlakeConfig, *, port: int = 5000) -> str:
+    """The shell command that opens the MLflow UI on this configuration's tracking store."""
+    return f"mlflow ui --backend-store-uri {config.mlflow.resolved_tracking_uri(config.storage)} --port {port}"
