@@ -67,6 +67,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes to generate studies in parallel")
     p.set_defaults(func=_cmd_synth)
 
+    p = sub.add_parser(
+        "ingest",
+        parents=[common],
+        help="ingest a DICOM archive into the Delta tables (incremental)",
+        description="Turn a DICOM archive (folders, .zip, .tar, .tar.gz) into the instances, series, "
+        "images and quarantine Delta tables. Re-runs only ingest files that are new or changed.",
+    )
+    p.add_argument("--archive", help="archive folder, Volume path or URI (default: ingest.archive)")
+    p.add_argument("--summary-json", help="also write the run summary as JSON to this file")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="the pipeline end to end on a synthetic archive (what make demo runs)",
+    )
+    p.add_argument("--out", required=True, help="folder of the synthetic archive (reused when already written)")
+    p.add_argument("--studies", type=int, help="number of synthetic studies")
+    p.add_argument("--workers", type=int, default=2, help="processes for the synthetic archive")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("tables", parents=[common], help="list radlake's Delta tables with location and version")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_tables)
@@ -76,7 +97,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser(
-        "setup-jars", parents=[common], help="fetch the Delta Lake jars beside the installed pyspark (make setup runs this)"
+        "setup-jars",
+        parents=[common],
+        help="fetch the Delta Lake jars beside the installed pyspark (make setup runs this)",
     )
     p.set_defaults(func=_cmd_setup_jars)
     return parser
@@ -97,13 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
     """Command flags that are shorthands for configuration keys (validated with the rest)."""
-    if args.command != "synth":
+    if args.command not in {"synth", "demo"}:
         return []
     pairs = {
         "synth.studies": args.studies,
-        "synth.seed": args.seed,
-        "synth.image_size": args.image_size,
-        "synth.zip_fraction": args.zip_fraction,
+        "synth.seed": getattr(args, "seed", None),
+        "synth.image_size": getattr(args, "image_size", None),
+        "synth.zip_fraction": getattr(args, "zip_fraction", None),
     }
     return [f"{key}={value}" for key, value in pairs.items() if value is not None]
 
@@ -116,6 +139,24 @@ def _cmd_synth(args: argparse.Namespace, config: RadlakeConfig) -> int:
         f"Wrote {summary.n_files} DICOM instances for {summary.n_studies} studies "
         f"({summary.n_zip_files} zip files) to {summary.out_dir}; labels: {summary.labels_path}"
     )
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.ingest.job import run_ingest, write_summary
+    from radlake.spark import get_spark
+
+    summary = run_ingest(get_spark(config), config, archive=args.archive)
+    print(json.dumps(summary.as_dict(), indent=2))
+    if args.summary_json:
+        write_summary(summary, args.summary_json)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.workflow.demo import run_demo
+
+    run_demo(config, out=args.out, workers=args.workers)
     return 0
 
 

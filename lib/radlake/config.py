@@ -84,6 +84,40 @@ class TablesConfig(_Section):
     series: str = "series"
     images: str = "images"
     quarantine: str = "quarantine"
+    ingest_files: str = "ingest_files"
+
+
+class DeidConfig(_Section):
+    """De-identification (PS3.15 Basic Profile, UIDs retained); on by default.
+
+    The HMAC key that turns PatientID and AccessionNumber into pseudonyms comes from
+    the environment variable ``key_env`` locally, and from the Databricks secret
+    ``secret_scope``/``secret_key`` on Databricks.
+    """
+
+    enabled: bool = True
+    key_env: str = "RADLAKE_DEID_KEY"
+    secret_scope: str | None = None
+    secret_key: str | None = None
+
+
+class IngestConfig(_Section):
+    """The DICOM → Delta ingestion job."""
+
+    archive: str | None = Field(None, description="Folder, Volume path or URI of the DICOM archive.")
+    image_rule: str = Field(
+        "modality = 'MR' AND plane = 'SAGITTAL'",
+        description="Spark SQL predicate on the instances columns choosing which instances get decoded into images.",
+    )
+    oblique_tolerance_deg: float = Field(
+        30.0, gt=0, lt=90, description="Normal-to-axis angle beyond which a plane is OBLIQUE."
+    )
+    max_decoded_bytes: int = Field(1 << 30, ge=1, description="A file whose decoded pixels exceed this is quarantined.")
+    max_member_bytes: int = Field(2 << 30, ge=1, description="Largest archive member read into memory.")
+    max_header_json_bytes: int = Field(65536, ge=1024, description="Cap of the header DICOM JSON per instance.")
+    partition_bytes: int = Field(64 << 20, ge=1 << 20, description="Target stored bytes per Spark task.")
+    partition_files: int = Field(2000, ge=1, description="Most files per Spark task.")
+    deid: DeidConfig = Field(default_factory=DeidConfig)
 
 
 class MlflowConfig(_Section):
@@ -131,7 +165,9 @@ class SparkConfig(_Section):
     @property
     def resolved_jars_dir(self) -> Path:
         """Folder of the Delta jars: beside the installed packages, so they match pyspark's version."""
-        return Path(os.path.abspath(self.jars_dir)) if self.jars_dir else Path(sys.prefix) / "share" / "radlake" / "jars"
+        return (
+            Path(os.path.abspath(self.jars_dir)) if self.jars_dir else Path(sys.prefix) / "share" / "radlake" / "jars"
+        )
 
 
 class RadlakeConfig(_Section):
@@ -143,6 +179,7 @@ class RadlakeConfig(_Section):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
 
 
@@ -265,7 +302,9 @@ def _check_key(dotted: str) -> None:
 def _field_names(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
     names: dict[str, type[BaseModel] | None] = {}
     for name, field in model.model_fields.items():
-        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        sub = (
+            field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        )
         names[field.alias or name] = sub
     return names
 

@@ -24,7 +24,10 @@ from radlake.config import RadlakeConfig
 from radlake.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 
 class Table(str, Enum):
@@ -38,6 +41,8 @@ class Table(str, Enum):
     """Decoded 2D frames used for training and scoring."""
     QUARANTINE = "quarantine"
     """Files or instances that could not be ingested, with the stage and reason."""
+    INGEST_FILES = "ingest_files"
+    """Ledger of stored files already ingested (location, size, modification time), written last."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,44 @@ class TableRef:
         from delta.tables import DeltaTable
 
         return DeltaTable.forName(spark, self.name) if self.name else DeltaTable.forPath(spark, self.path)
+
+    def ensure(self, spark: SparkSession, schema: StructType) -> None:
+        """Create the table empty with ``schema`` if it does not exist yet (a no-op otherwise)."""
+        from delta.tables import DeltaTable
+
+        builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
+        builder = builder.tableName(self.name) if self.name else builder.location(self.path)
+        builder.execute()
+
+    def merge(
+        self,
+        spark: SparkSession,
+        source: DataFrame,
+        *,
+        keys: Sequence[str],
+        update_columns: Sequence[str] | None = None,
+        insert: bool = True,
+        schema: StructType | None = None,
+    ) -> None:
+        """Delta MERGE of ``source`` into the table on ``keys``: insert new rows, optionally update some columns.
+
+        Idempotent: merging the same rows twice leaves one copy, so a run killed halfway
+        and started again duplicates nothing. ``schema`` creates the table first if missing.
+
+        Example::
+
+            ref.merge(spark, new_rows, keys=["sop_instance_uid"])                     # insert-only
+            ref.merge(spark, stacks, keys=["series_key"], update_columns=["slices"])  # upsert
+        """
+        if schema is not None:
+            self.ensure(spark, schema)
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        builder = self.delta_table(spark).alias("t").merge(source.alias("s"), condition)
+        if update_columns:
+            builder = builder.whenMatchedUpdate(set={c: f"s.`{c}`" for c in update_columns})
+        if insert:
+            builder = builder.whenNotMatchedInsertAll()
+        builder.execute()
 
 
 def table_ref(config: RadlakeConfig, table: Table | str) -> TableRef:
