@@ -1,0 +1,105 @@
+"""Shared by the benchmarks: result files, timing and process-tree memory sampling (Linux /proc)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(os.environ.get("RADLAKE_BENCH_DIR", Path(__file__).resolve().parents[1] / ".radlake" / "bench"))
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_result(name: str, result: dict) -> dict:
+    """Print ``result`` as JSON and keep it as ``bench/results/<name>.json``."""
+    result = {"benchmark": name, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), **result}
+    result.setdefault("machine", machine())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2, sort_keys=False)
+    (RESULTS / f"{name}.json").write_text(text + "\n")
+    print(text)
+    return result
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        kids: list[int] = []
+        for task in tasks:
+            text = (task / "children").read_text().split()
+            kids.extend(int(k) for k in text)
+        return kids
+    except OSError:
+        return []
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class TreeMemory:
+    """Samples the resident memory of this process and all its descendants (the JVM, Python workers).
+
+    ``peak_bytes`` is the largest sum seen; ``peak_by_name`` the largest RSS per process name
+    (e.g. ``java`` is Spark's driver and, in local mode, its executors).
+    """
+
+    def __init__(self, interval_s: float = 0.2, root: int | None = None) -> None:
+        self.interval_s = interval_s
+        self.root = root or os.getpid()
+        self.peak_bytes = 0
+        self.peak_by_name: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids, frontier = [self.root], [self.root]
+            while frontier:
+                frontier = [kid for pid in frontier for kid in _children(pid)]
+                pids.extend(frontier)
+            total = 0
+            by_name: dict[str, int] = {}
+            for pid in pids:
+                rss = _rss_bytes(pid)
+                total += rss
+                try:
+                    name = Path(f"/proc/{pid}/comm").read_text().strip()
+                except OSError:
+                    continue
+                by_name[name] = by_name.get(name, 0) + rss
+            self.peak_bytes = max(self.peak_bytes, total)
+            for name, rss in by_name.items():
+                self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), rss)
+            self._stop.wait(self.interval_s)
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,220 @@
+"""The work that runs on the executors, one Arrow batch at a time (``mapInArrow``).
+
+Two passes, each a plain function of Arrow record batches so that Spark ships it to
+the Python workers and a test can call it without Spark:
+
+- :func:`header_pass`: stored file → (archive members →) de-identified header,
+  promoted columns and DICOM JSON, or a quarantine record. Reads with
+  ``stop_before_pixels``; nothing is decoded.
+- :func:`pixel_pass`: selected instances → one decoded frame per row, compactly
+  encoded, or a quarantine record. Frames are decoded one at a time and a file
+  whose decoded size would exceed the limit is refused before decoding.
+
+Neither raises on bad input: every failure becomes a row with its stage, error
+class and message, so one bad file never fails the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from radlake.ingest import schema as S
+
+#: Rows buffered before an Arrow batch is yielded (header pass) and bytes (pixel pass).
+HEADER_BATCH_ROWS = 512
+PIXEL_BATCH_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class HeaderSettings:
+    """What the header pass needs, shipped to every executor with the function."""
+
+    deid_key: bytes | None
+    max_member_bytes: int
+    max_header_json_bytes: int
+    oblique_tolerance_deg: float
+
+
+def _quiet_pydicom() -> None:
+    """Executors read real-world files: report bad values as NULL columns, not as log warnings."""
+    import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+def _arrow_schema(struct) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(struct)
+
+
+def _failure_fields(failure) -> dict[str, Any]:
+    stage = getattr(failure.stage, "value", failure.stage)
+    return {"stage": str(stage), "error_class": failure.error_class, "error_message": failure.message}
+
+
+def header_pass(batches: Iterator[pa.RecordBatch], settings: HeaderSettings) -> Iterator[pa.RecordBatch]:
+    """Parse every stored file of the input batches (columns ``path``, ``file_size``, ``modification_time``).
+
+    Yields record batches of :data:`radlake.ingest.schema.HEADER_RESULT`, one row per
+    archive member or file: ``kind`` is ``instance``, ``failure`` or ``skipped``
+    (a DICOMDIR, which indexes files but is not an instance).
+    """
+    from radlake.dicom.deid import Deidentifier
+
+    _quiet_pydicom()
+    out_schema = _arrow_schema(S.HEADER_RESULT)
+    deid = Deidentifier(settings.deid_key) if settings.deid_key is not None else None
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        for record in batch.to_pylist():
+            rows.extend(_header_rows(record, deid, settings))
+            if len(rows) >= HEADER_BATCH_ROWS:
+                yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+                rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+
+
+def _header_rows(record: dict[str, Any], deid, settings: HeaderSettings) -> Iterator[dict[str, Any]]:
+    from radlake.dicom.header import parse_header
+    from radlake.dicom.sources import Failure, Stage, iter_members, read_bytes
+
+    source = {k: record[k] for k in ("path", "file_size", "modification_time")}
+    try:
+        data = read_bytes(record["path"])
+    except Exception as exc:  # noqa: BLE001 - any read error is this file's failure, not the job's
+        yield {
+            "kind": "failure",
+            **source,
+            "member": None,
+            **_failure_fields(Failure.from_exception(Stage.SOURCE, exc)),
+        }
+        return
+    for item in iter_members(record["path"], data, max_member_bytes=settings.max_member_bytes):
+        base = {**source, "member": item.member}
+        if item.error is not None:
+            yield {"kind": "failure", **base, **_failure_fields(item.error)}
+            continue
+        digest = hashlib.sha256(item.data).hexdigest()
+        result = parse_header(
+            item.data,
+            deid=deid,
+            max_json_bytes=settings.max_header_json_bytes,
+            oblique_tolerance_deg=settings.oblique_tolerance_deg,
+        )
+        base.update(content_sha256=digest, instance_size=len(item.data))
+        if result.error is not None:
+            yield {"kind": "failure", **base, **_failure_fields(result.error)}
+        elif result.is_dicomdir:
+            yield {"kind": "skipped", **base}
+        else:
+            yield {
+                "kind": "instance",
+                **base,
+                **result.columns,
+                "frame_positions": result.frame_positions,
+                "header_json": result.header_json,
+                "header_json_truncated": result.header_json_truncated,
+            }
+
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """What the pixel pass needs, shipped to every executor with the function."""
+
+    max_member_bytes: int
+    max_decoded_bytes: int
+
+
+def pixel_pass(batches: Iterator[pa.RecordBatch], settings: PixelSettings) -> Iterator[pa.RecordBatch]:
+    """Decode the selected instances of the input batches into frames.
+
+    Input columns: ``path``, ``member``, ``content_sha256``, ``sop_instance_uid``,
+    ``series_key``, ``study_instance_uid``, ``series_instance_uid``, ``plane``,
+    ``pixel_spacing`` and ``slice_indices`` (slice index in the ordered stack of
+    each frame, by frame index). Rows of one stored file should be adjacent: a
+    zip/tar file is then opened once for all its members.
+
+    Yields record batches of :data:`radlake.ingest.schema.PIXEL_RESULT`.
+    """
+    _quiet_pydicom()
+    out_schema = _arrow_schema(S.PIXEL_RESULT)
+    rows: list[dict[str, Any]] = []
+    size = 0
+    for batch in batches:
+        records = batch.to_pylist()
+        for row in _pixel_rows(records, settings):
+            rows.append(row)
+            size += len(row.get("pixels") or b"")
+            if size >= PIXEL_BATCH_BYTES:
+                yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+                rows, size = [], 0
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+
+
+def _pixel_rows(records: list[dict[str, Any]], settings: PixelSettings) -> Iterator[dict[str, Any]]:
+    from radlake.dicom.sources import Failure, Stage, iter_members, read_bytes
+
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_path.setdefault(record["path"], []).append(record)
+    for path, wanted in by_path.items():
+        try:
+            data = read_bytes(path)
+        except Exception as exc:  # noqa: BLE001
+            failure = Failure.from_exception(Stage.SOURCE, exc)
+            for record in wanted:
+                yield _pixel_failure(record, failure)
+            continue
+        if all(r["member"] is None for r in wanted):
+            members = {None: data}
+        else:
+            names = {r["member"] for r in wanted}
+            members = {
+                item.member: item.data
+                for item in iter_members(path, data, max_member_bytes=settings.max_member_bytes)
+                if item.member in names and item.error is None
+            }
+        for record in wanted:
+            content = members.get(record["member"])
+            if content is None or hashlib.sha256(content).hexdigest() != record["content_sha256"]:
+                failure = Failure(Stage.PIXELS, "SourceChanged", "the stored file no longer holds this instance")
+                yield _pixel_failure(record, failure)
+                continue
+            yield from _decode_instance(record, content, settings)
+
+
+def _decode_instance(record: dict[str, Any], content: bytes, settings: PixelSettings) -> Iterator[dict[str, Any]]:
+    from radlake.dicom.pixels import decode_frames, encode_pixels
+
+    slice_indices = record.get("slice_indices") or []
+    for frame in decode_frames(content, max_decoded_bytes=settings.max_decoded_bytes):
+        if frame.error is not None:
+            yield _pixel_failure(record, frame.error, frame_index=frame.frame_index)
+            continue
+        buf, dtype = encode_pixels(frame.pixels)
+        height, width = frame.pixels.shape
+        index = frame.frame_index
+        yield {
+            "kind": "image",
+            **{k: record[k] for k in ("sop_instance_uid", "series_key", "study_instance_uid", "series_instance_uid")},
+            **{k: record[k] for k in ("plane", "pixel_spacing", "path", "member", "content_sha256")},
+            "frame_index": index,
+            "slice_index": slice_indices[index] if index < len(slice_indices) else None,
+            "height": int(height),
+            "width": int(width),
+            "dtype": dtype,
+            "pixels": buf,
+        }
+
+
+def _pixel_failure(record: dict[str, Any], failure, frame_index: int | None = None) -> dict[str, Any]:
+    keep = ("sop_instance_uid", "path", "member", "content_sha256")
+    return {"kind": "failure", **{k: record[k] for k in keep}, "frame_index": frame_index, **_failure_fields(failure)}

@@ -1,0 +1,417 @@
+"""The ingestion job: a DICOM archive → the ``instances``, ``series``, ``images`` and ``quarantine`` Delta tables.
+
+Order of work, chosen so that a run killed at any point and started again loses
+nothing and duplicates nothing:
+
+1. list the archive; skip files in the ``ingest_files`` ledger with the same size
+   and modification time;
+2. header pass on the executors (tasks balanced by bytes) → new instances are
+   MERGEd on ``sop_instance_uid`` (insert only), failures and conflicts on
+   ``quarantine_id``;
+3. the stacks of every series touched are rebuilt from the whole ``instances``
+   table and MERGEd on ``series_key``;
+4. pixel pass over the instances chosen by ``ingest.image_rule`` that have no
+   image yet and no pixel failure — taken from the tables, not from this run, so
+   a rerun finishes what a killed run left — MERGEd on (``sop_instance_uid``,
+   ``frame_index``);
+5. the ledger is written last.
+
+Example
+-------
+>>> from radlake.config import load_config
+>>> from radlake.spark import get_spark
+>>> cfg = load_config()                                          # doctest: +SKIP
+>>> summary = run_ingest(get_spark(cfg), cfg, archive="archive/")  # doctest: +SKIP
+>>> summary.new_instances                                         # doctest: +SKIP
+300
+
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyspark import StorageLevel
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+from radlake import __version__
+from radlake.config import RadlakeConfig
+from radlake.errors import ConfigError
+from radlake.ingest import schema as S
+from radlake.ingest.executors import HeaderSettings, PixelSettings, header_pass, pixel_pass
+from radlake.ingest.listing import list_archive, pack_tasks
+from radlake.ingest.series import build_series, series_key_column
+from radlake.spark import on_databricks
+from radlake.tables import Table, table_ref
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """What one ingest run did. Counts are of this run; ``series`` is the table's total."""
+
+    run_id: str
+    archive: str
+    files_seen: int
+    files_unchanged: int
+    files_ingested: int
+    new_instances: int
+    unchanged_instances: int
+    quarantined: int
+    conflicts: int
+    dicomdir_skipped: int
+    series: int
+    new_images: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_deid_key(config: RadlakeConfig) -> bytes | None:
+    """The HMAC key for pseudonyms, or ``None`` when de-identification is off.
+
+    On Databricks it is the secret ``ingest.deid.secret_scope``/``secret_key``. Locally it
+    is the environment variable ``ingest.deid.key_env``; if that is unset, a random key is
+    created once in ``<storage.root>/deid.key`` (mode 600) so that pseudonyms stay the same
+    across runs on this machine, with a warning to set the variable for shared archives.
+
+    Raises
+    ------
+    ConfigError
+        On Databricks without a configured secret.
+    """
+    deid = config.ingest.deid
+    if not deid.enabled:
+        return None
+    if deid.secret_scope and deid.secret_key and on_databricks():
+        from databricks.sdk.runtime import dbutils  # only available on Databricks
+
+        return dbutils.secrets.get(deid.secret_scope, deid.secret_key).encode()
+    value = os.environ.get(deid.key_env)
+    if value:
+        return value.encode()
+    if on_databricks():
+        raise ConfigError(
+            "De-identification needs a key on Databricks: set ingest.deid.secret_scope and ingest.deid.secret_key."
+        )
+    key_file = config.storage.root_dir / "deid.key"
+    if not key_file.is_file():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(os.urandom(32).hex())
+        warnings.warn(
+            f"{deid.key_env} is not set: created a local pseudonymisation key in {key_file}. "
+            f"Set {deid.key_env} to share pseudonyms between machines.",
+            stacklevel=2,
+        )
+    return key_file.read_text().strip().encode()
+
+
+def check_image_rule(spark: SparkSession, rule: str) -> None:
+    """Raise ConfigError naming ``ingest.image_rule`` if it is not a valid predicate on ``instances``."""
+    try:
+        spark.createDataFrame([], S.INSTANCES).where(F.expr(rule)).schema  # noqa: B018 - analysis only
+    except Exception as exc:  # noqa: BLE001 - Spark raises parse and analysis errors of several classes
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"ingest.image_rule {rule!r} is not a valid predicate on instances: {first}") from exc
+
+
+def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | None = None) -> IngestSummary:
+    """Ingest ``archive`` (or ``ingest.archive``) incrementally into the Delta tables.
+
+    Raises
+    ------
+    ConfigError
+        If no archive is given or the image rule is invalid.
+    radlake.ingest.listing.ArchiveNotFoundError
+        If a local archive path does not exist.
+    """
+    started = time.perf_counter()
+    archive = archive or config.ingest.archive
+    if not archive:
+        raise ConfigError("No archive given: pass --archive or set ingest.archive.")
+    ic = config.ingest
+    check_image_rule(spark, ic.image_rule)
+    deid_key = resolve_deid_key(config)
+    listed = list_archive(spark, archive)
+
+    refs = {t: table_ref(config, t) for t in Table}
+    for table, struct in (
+        (Table.INSTANCES, S.INSTANCES),
+        (Table.SERIES, S.SERIES),
+        (Table.IMAGES, S.IMAGES),
+        (Table.QUARANTINE, S.QUARANTINE),
+        (Table.INGEST_FILES, S.INGEST_FILES),
+    ):
+        refs[table].ensure(spark, struct)
+    run_id = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    run_columns = {"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now), "radlake_version": F.lit(__version__)}
+
+    # 1. What is new since the ledger.
+    ledger = refs[Table.INGEST_FILES].read(spark).select("path", "file_size", "modification_time")
+    new_files = listed.join(ledger, ["path", "file_size", "modification_time"], "left_anti")
+    files = new_files.collect()  # metadata only: path, size, time
+    files_seen = listed.count()
+
+    # 2. Header pass.
+    header_settings = HeaderSettings(
+        deid_key=deid_key,
+        max_member_bytes=ic.max_member_bytes,
+        max_header_json_bytes=ic.max_header_json_bytes,
+        oblique_tolerance_deg=ic.oblique_tolerance_deg,
+    )
+    min_tasks = 2 * spark.sparkContext.defaultParallelism
+    assignment = pack_tasks(
+        [int(r["file_size"]) for r in files],
+        partition_bytes=ic.partition_bytes,
+        partition_files=ic.partition_files,
+        min_tasks=min_tasks,
+    )
+    n_tasks = max(assignment, default=0) + 1
+    files_rdd = (
+        spark.sparkContext.parallelize(list(zip(assignment, files, strict=True)), n_tasks)
+        .partitionBy(n_tasks, lambda task: task)
+        .values()
+    )
+    file_schema = new_files.schema
+    results = (
+        spark.createDataFrame(files_rdd, file_schema)
+        .mapInArrow(partial(header_pass, settings=header_settings), S.HEADER_RESULT)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+
+    instance_columns = [f.name for f in S.INSTANCES.fields]
+    candidates = (
+        results.where("kind = 'instance'")
+        .withColumn("series_key", series_key_column())
+        .withColumns(run_columns)
+        .withColumn(
+            "_rank",
+            F.row_number().over(
+                Window.partitionBy("sop_instance_uid").orderBy("path", F.col("member").asc_nulls_first())
+            ),
+        )
+    )
+    existing = (
+        refs[Table.INSTANCES].read(spark).select("sop_instance_uid", F.col("content_sha256").alias("_existing_sha"))
+    )
+    first_seen = candidates.where("_rank = 1").join(existing, "sop_instance_uid", "left")
+    new_instances = first_seen.where("_existing_sha IS NULL").select(*instance_columns)
+    # The same SOPInstanceUID with other content — in this run or already stored — is a conflict.
+    batch_sha = candidates.where("_rank = 1").select("sop_instance_uid", F.col("content_sha256").alias("_first_sha"))
+    conflicts = (
+        candidates.where("_rank > 1")
+        .join(batch_sha, "sop_instance_uid")
+        .where("content_sha256 <> _first_sha")
+        .drop("_first_sha")
+        .unionByName(first_seen.where("_existing_sha <> content_sha256").drop("_existing_sha"))
+    )
+    duplicates = candidates.count() - new_instances.count() - conflicts.count()
+
+    header_failures = results.where("kind = 'failure'").select(
+        "path",
+        "member",
+        "file_size",
+        "modification_time",
+        "content_sha256",
+        F.lit(None).cast("string").alias("sop_instance_uid"),
+        "stage",
+        "error_class",
+        "error_message",
+    )
+    conflict_rows = conflicts.select(
+        "path",
+        "member",
+        "file_size",
+        "modification_time",
+        "content_sha256",
+        "sop_instance_uid",
+        F.lit("conflict").alias("stage"),
+        F.lit("SOPInstanceUIDConflict").alias("error_class"),
+        F.concat(
+            F.lit("SOPInstanceUID "),
+            F.col("sop_instance_uid"),
+            F.lit(" is already stored with other content; this copy was not ingested"),
+        ).alias("error_message"),
+    )
+    quarantine_new = _quarantine_rows(header_failures.unionByName(conflict_rows), run_id, now)
+    n_quarantined = quarantine_new.count()
+    n_conflicts = conflicts.count()
+    refs[Table.QUARANTINE].merge(spark, quarantine_new, keys=["quarantine_id"])
+    n_new = new_instances.count()
+    refs[Table.INSTANCES].merge(spark, new_instances, keys=["sop_instance_uid"])
+
+    # 3. Stacks of every series seen in this run (new or already stored: a restarted run must
+    # finish what a killed one left), rebuilt from the whole table.
+    touched = first_seen.select("series_instance_uid").distinct().localCheckpoint()
+    all_instances = refs[Table.INSTANCES].read(spark)
+    stacks = build_series(all_instances.join(touched, "series_instance_uid", "left_semi")).withColumns(
+        {"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)}
+    )
+    series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
+    refs[Table.SERIES].merge(spark, stacks, keys=["series_key"], update_columns=series_columns)
+
+    # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
+    new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, now)
+    _refresh_slice_indices(spark, refs, touched)
+
+    # 5. The ledger, last.
+    per_file = results.groupBy("path", "file_size", "modification_time").agg(
+        F.sum(F.when(F.col("kind") == "instance", 1).otherwise(0)).cast("int").alias("n_instances"),
+        F.sum(F.when(F.col("kind") == "failure", 1).otherwise(0)).cast("int").alias("n_quarantined"),
+    )
+    refs[Table.INGEST_FILES].merge(
+        spark,
+        per_file.withColumns({"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now)}),
+        keys=["path", "file_size", "modification_time"],
+    )
+    dicomdirs = results.where("kind = 'skipped'").count()
+    results.unpersist()
+    return IngestSummary(
+        run_id=run_id,
+        archive=str(archive),
+        files_seen=files_seen,
+        files_unchanged=files_seen - len(files),
+        files_ingested=len(files),
+        new_instances=n_new,
+        unchanged_instances=duplicates,
+        quarantined=n_quarantined + pixel_failures,
+        conflicts=n_conflicts,
+        dicomdir_skipped=dicomdirs,
+        series=refs[Table.SERIES].read(spark).count(),
+        new_images=new_images,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def _quarantine_rows(failures: DataFrame, run_id: str, now: datetime) -> DataFrame:
+    key = F.sha2(
+        F.concat_ws(
+            "|",
+            *(F.coalesce(F.col(c).cast("string"), F.lit("")) for c in ("path", "member", "stage", "sop_instance_uid")),
+            F.coalesce(F.col("frame_index").cast("string"), F.lit("")),
+            F.coalesce(F.col("content_sha256"), F.lit("")),
+        ),
+        256,
+    )
+    if "frame_index" not in failures.columns:
+        failures = failures.withColumn("frame_index", F.lit(None).cast("int"))
+    return failures.withColumns(
+        {"quarantine_id": key, "ingest_run_id": F.lit(run_id), "quarantined_at": F.lit(now)}
+    ).select(*(f.name for f in S.QUARANTINE.fields))
+
+
+def _slice_indices(series: DataFrame) -> DataFrame:
+    """(sop_instance_uid, frame_index, slice_index) from the ordered stacks."""
+    return series.select("series_key", F.posexplode("slices").alias("slice_index", "s")).select(
+        "series_key", "s.sop_instance_uid", "s.frame_index", F.col("slice_index").cast("int")
+    )
+
+
+def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, int]:
+    """Decode what is still to decode; returns (new image rows, new pixel failures)."""
+    ic = config.ingest
+    instances = refs[Table.INSTANCES].read(spark)
+    done = refs[Table.IMAGES].read(spark).select("sop_instance_uid").distinct()
+    failed = refs[Table.QUARANTINE].read(spark).where("stage = 'pixels'").select("sop_instance_uid")
+    todo = (
+        instances.where(F.expr(ic.image_rule))
+        .where("has_pixels")
+        .join(done, "sop_instance_uid", "left_anti")
+        .join(failed, "sop_instance_uid", "left_anti")
+    )
+    per_instance = (
+        _slice_indices(refs[Table.SERIES].read(spark))
+        .groupBy("sop_instance_uid")
+        .agg(F.sort_array(F.collect_list(F.struct("frame_index", "slice_index"))).alias("_frames"))
+        .select("sop_instance_uid", F.expr("transform(_frames, f -> f.slice_index)").alias("slice_indices"))
+    )
+    work = todo.join(per_instance, "sop_instance_uid", "left").select(
+        "path",
+        "member",
+        "content_sha256",
+        "sop_instance_uid",
+        "series_key",
+        "study_instance_uid",
+        "series_instance_uid",
+        "plane",
+        "pixel_spacing",
+        "slice_indices",
+        "instance_size",
+    )
+    stats = work.agg(F.count("*").alias("n"), F.sum("instance_size").alias("bytes")).first()
+    if not stats["n"]:
+        return 0, 0
+    n_tasks = max(
+        math.ceil((stats["bytes"] or 0) / ic.partition_bytes),
+        math.ceil(stats["n"] / ic.partition_files),
+        2 * spark.sparkContext.defaultParallelism,
+    )
+    settings = PixelSettings(max_member_bytes=ic.max_member_bytes, max_decoded_bytes=ic.max_decoded_bytes)
+    frames = (
+        work.repartition(min(n_tasks, stats["n"]), "path")
+        .sortWithinPartitions("path", "member")
+        .mapInArrow(partial(pixel_pass, settings=settings), S.PIXEL_RESULT)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    image_columns = [f.name for f in S.IMAGES.fields]
+    images = frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns)
+    failures = frames.where("kind = 'failure'").join(
+        instances.select("sop_instance_uid", "file_size", "modification_time"), "sop_instance_uid"
+    )
+    failures = failures.select(
+        "path",
+        "member",
+        "file_size",
+        "modification_time",
+        "content_sha256",
+        "sop_instance_uid",
+        "frame_index",
+        "stage",
+        "error_class",
+        "error_message",
+    )
+    n_failures = failures.count()
+    refs[Table.QUARANTINE].merge(spark, _quarantine_rows(failures, run_id, now), keys=["quarantine_id"])
+    n_images = images.count()
+    refs[Table.IMAGES].merge(spark, images, keys=["sop_instance_uid", "frame_index"])
+    frames.unpersist()
+    return n_images, n_failures
+
+
+def _refresh_slice_indices(spark, refs, touched: DataFrame) -> None:
+    """Re-number the images of stacks that gained slices in this run (only rows whose index moved)."""
+    fresh = _slice_indices(refs[Table.SERIES].read(spark)).alias("f")
+    images = refs[Table.IMAGES].read(spark).join(touched, "series_instance_uid", "left_semi")
+    moved = (
+        images.select("sop_instance_uid", "frame_index", F.col("slice_index").alias("_old"))
+        .join(fresh, ["sop_instance_uid", "frame_index"])
+        .where("_old IS NULL OR _old <> slice_index")
+        .select("sop_instance_uid", "frame_index", "slice_index")
+    )
+    if moved.limit(1).count():
+        refs[Table.IMAGES].merge(
+            spark, moved, keys=["sop_instance_uid", "frame_index"], update_columns=["slice_index"], insert=False
+        )
+
+
+def write_summary(summary: IngestSummary, path: str | os.PathLike[str]) -> None:
+    """Write the run summary as JSON (for jobs that hand it to the next task)."""
+    import json
+
+    Path(path).write_text(json.dumps(summary.as_dict(), indent=2))

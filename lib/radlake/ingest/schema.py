@@ -1,0 +1,184 @@
+"""Spark schemas of the ingest tables and of the executors' intermediate rows.
+
+Units and conventions of the geometry columns follow DICOM: ``pixel_spacing`` is
+``[row spacing, column spacing]`` in mm (the distance between row centres, then
+between column centres); ``image_orientation_patient`` is the row then column
+direction cosines; ``image_position_patient`` is the centre of the top-left pixel,
+in mm, patient (LPS) coordinates.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    BooleanType,
+    DateType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+_S, _I, _L, _D, _B = StringType(), IntegerType(), LongType(), DoubleType(), BooleanType()
+_DOUBLES = ArrayType(DoubleType())
+
+
+def _fields(*spec: tuple[str, object]) -> list[StructField]:
+    return [StructField(name, dtype, True) for name, dtype in spec]  # type: ignore[arg-type]
+
+
+#: Where an instance came from: the stored file (``path``, ``file_size``, ``modification_time``)
+#: and, inside a zip/tar file, the ``member`` name.
+SOURCE_FIELDS = _fields(
+    ("path", _S),
+    ("member", _S),
+    ("file_size", _L),
+    ("modification_time", TimestampType()),
+)
+
+#: Header attributes promoted to typed columns (see ``radlake.dicom.header.parse_header``).
+PROMOTED_FIELDS = _fields(
+    ("sop_instance_uid", _S),
+    ("study_instance_uid", _S),
+    ("series_instance_uid", _S),
+    ("sop_class_uid", _S),
+    ("modality", _S),
+    ("transfer_syntax_uid", _S),
+    ("rows", _I),
+    ("columns", _I),
+    ("number_of_frames", _I),
+    ("bits_stored", _I),
+    ("bits_allocated", _I),
+    ("pixel_representation", _I),
+    ("photometric_interpretation", _S),
+    ("samples_per_pixel", _I),
+    ("rescale_slope", _D),
+    ("rescale_intercept", _D),
+    ("pixel_spacing", _DOUBLES),
+    ("slice_thickness", _D),
+    ("spacing_between_slices", _D),
+    ("image_orientation_patient", _DOUBLES),
+    ("image_position_patient", _DOUBLES),
+    ("frame_of_reference_uid", _S),
+    ("instance_number", _I),
+    ("series_number", _I),
+    ("series_description", _S),
+    ("echo_time", _D),
+    ("repetition_time", _D),
+    ("manufacturer", _S),
+    ("body_part_examined", _S),
+    ("study_date", DateType()),
+    ("patient_id", _S),
+    ("accession_number", _S),
+    ("plane", _S),
+    ("has_pixels", _B),
+)
+PROMOTED_COLUMNS = [f.name for f in PROMOTED_FIELDS]
+
+RUN_FIELDS = _fields(("ingest_run_id", _S), ("ingested_at", TimestampType()), ("radlake_version", _S))
+
+INSTANCES = StructType(
+    SOURCE_FIELDS
+    + _fields(("instance_size", _L), ("content_sha256", _S))
+    + PROMOTED_FIELDS
+    + _fields(
+        ("frame_positions", ArrayType(_DOUBLES)),
+        ("series_key", _S),
+        ("header_json", _S),
+        ("header_json_truncated", _B),
+    )
+    + RUN_FIELDS
+)
+
+QUARANTINE = StructType(
+    _fields(("quarantine_id", _S))
+    + SOURCE_FIELDS
+    + _fields(
+        ("sop_instance_uid", _S),
+        ("frame_index", _I),
+        ("content_sha256", _S),
+        ("stage", _S),
+        ("error_class", _S),
+        ("error_message", _S),
+        ("ingest_run_id", _S),
+        ("quarantined_at", TimestampType()),
+    )
+)
+
+#: What the header pass yields per file or member: an instance, a failure, or a skipped record.
+HEADER_RESULT = StructType(
+    _fields(("kind", _S))
+    + [f for f in INSTANCES.fields if f.name not in {"series_key", *(x.name for x in RUN_FIELDS)}]
+    + _fields(("stage", _S), ("error_class", _S), ("error_message", _S))
+)
+
+SLICE = StructType(_fields(("sop_instance_uid", _S), ("frame_index", _I), ("position_mm", _D)))
+
+SERIES = StructType(
+    _fields(
+        ("series_key", _S),
+        ("study_instance_uid", _S),
+        ("series_instance_uid", _S),
+        ("frame_of_reference_uid", _S),
+        ("modality", _S),
+        ("series_description", _S),
+        ("plane", _S),
+        ("image_orientation_patient", _DOUBLES),
+        ("rows", _I),
+        ("columns", _I),
+        ("pixel_spacing", _DOUBLES),
+        ("slice_thickness", _D),
+        ("slice_count", _I),
+        ("slice_spacing_mm", _D),
+        ("uneven_spacing", _B),
+        ("has_gaps", _B),
+        ("has_duplicate_positions", _B),
+        ("slices", ArrayType(SLICE)),
+        ("updated_run_id", _S),
+        ("updated_at", TimestampType()),
+    )
+)
+
+#: One decoded 2D frame. ``pixels`` holds ``height * width`` values of ``dtype`` (little
+#: endian, row-major), after the modality transform and with MONOCHROME1 inverted.
+IMAGES = StructType(
+    _fields(
+        ("sop_instance_uid", _S),
+        ("frame_index", _I),
+        ("series_key", _S),
+        ("slice_index", _I),
+        ("study_instance_uid", _S),
+        ("series_instance_uid", _S),
+        ("plane", _S),
+        ("height", _I),
+        ("width", _I),
+        ("pixel_spacing", _DOUBLES),
+        ("dtype", _S),
+        ("pixels", BinaryType()),
+    )
+    + RUN_FIELDS
+)
+
+#: What the pixel pass yields per frame: an image row or a failure.
+PIXEL_RESULT = StructType(
+    _fields(("kind", _S))
+    + [f for f in IMAGES.fields if f.name not in {x.name for x in RUN_FIELDS}]
+    + _fields(("path", _S), ("member", _S), ("content_sha256", _S))
+    + _fields(("stage", _S), ("error_class", _S), ("error_message", _S))
+)
+
+INGEST_FILES = StructType(
+    _fields(
+        ("path", _S),
+        ("file_size", _L),
+        ("modification_time", TimestampType()),
+        ("n_instances", _I),
+        ("n_quarantined", _I),
+        ("ingest_run_id", _S),
+        ("ingested_at", TimestampType()),
+    )
+)

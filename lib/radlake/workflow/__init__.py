@@ -1,0 +1,1 @@
+"""Multi-step workflows over the stages (the demo now; the training pipeline later)."""

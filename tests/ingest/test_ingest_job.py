@@ -1,0 +1,239 @@
+"""The ingestion job end to end on a synthetic archive plus real and hostile files."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pyspark.sql import functions as F
+
+from radlake.config import load_config
+from radlake.errors import ConfigError
+from radlake.ingest import job as ingest_job
+from radlake.ingest import run_ingest
+from radlake.ingest.listing import ArchiveNotFoundError, pack_tasks
+from radlake.synth import SynthConfig, generate_archive
+from radlake.tables import Table, table_ref
+
+pytestmark = pytest.mark.spark
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+PHI_TAGS = ("PatientName", "PatientBirthDate", "PatientID", "AccessionNumber", "InstitutionName")
+
+
+def _config(root: Path, **extra):
+    overrides = [f"storage.root={root}", "spark.master=local[2]", "spark.shuffle_partitions=2"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(overrides=overrides)
+
+
+def _phi_values(archive: Path) -> set[str]:
+    """Every patient-identifying value in the source files (folders and zip members)."""
+    values: set[str] = set()
+
+    def collect(ds):
+        for tag in PHI_TAGS:
+            value = str(ds.get(tag, "") or "")
+            if len(value) >= 4:
+                values.add(value)
+                values.update(part for part in value.replace("^", " ").split() if len(part) >= 5)
+
+    for path in archive.rglob("*"):
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                for name in zf.namelist():
+                    if not name.endswith("/") and not name.endswith(".json"):
+                        collect(pydicom.dcmread(io.BytesIO(zf.read(name)), stop_before_pixels=True))
+        elif path.is_file() and path.name != "labels.json":
+            collect(pydicom.dcmread(path, stop_before_pixels=True))
+    return values
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """Synthetic studies plus real pydicom files and hostile inputs."""
+    root = tmp_path_factory.mktemp("archive")
+    generate_archive(root / "synth", SynthConfig(studies=3, seed=7, image_size=128, zip_fraction=0.34))
+    real = root / "real"
+    real.mkdir()
+    for name in ("MR_small.dcm", "CT_small.dcm"):
+        shutil.copy(TEST_FILES / name, real / name)
+    shutil.copytree(TEST_FILES / "dicomdirtests" / "98892003" / "MR2", real / "scout")
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.dcm").write_bytes(b"")
+    (bad / "notes.txt").write_text("not a dicom file\n" * 20)
+    (bad / "random.dcm").write_bytes(np.random.default_rng(0).bytes(4096))
+    mr = (TEST_FILES / "MR_small.dcm").read_bytes()
+    (bad / "header_cut.dcm").write_bytes(mr[:300])
+    own = pydicom.dcmread(TEST_FILES / "MR_small.dcm")
+    own.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["radlake-test-truncated"])
+    buffer = io.BytesIO()
+    own.save_as(buffer)
+    (bad / "pixels_cut.dcm").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+    with zipfile.ZipFile(bad / "evil.zip", "w") as zf:
+        zf.writestr("../escape.dcm", mr)
+        zf.writestr("ok/inside.dcm", (TEST_FILES / "CT_small.dcm").read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, archive, tmp_path_factory):
+    cfg = _config(tmp_path_factory.mktemp("ingest-root"), **{"ingest.image_rule": "modality = 'MR'"})
+    first = run_ingest(spark, cfg, archive=str(archive))
+    return cfg, first
+
+
+def _read(spark, cfg, table):
+    return table_ref(cfg, table).read(spark)
+
+
+def test_every_file_ends_in_exactly_one_table(spark, archive, ingested):
+    cfg, summary = ingested
+    instances = _read(spark, cfg, Table.INSTANCES)
+    quarantine = _read(spark, cfg, Table.QUARANTINE)
+    assert summary.files_seen == sum(1 for p in archive.rglob("*") if p.is_file())
+    assert summary.new_instances == instances.count() > 0
+    # The zip with a ../ member: the escaping member is quarantined, the good one ingested.
+    evil = quarantine.where(F.col("path").endswith("evil.zip")).collect()
+    assert [r.member for r in evil] == ["../escape.dcm"]
+    failed_names = {Path(r.path).name for r in quarantine.where("stage = 'header' OR stage = 'source'").collect()}
+    assert {"empty.dcm", "notes.txt", "random.dcm", "header_cut.dcm", "labels.json"} <= failed_names
+    pixel_failures = {Path(r.path).name for r in quarantine.where("stage = 'pixels'").collect()}
+    assert pixel_failures == {"pixels_cut.dcm"}
+    ingested_paths = {(r.path, r.member) for r in instances.select("path", "member").collect()}
+    quarantined_paths = {(r.path, r.member) for r in quarantine.where("stage <> 'pixels'").collect()}
+    assert not ingested_paths & quarantined_paths
+
+
+def test_conflicting_duplicate_is_quarantined_not_overwritten(spark, archive, ingested):
+    cfg, summary = ingested
+    # CT_small.dcm is stored twice (real/ and inside evil.zip) with identical bytes: one row, counted unchanged.
+    instances = _read(spark, cfg, Table.INSTANCES)
+    ct_uid = pydicom.dcmread(TEST_FILES / "CT_small.dcm").SOPInstanceUID
+    assert instances.where(F.col("sop_instance_uid") == ct_uid).count() == 1
+    assert summary.unchanged_instances >= 1
+    assert summary.conflicts == 0 and summary.quarantined == 7  # 6 bad files + the ../ member
+
+
+def test_no_phi_reaches_any_table(spark, archive, ingested):
+    cfg, _ = ingested
+    phi = _phi_values(archive / "synth")
+    assert len(phi) > 5
+    for table in Table:
+        df = _read(spark, cfg, table)
+        text_columns = [f.name for f in df.schema.fields if f.dataType.simpleString() == "string"]
+        if not text_columns:
+            continue
+        blob = "\n".join("\t".join(str(v) for v in row) for row in df.select(*text_columns).collect())
+        leaked = [value for value in phi if value in blob]
+        assert not leaked, f"{table.value} holds PHI: {leaked[:5]}"
+    instances = _read(spark, cfg, Table.INSTANCES).where("patient_id IS NOT NULL")
+    assert instances.count() > 0
+    header = json.loads(instances.first().header_json)
+    assert header["00120062"]["Value"] == ["YES"]  # PatientIdentityRemoved
+
+
+def test_scout_series_splits_into_three_stacks(spark, ingested):
+    cfg, _ = ingested
+    scout_uid = pydicom.dcmread(TEST_FILES / "dicomdirtests" / "98892003" / "MR2" / "15970").SeriesInstanceUID
+    stacks = _read(spark, cfg, Table.SERIES).where(F.col("series_instance_uid") == scout_uid).collect()
+    assert sorted(s.plane for s in stacks) == ["AXIAL", "CORONAL", "SAGITTAL"]
+
+
+def test_sagittal_stacks_are_ordered_by_position(spark, ingested):
+    cfg, _ = ingested
+    stacks = _read(spark, cfg, Table.SERIES).where("plane = 'SAGITTAL' AND slice_count >= 10").collect()
+    assert len(stacks) == 3
+    for stack in stacks:
+        positions = [s.position_mm for s in stack.slices]
+        assert positions == sorted(positions)
+        steps = np.diff(positions)
+        assert np.allclose(steps, stack.slice_spacing_mm, rtol=0.01)
+        assert not stack.uneven_spacing and not stack.has_gaps and not stack.has_duplicate_positions
+
+
+def test_images_match_pydicom_and_stack_order(spark, archive, ingested):
+    cfg, summary = ingested
+    images = _read(spark, cfg, Table.IMAGES)
+    assert summary.new_images == images.count() > 0
+    row = images.where(F.col("sop_instance_uid") == pydicom.dcmread(TEST_FILES / "MR_small.dcm").SOPInstanceUID).first()
+    from radlake.dicom.pixels import decode_pixels
+
+    got = decode_pixels(row.pixels, row.dtype, row.height, row.width)
+    expected = pydicom.dcmread(TEST_FILES / "MR_small.dcm").pixel_array.astype(np.float32)
+    np.testing.assert_array_equal(got, expected)
+    # slice_index agrees with the series table's order
+    stack = _read(spark, cfg, Table.SERIES).where(F.col("series_key") == row.series_key).first()
+    order = [(s.sop_instance_uid, s.frame_index) for s in stack.slices]
+    assert order.index((row.sop_instance_uid, row.frame_index)) == row.slice_index
+
+
+def test_rerun_is_a_no_op_and_new_files_are_ingested_alone(spark, archive, ingested, tmp_path):
+    cfg, first = ingested
+    versions = {t: table_ref(cfg, t).delta_table(spark).history(1).first().version for t in Table}
+    again = run_ingest(spark, cfg, archive=str(archive))
+    assert again.files_ingested == 0 and again.files_unchanged == again.files_seen
+    assert again.new_instances == again.new_images == again.quarantined == 0
+    for table in (Table.INSTANCES, Table.IMAGES, Table.QUARANTINE):
+        assert _read(spark, cfg, table).count() == _read(spark, cfg, table).dropDuplicates().count()
+    assert table_ref(cfg, Table.INSTANCES).delta_table(spark).history(1).first().version >= versions[Table.INSTANCES]
+
+    extra = archive / "later"
+    extra.mkdir()
+    shutil.copy(TEST_FILES / "MR_small_implicit.dcm", extra / "implicit.dcm")
+    later = run_ingest(spark, cfg, archive=str(archive))
+    assert later.files_ingested == 1
+    # Same SOPInstanceUID as MR_small.dcm but other bytes (another transfer syntax): a conflict, not an overwrite.
+    assert later.conflicts == 1 and later.new_instances == 0
+    conflict = _read(spark, cfg, Table.QUARANTINE).where("stage = 'conflict'").first()
+    assert conflict.path.endswith("implicit.dcm")
+
+
+def test_killed_run_restarts_without_loss_or_duplicates(spark, archive, tmp_path, monkeypatch):
+    cfg = _config(tmp_path / "root")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during the pixel stage")
+
+    monkeypatch.setattr(ingest_job, "_pixel_stage", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(spark, cfg, archive=str(archive / "synth"))
+    assert _read(spark, cfg, Table.INSTANCES).count() > 0
+    assert _read(spark, cfg, Table.INGEST_FILES).count() == 0  # the ledger is written last
+    monkeypatch.undo()
+    resumed = run_ingest(spark, cfg, archive=str(archive / "synth"))
+    instances = _read(spark, cfg, Table.INSTANCES)
+    assert resumed.new_instances == 0 and resumed.unchanged_instances == instances.count()
+    images = _read(spark, cfg, Table.IMAGES)
+    assert resumed.new_images == images.count() > 0
+    assert images.select("sop_instance_uid", "frame_index").distinct().count() == images.count()
+    sagittal = instances.where("modality = 'MR' AND plane = 'SAGITTAL'").count()
+    assert images.count() == sagittal
+
+
+def test_bad_arguments_fail_before_any_work(spark, tmp_path):
+    cfg = _config(tmp_path / "root")
+    with pytest.raises(ArchiveNotFoundError, match="does not exist"):
+        run_ingest(spark, cfg, archive=str(tmp_path / "nowhere"))
+    bad_rule = _config(tmp_path / "root", **{"ingest.image_rule": "modalty = 'MR'"})
+    with pytest.raises(ConfigError, match="ingest.image_rule"):
+        run_ingest(spark, bad_rule, archive=str(tmp_path))
+    with pytest.raises(ConfigError, match="No archive"):
+        run_ingest(spark, cfg)
+    assert not (tmp_path / "root" / "warehouse" / "instances").exists()
+
+
+def test_pack_tasks_balances_bytes():
+    sizes = [100] + [10] * 10
+    tasks = pack_tasks(sizes, partition_bytes=100, partition_files=100, min_tasks=2)
+    load = {t: sum(s for s, tt in zip(sizes, tasks, strict=True) if tt == t) for t in set(tasks)}
+    assert sorted(load.values()) == [100, 100]
+    assert pack_tasks([], partition_bytes=1, partition_files=1, min_tasks=2) == []
+    assert len(set(pack_tasks([1] * 10, partition_bytes=10**9, partition_files=3, min_tasks=1))) == 4
