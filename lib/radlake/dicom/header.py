@@ -251,11 +251,12 @@ def header_json(ds: Dataset, *, max_bytes: int) -> tuple[str, bool]:
     text = json.dumps(parts, separators=(",", ":"))
     if len(text) <= max_bytes:
         return text, False
-    sizes = sorted(((len(json.dumps(v)), k) for k, v in parts.items()), reverse=True)
+    compact = (",", ":")
+    sizes = sorted(((len(json.dumps(v, separators=compact)), k) for k, v in parts.items()), reverse=True)
     total = len(text)
     for size, key in sizes:
         if total <= max_bytes:
             break
         parts.pop(key)
-        total -= size + len(key) + 4
+        total -= size + len(key) + 4  # "key": plus the comma
     return json.dumps(parts, separators=(",", ":")), True
