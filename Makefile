@@ -30,7 +30,7 @@ $(VENV)/share/radlake/jars/COORDINATE: $(VENV)/.radlake-installed
 	$(BIN)/radlake setup-jars
 
 demo: setup
-	$(BIN)/python -m radlake.demo --out $(DEMO_DIR) --studies $(DEMO_STUDIES)
+	$(BIN)/radlake demo --out $(DEMO_DIR) --studies $(DEMO_STUDIES)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -207,21 +207,33 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
             ),
         )
     )
+    # Each instance of this run is classified once, against the table as it was before this
+    # run's writes: new, unchanged (same content already stored or seen earlier in this run),
+    # or conflict (the same SOPInstanceUID with other content: quarantined, never overwritten).
+    before = refs[Table.INSTANCES].delta_table(spark).history(1).select("version").first()["version"]
     existing = (
-        refs[Table.INSTANCES].read(spark).select("sop_instance_uid", F.col("content_sha256").alias("_existing_sha"))
+        refs[Table.INSTANCES]
+        .read(spark, version=before)
+        .select("sop_instance_uid", F.col("content_sha256").alias("_existing_sha"))
     )
-    first_seen = candidates.where("_rank = 1").join(existing, "sop_instance_uid", "left")
-    new_instances = first_seen.where("_existing_sha IS NULL").select(*instance_columns)
-    # The same SOPInstanceUID with other content — in this run or already stored — is a conflict.
-    batch_sha = candidates.where("_rank = 1").select("sop_instance_uid", F.col("content_sha256").alias("_first_sha"))
-    conflicts = (
-        candidates.where("_rank > 1")
-        .join(batch_sha, "sop_instance_uid")
-        .where("content_sha256 <> _first_sha")
-        .drop("_first_sha")
-        .unionByName(first_seen.where("_existing_sha <> content_sha256").drop("_existing_sha"))
+    first_sha = F.first("content_sha256").over(
+        Window.partitionBy("sop_instance_uid").orderBy("path", F.col("member").asc_nulls_first())
     )
-    duplicates = candidates.count() - new_instances.count() - conflicts.count()
+    classified = (
+        candidates.withColumn("_first_sha", first_sha)
+        .join(existing, "sop_instance_uid", "left")
+        .withColumn(
+            "_status",
+            F.when(F.col("content_sha256") != F.coalesce("_existing_sha", "_first_sha"), "conflict")
+            .when((F.col("_rank") == 1) & F.col("_existing_sha").isNull(), "new")
+            .otherwise("unchanged"),
+        )
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    counts = {r["_status"]: r["count"] for r in classified.groupBy("_status").count().collect()}
+    n_new, duplicates, n_conflicts = (counts.get(k, 0) for k in ("new", "unchanged", "conflict"))
+    new_instances = classified.where("_status = 'new'").select(*instance_columns)
+    conflicts = classified.where("_status = 'conflict'")
 
     header_failures = results.where("kind = 'failure'").select(
         "path",
@@ -250,15 +262,13 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         ).alias("error_message"),
     )
     quarantine_new = _quarantine_rows(header_failures.unionByName(conflict_rows), run_id, now)
-    n_quarantined = quarantine_new.count()
-    n_conflicts = conflicts.count()
+    n_quarantined = int(results.where("kind = 'failure'").count()) + n_conflicts
     refs[Table.QUARANTINE].merge(spark, quarantine_new, keys=["quarantine_id"])
-    n_new = new_instances.count()
     refs[Table.INSTANCES].merge(spark, new_instances, keys=["sop_instance_uid"])
 
     # 3. Stacks of every series seen in this run (new or already stored: a restarted run must
     # finish what a killed one left), rebuilt from the whole table.
-    touched = first_seen.select("series_instance_uid").distinct().localCheckpoint()
+    touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
     all_instances = refs[Table.INSTANCES].read(spark)
     stacks = build_series(all_instances.join(touched, "series_instance_uid", "left_semi")).withColumns(
         {"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)}
@@ -281,6 +291,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         keys=["path", "file_size", "modification_time"],
     )
     dicomdirs = results.where("kind = 'skipped'").count()
+    classified.unpersist()
     results.unpersist()
     return IngestSummary(
         run_id=run_id,
