@@ -34,7 +34,7 @@ import os
 import time
 import uuid
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -75,6 +75,7 @@ class IngestSummary:
     series: int
     new_images: int
     seconds: float
+    phase_seconds: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +163,15 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     now = datetime.now(UTC)
     run_columns = {"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now), "radlake_version": F.lit(__version__)}
 
+    phases: dict[str, float] = {}
+    mark = [time.perf_counter()]
+
+    def phase(name: str) -> None:
+        now_s = time.perf_counter()
+        phases[name] = round(now_s - mark[0], 2)
+        mark[0] = now_s
+
+    phase("setup")
     # 1. What is new since the ledger.
     ledger = refs[Table.INGEST_FILES].read(spark).select("path", "file_size", "modification_time")
     new_files = listed.join(ledger, ["path", "file_size", "modification_time"], "left_anti")
@@ -231,6 +241,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     counts = {r["_status"]: r["count"] for r in classified.groupBy("_status").count().collect()}
+    phase("list_and_header_pass")
     n_new, duplicates, n_conflicts = (counts.get(k, 0) for k in ("new", "unchanged", "conflict"))
     new_instances = classified.where("_status = 'new'").select(*instance_columns)
     conflicts = classified.where("_status = 'conflict'")
@@ -265,6 +276,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     n_quarantined = int(results.where("kind = 'failure'").count()) + n_conflicts
     refs[Table.QUARANTINE].merge(spark, quarantine_new, keys=["quarantine_id"])
     refs[Table.INSTANCES].merge(spark, new_instances, keys=["sop_instance_uid"])
+    phase("merge_instances_quarantine")
 
     # 3. Stacks of every series seen in this run (new or already stored: a restarted run must
     # finish what a killed one left), rebuilt from the whole table.
@@ -276,8 +288,10 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
     refs[Table.SERIES].merge(spark, stacks, keys=["series_key"], update_columns=series_columns)
 
+    phase("series")
     # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
     new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, now)
+    phase("pixel_pass_and_merge")
     _refresh_slice_indices(spark, refs, touched)
 
     # 5. The ledger, last.
@@ -290,6 +304,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         per_file.withColumns({"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now)}),
         keys=["path", "file_size", "modification_time"],
     )
+    phase("ledger")
     dicomdirs = results.where("kind = 'skipped'").count()
     classified.unpersist()
     results.unpersist()
@@ -307,6 +322,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         series=refs[Table.SERIES].read(spark).count(),
         new_images=new_images,
         seconds=round(time.perf_counter() - started, 2),
+        phase_seconds=phases,
     )
 
 
