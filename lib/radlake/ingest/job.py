@@ -177,6 +177,24 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     new_files = listed.join(ledger, ["path", "file_size", "modification_time"], "left_anti")
     files = new_files.collect()  # metadata only: path, size, time
     files_seen = listed.count()
+    if not files:  # the ledger is written last, so a complete ledger means nothing is left to do
+        phase("list")
+        return IngestSummary(
+            run_id=run_id,
+            archive=str(archive),
+            files_seen=files_seen,
+            files_unchanged=files_seen,
+            files_ingested=0,
+            new_instances=0,
+            unchanged_instances=0,
+            quarantined=0,
+            conflicts=0,
+            dicomdir_skipped=0,
+            series=refs[Table.SERIES].read(spark).count(),
+            new_images=0,
+            seconds=round(time.perf_counter() - started, 2),
+            phase_seconds=phases,
+        )
 
     # 2. Header pass.
     header_settings = HeaderSettings(
