@@ -166,7 +166,9 @@ def _in_subprocess(mode: str, archive: Path, root: Path) -> dict:
     if root.exists():
         shutil.rmtree(root)
     command = [sys.executable, "-m", "bench.ingest", "--mode", mode, "--archive", str(archive), "--root", str(root)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        raise RuntimeError(f"bench ingest --mode {mode} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -1,77 +1,167 @@
-"""Decoding frames one at a time, the modality transform, MONOCHROME1, and compact storage.
+"""Decoding frames one at a time, the modality transform, MONOCHROME1, colour, and compact storage.
 
 Decoding goes through pydicom's pixel pipeline and its plugins (pylibjpeg, pyjpegls,
-GDCM) for RLE, JPEG, JPEG-LS and JPEG 2000. Each frame comes out as a ``(H, W)``
-float32 array in the modality's units (RescaleSlope/Intercept or the Modality LUT
-applied, per frame for enhanced images) and with MONOCHROME1 inverted so that higher
-always means brighter: ``v' = lo + hi - v``, where ``lo``/``hi`` is the rescaled range
-of the stored values (pydicom's ``apply_presentation_lut`` does not invert MONOCHROME1
-without a PresentationLUTShape). Colour frames are converted to luminance
-(ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B).
+GDCM; RLE built in) for every transfer syntax they support. Each frame comes out as a
+``(H, W)`` float32 array of modality values:
+
+- **Modality transform**: the Modality LUT Sequence if present, else RescaleSlope and
+  RescaleIntercept, taken per frame for enhanced images (the Pixel Value
+  Transformation Sequence of the frame's functional group, else the shared group),
+  else from the top level; none for float pixel data.
+- **MONOCHROME1 is inverted** so that higher values are always brighter:
+  ``v' = lo + hi - v``, where ``[lo, hi]`` is the range that the stored values can
+  take after the modality transform (the bits-stored range, rescaled; or
+  ``[0, 2**bits - 1]`` for a Modality LUT of ``bits``-bit entries). pydicom's
+  ``apply_presentation_lut`` does not do this without a PresentationLUTShape.
+- **Colour is converted to grey**, not refused: RGB (and YBR, converted to RGB by
+  pydicom) and PALETTE COLOR (through its palette) become the rounded luma
+  ``round(0.299 R + 0.587 G + 0.114 B)`` of ITU-R BT.601, in the stored range.
+  ``photometric_interpretation`` in the header tells colour images apart.
+
+:func:`encode_pixels` stores a frame in the smallest exact dtype and
+:func:`decode_pixels` reads it back.
+
+Example
+-------
+>>> from pydicom.data import get_testdata_file
+>>> data = open(get_testdata_file("CT_small.dcm"), "rb").read()
+>>> [frame] = decode_frames(data)
+>>> frame.pixels.shape, frame.pixels.dtype, float(frame.pixels.min()) < 0  # Hounsfield units
+((128, 128), dtype('float32'), True)
+>>> buf, dtype = encode_pixels(frame.pixels)
+>>> dtype, bool((decode_pixels(buf, dtype, 128, 128) == frame.pixels).all())
+('int16', True)
+
 """
 
 from __future__ import annotations
 
-import io
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from radlake.dicom.sources import Failure, Stage
 
-#: Storage dtypes of :func:`encode_pixels`, most compact first.
-_INTEGER_DTYPES = ("uint8", "uint16", "int16", "int32")
+if TYPE_CHECKING:
+    from radlake.dicom.header import HeaderResult
+
+#: Storage dtypes of :func:`encode_pixels`, in the order tried (little-endian on disk).
+STORAGE_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
+_INTEGER_DTYPES = STORAGE_DTYPES[:-1]
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+_LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
 class FrameResult:
-    """One decoded frame (``pixels``: ``(H, W)`` float32) or its failure."""
+    """One decoded frame or its failure.
+
+    Attributes
+    ----------
+    frame_index: int
+        Zero-based frame number in the instance (0 for single-frame images, and for
+        a failure of the whole instance).
+    pixels: numpy.ndarray | None
+        ``(H, W)`` float32 modality values (see the module docstring); None on failure.
+    error: Failure | None
+        Stage ``pixels`` failure; None on success.
+    """
 
     frame_index: int
     pixels: np.ndarray | None = None
     error: Failure | None = None
 
 
-def decoded_size_bytes(ds: Dataset) -> int:
-    """Bytes the decoded pixel data of ``ds`` would take (all frames, stored sample size)."""
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 16) or 16)
-    return rows * cols * frames * samples * max(1, (bits + 7) // 8)
+def decoded_size_bytes(
+    rows: int | None, columns: int | None, frames: int | None, samples: int | None, bits_allocated: int | None
+) -> int:
+    """Bytes that decoding every frame would take: rows x columns x frames x samples x bytes per sample.
+
+    Missing values count as 1 frame, 1 sample, 16 bits; 1-bit data counts one byte
+    per pixel (pydicom unpacks it to uint8).
+
+    >>> decoded_size_bytes(512, 512, 100, 1, 16)
+    52428800
+    """
+    bytes_per_sample = max(1, (int(bits_allocated or 16) + 7) // 8)
+    return int(rows or 0) * int(columns or 0) * max(1, int(frames or 1)) * max(1, int(samples or 1)) * bytes_per_sample
 
 
-def decode_frames(data: bytes, *, max_decoded_bytes: int = 1 << 30) -> Iterator[FrameResult]:
-    """Decode every frame of one instance, one at a time.
+def _too_large(size: int, limit: int) -> FrameResult:
+    message = f"decoded pixels would take {size} bytes, limit {limit}"
+    return FrameResult(0, error=Failure(Stage.PIXELS, "TooLarge", message))
+
+
+def _ints(ds: Dataset, *keywords: str) -> list[int | None]:
+    out: list[int | None] = []
+    for keyword in keywords:
+        try:
+            value = ds.get(keyword)
+            out.append(int(value) if value not in (None, "") else None)
+        except Exception:  # noqa: BLE001
+            out.append(None)
+    return out
+
+
+def decode_frames(
+    data: bytes, *, header: HeaderResult | None = None, max_decoded_bytes: int = 1 << 30
+) -> Iterator[FrameResult]:
+    """Decode the frames of one instance, one at a time; never raises.
 
     Parameters
     ----------
-    data
-        The instance's bytes.
-    max_decoded_bytes
-        If the decoded pixel data would be larger, one failure (``TooLarge``) is
-        yielded and nothing is decoded.
+    data: bytes
+        The instance's bytes (as given to :func:`radlake.dicom.header.parse_header`).
+    header: HeaderResult | None
+        Its parsed header, if at hand: the size check then runs on its columns
+        before the file is parsed again.
+    max_decoded_bytes: int
+        Limit on :func:`decoded_size_bytes` of the whole instance: larger instances
+        give one ``TooLarge`` failure and nothing is decoded or allocated.
 
     Yields
     ------
     FrameResult
-        One per frame; a failure (stage ``pixels``) instead of raising.
+        One per frame, in frame order, with ``(H, W)`` float32 pixels; or a failure
+        (stage ``pixels``): ``TooLarge``, ``NoPixelData``, the decoder's error. A
+        frame that fails to decode ends the instance (later frames are not tried).
     """
+    if header is not None and header.error is None and header.columns.get("rows") is not None:
+        c = header.columns
+        size = decoded_size_bytes(
+            c.get("rows"),
+            c.get("columns"),
+            c.get("number_of_frames"),
+            c.get("samples_per_pixel"),
+            c.get("bits_allocated"),
+        )
+        if size > max_decoded_bytes:
+            yield _too_large(size, max_decoded_bytes)
+            return
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), defer_size=1024)
-        size = decoded_size_bytes(ds)
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        from radlake.dicom.header import read_dataset
+
+        ds = read_dataset(data, stop_before_pixels=False)
+        if 0x00080018 not in ds:  # SOPInstanceUID: pydicom gives up silently on some corrupt pixel data
+            message = "the instance could not be read in full (corrupt or truncated data)"
+            yield FrameResult(0, error=Failure(Stage.PIXELS, "InvalidDicomError", message))
+            return
+        if not any(tag in ds for tag in _PIXEL_TAGS):
             yield FrameResult(0, error=Failure(Stage.PIXELS, "NoPixelData", "the instance has no pixel data"))
             return
+        size = decoded_size_bytes(*_ints(ds, "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"))
         if size > max_decoded_bytes:
-            message = f"decoded pixels would take {size} bytes, limit {max_decoded_bytes}"
-            yield FrameResult(0, error=Failure(Stage.PIXELS, "TooLarge", message))
+            yield _too_large(size, max_decoded_bytes)
             return
-        frames = pydicom.pixels.iter_pixels(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001
+        _ensure_transfer_syntax(ds)
+        frames = _iter_frames(ds)
+        transform = _Transform(ds)
+    except Exception as exc:  # noqa: BLE001 - anything wrong with this file is its failure
         yield FrameResult(0, error=Failure.from_exception(Stage.PIXELS, exc))
         return
     index = 0
@@ -84,84 +174,175 @@ def decode_frames(data: bytes, *, max_decoded_bytes: int = 1 << 30) -> Iterator[
             yield FrameResult(index, error=Failure.from_exception(Stage.PIXELS, exc))
             return
         try:
-            yield FrameResult(index, to_display_values(raw, ds, index))
+            yield FrameResult(index, transform(raw, index))
         except Exception as exc:  # noqa: BLE001
             yield FrameResult(index, error=Failure.from_exception(Stage.PIXELS, exc))
+            return
         index += 1
 
 
-def _rescale(ds: Dataset, frame: int) -> tuple[float, float]:
-    """(slope, intercept) of one frame: per-frame or shared Pixel Value Transformation, else top level."""
-    for container, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        items = ds.get(container)
-        if items and index < len(items):
-            transform = items[index].get("PixelValueTransformationSequence")
-            if transform:
-                item = transform[0]
-                return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0) or 0)
-    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+def _iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
+    """pydicom's frames of ``ds``, one at a time (``(H, W)`` or ``(H, W, samples)``)."""
+    from pydicom.pixels import iter_pixels, pixel_array  # the pixel pipeline loads its plugins on first use
+
+    frames = iter_pixels(ds)
+    index = 0
+    while True:
+        try:
+            array = next(frames)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001
+            # pydicom 3.0's frame iterator fails on some files that its indexed path decodes
+            # (sign correction of a read-only buffer, J2K_pixelrep_mismatch.dcm): go on frame
+            # by frame; if that fails too, its error is this frame's failure.
+            count = max(1, _ints(ds, "NumberOfFrames")[0] or 1)
+            for i in range(index, count):
+                yield pixel_array(ds, index=i)
+            return
+        yield array
+        index += 1
 
 
-def to_display_values(raw: np.ndarray, ds: Dataset, frame: int = 0) -> np.ndarray:
-    """Stored values of one frame → ``(H, W)`` float32 modality values, MONOCHROME1 inverted.
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Give a dataset read without file meta the transfer syntax it was read with."""
+    meta = ds.file_meta
+    if "TransferSyntaxUID" in meta and str(meta.TransferSyntaxUID).strip():
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        raise ValueError("the transfer syntax is unknown (no file meta information)")
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
+def _number(item: Dataset | None, keyword: str, default: float) -> float:
+    try:
+        value = item.get(keyword) if item is not None else None
+        number = float(value) if value not in (None, "") else default
+    except Exception:  # noqa: BLE001 - a malformed slope is treated as absent
+        return default
+    return number if math.isfinite(number) else default
+
+
+class _Transform:
+    """Stored values of one frame → ``(H, W)`` float32 modality values (see the module docstring)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        self.photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+        self.float_data = "PixelData" not in ds
+        self.lut = "ModalityLUTSequence" in ds
+        bits = _ints(ds, "BitsStored")[0] or _ints(ds, "BitsAllocated")[0] or 16
+        signed = _ints(ds, "PixelRepresentation")[0] == 1
+        self.stored_range = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        try:
+            self.per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+            shared = ds.get("SharedFunctionalGroupsSequence")
+            self.shared = shared[0] if shared else None
+        except Exception:  # noqa: BLE001
+            self.per_frame, self.shared = [], None
+
+    def rescale(self, frame: int) -> tuple[float, float]:
+        """(slope, intercept) of one frame: its functional group, the shared group, else the top level."""
+        groups = [self.per_frame[frame] if frame < len(self.per_frame) else None, self.shared]
+        for group in groups:
+            try:
+                items = group.get("PixelValueTransformationSequence") if group is not None else None
+            except Exception:  # noqa: BLE001
+                items = None
+            if items:
+                return _number(items[0], "RescaleSlope", 1.0), _number(items[0], "RescaleIntercept", 0.0)
+        return _number(self.ds, "RescaleSlope", 1.0), _number(self.ds, "RescaleIntercept", 0.0)
+
+    def __call__(self, raw: np.ndarray, frame: int) -> np.ndarray:
+        if raw.ndim == 2 and self.photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            raw = apply_color_lut(raw, self.ds)
+        if raw.ndim == 3:  # RGB (YBR is converted to RGB by pydicom): luma, rounded
+            rgb = raw.astype(np.float32)
+            return np.rint(rgb[..., 0] * _LUMA[0] + rgb[..., 1] * _LUMA[1] + rgb[..., 2] * _LUMA[2])
+        if raw.ndim != 2:
+            raise ValueError(f"a decoded frame must have shape (H, W) or (H, W, 3), got {raw.shape}")
+        if self.float_data:
+            return raw.astype(np.float32)
+        if self.lut:
+            from pydicom.pixels import apply_modality_lut
+
+            values = np.asarray(apply_modality_lut(raw, self.ds), dtype=np.float32)
+            if self.photometric == "MONOCHROME1":  # the LUT's outputs are 0 .. 2**bits - 1
+                bits = int(self.ds.ModalityLUTSequence[0].LUTDescriptor[2])
+                values = np.float32(2**bits - 1) - values
+            return values
+        slope, intercept = self.rescale(frame)
+        values = raw.astype(np.float32)
+        if slope != 1.0 or intercept != 0.0:
+            values = values * np.float32(slope) + np.float32(intercept)
+        if self.photometric == "MONOCHROME1":
+            lo, hi = sorted(v * slope + intercept for v in self.stored_range)
+            values = np.float32(lo + hi) - values
+        return values
+
+
+def encode_pixels(array: np.ndarray) -> tuple[bytes, str]:
+    """Compact little-endian bytes of one ``(H, W)`` frame, and the dtype name to read them back.
+
+    Integral values are stored in the first of ``uint8``, ``uint16``, ``int16``,
+    ``int32`` that holds them all; anything else (fractions, NaN, infinities) as
+    ``float32``. Decoding with :func:`decode_pixels` gives back the float32 values exactly.
 
     Parameters
     ----------
-    raw
-        One decoded frame: ``(H, W)`` grayscale or ``(H, W, 3)`` RGB.
-    ds
-        The instance's dataset (rescale, modality LUT, photometric interpretation).
-    frame
-        Zero-based frame index (for per-frame rescale of enhanced images).
-    """
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
-    if raw.ndim == 3:
-        rgb = raw.astype(np.float32)
-        return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    values = raw.astype(np.float32)
-    if "ModalityLUTSequence" in ds:
-        values = np.asarray(pydicom.pixels.apply_modality_lut(raw, ds), dtype=np.float32)
-        lut = ds.ModalityLUTSequence[0]
-        lo, hi = float(np.min(lut.LUTData)), float(np.max(lut.LUTData))
-    else:
-        slope, intercept = _rescale(ds, frame)
-        if slope != 1.0 or intercept != 0.0:
-            values = values * np.float32(slope) + np.float32(intercept)
-        bits = int(ds.get("BitsStored", 16) or 16)
-        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        lo, hi = sorted((stored_lo * slope + intercept, stored_hi * slope + intercept))
-    if photometric == "MONOCHROME1":
-        values = np.float32(lo + hi) - values
-    return values
+    array: numpy.ndarray
+        Shape (H, W), any real dtype (typically float32 from :func:`decode_frames`).
 
+    Returns
+    -------
+    tuple[bytes, str]
+        The bytes (row-major) and one of :data:`STORAGE_DTYPES`.
 
-def encode_pixels(pixels: np.ndarray) -> tuple[bytes, str]:
-    """Compact little-endian bytes of a ``(H, W)`` frame and the dtype name to read them back.
-
-    Integral values are stored in the smallest integer dtype that holds them exactly
-    (``uint8``, ``uint16``, ``int16``, ``int32``); anything else as ``float32``.
+    Raises
+    ------
+    ValueError
+        If ``array`` is not 2-D.
 
     >>> encode_pixels(np.array([[0.0, 4095.0]], dtype=np.float32))[1]
     'uint16'
+    >>> encode_pixels(np.array([[-1024.0, 3071.0]], dtype=np.float32))[1]
+    'int16'
     """
-    array = np.asarray(pixels)
-    if array.ndim != 2:
-        raise ValueError(f"Argument 'pixels' must have shape (H, W), got {array.shape}.")
-    if array.size and np.all(np.isfinite(array)) and np.array_equal(array, np.round(array)):
-        lo, hi = float(array.min()), float(array.max())
+    values = np.asarray(array)
+    if values.ndim != 2:
+        raise ValueError(f"Argument 'array' must have shape (H, W), got {values.shape}.")
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"Argument 'array' must hold real numbers, got dtype {values.dtype}.")
+    integral = values.dtype.kind in "biu"
+    if not integral and values.size:
+        with np.errstate(invalid="ignore"):
+            integral = bool(np.all(np.floor(values) == values))  # False for NaN and infinities
+    if integral and values.size:
+        lo, hi = values.min(), values.max()
         for name in _INTEGER_DTYPES:
             info = np.iinfo(name)
             if info.min <= lo and hi <= info.max:
-                return array.astype(np.dtype(name).newbyteorder("<")).tobytes(), name
-    return array.astype("<f4").tobytes(), "float32"
+                return values.astype(np.dtype(name).newbyteorder("<"), copy=False).tobytes(), name
+    return values.astype("<f4", copy=False).tobytes(), "float32"
 
 
 def decode_pixels(buf: bytes, dtype: str, height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`encode_pixels`: a ``(height, width)`` float32 array."""
-    if dtype not in (*_INTEGER_DTYPES, "float32"):
-        raise ValueError(f"Argument 'dtype' must be one of {(*_INTEGER_DTYPES, 'float32')}, got {dtype!r}.")
+    """Inverse of :func:`encode_pixels`: the ``(height, width)`` float32 frame.
+
+    Raises
+    ------
+    ValueError
+        If ``dtype`` is not one of :data:`STORAGE_DTYPES`, or ``buf`` does not hold
+        ``height * width`` values.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"Argument 'dtype' must be one of {STORAGE_DTYPES}, got {dtype!r}.")
     array = np.frombuffer(buf, dtype=np.dtype(dtype).newbyteorder("<"))
     if array.size != height * width:
-        raise ValueError(f"{array.size} values do not make a ({height}, {width}) frame.")
+        raise ValueError(f"Argument 'buf' holds {array.size} values, not height x width = {height} x {width}.")
     return array.reshape(height, width).astype(np.float32)

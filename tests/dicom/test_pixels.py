@@ -1,0 +1,231 @@
+"""Frame decoding on pydicom's and pydicom-data's real files: codecs, rescale, MONOCHROME1, colour, limits."""
+
+import tracemalloc
+from pathlib import Path
+
+import data_store
+import numpy as np
+import pydicom
+import pydicom.pixels
+import pytest
+
+from radlake.dicom.header import parse_header
+from radlake.dicom.pixels import (
+    STORAGE_DTYPES,
+    FrameResult,
+    decode_frames,
+    decode_pixels,
+    decoded_size_bytes,
+    encode_pixels,
+)
+from radlake.dicom.sources import Stage
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+DATA_STORE = Path(data_store.__file__).parent / "data"
+MR_SMALL = TEST_FILES / "MR_small.dcm"
+LIMIT = 64 << 20
+
+
+def _one(path: Path, **kwargs) -> np.ndarray:
+    frames = list(decode_frames(path.read_bytes(), **kwargs))
+    assert len(frames) == 1 and frames[0].error is None, frames[0].error
+    return frames[0].pixels
+
+
+def test_every_real_file_decodes_or_fails_at_the_pixel_stage():
+    decoded = failed = 0
+    files = sorted([p for p in TEST_FILES.rglob("*") if p.is_file()] + [p for p in DATA_STORE.iterdir() if p.is_file()])
+    for path in files:
+        frames = list(decode_frames(path.read_bytes(), max_decoded_bytes=LIMIT))
+        assert frames and all(isinstance(f, FrameResult) for f in frames)
+        assert [f.frame_index for f in frames] == list(range(len(frames)))
+        for frame in frames:
+            if frame.error is None:
+                assert frame.pixels.ndim == 2 and frame.pixels.dtype == np.float32
+                assert np.isfinite(frame.pixels).all()
+                decoded += 1
+            else:
+                assert frame.error.stage is Stage.PIXELS and frame.pixels is None
+                assert frame is frames[-1]  # a failure ends the instance
+                failed += 1
+    assert decoded > 250 and failed > 40
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_padded.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+    ],
+)
+def test_transfer_syntax_variants_decode_to_the_same_pixels(variant):
+    np.testing.assert_array_equal(_one(TEST_FILES / variant), _one(MR_SMALL))
+
+
+def test_mr_small_is_the_stored_values():
+    expected = pydicom.dcmread(MR_SMALL).pixel_array.astype(np.float32)
+    np.testing.assert_array_equal(_one(MR_SMALL), expected)
+
+
+def test_enhanced_mr_splits_into_ten_identical_frames_in_every_encoding():
+    reference = None
+    for name in (
+        "emri_small.dcm",
+        "emri_small_RLE.dcm",
+        "emri_small_big_endian.dcm",
+        "emri_small_jpeg_2k_lossless.dcm",
+        "emri_small_jpeg_ls_lossless.dcm",
+    ):
+        data = (DATA_STORE / name).read_bytes()
+        frames = list(decode_frames(data, header=parse_header(data, deid=None)))
+        assert [f.frame_index for f in frames] == list(range(10)) and all(f.error is None for f in frames), name
+        stack = np.stack([f.pixels for f in frames])
+        assert stack.shape == (10, 64, 64)
+        if reference is None:
+            reference = stack
+            np.testing.assert_array_equal(stack, pydicom.dcmread(DATA_STORE / name).pixel_array)
+        np.testing.assert_array_equal(stack, reference, err_msg=name)
+
+
+def test_monochrome1_is_inverted_over_the_stored_range():
+    ds = pydicom.dcmread(DATA_STORE / "RG1_UNCR.dcm")
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and "RescaleSlope" not in ds
+    pixels = _one(DATA_STORE / "RG1_UNCR.dcm", max_decoded_bytes=LIMIT)
+    np.testing.assert_array_equal(pixels, (2**ds.BitsStored - 1) - ds.pixel_array.astype(np.float32))
+    np.testing.assert_array_equal(_one(DATA_STORE / "RG1_J2KR.dcm", max_decoded_bytes=LIMIT), pixels)
+
+
+def test_rescale_gives_hounsfield_units():
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, -1024.0)
+    pixels = _one(TEST_FILES / "CT_small.dcm")
+    np.testing.assert_array_equal(pixels, ds.pixel_array.astype(np.float32) - 1024)
+
+
+def test_enhanced_ct_rescales_each_frame_from_its_functional_groups():
+    ds = pydicom.dcmread(DATA_STORE / "eCT_Supplemental.dcm")
+    assert "RescaleIntercept" not in ds
+    frames = list(decode_frames((DATA_STORE / "eCT_Supplemental.dcm").read_bytes()))
+    assert len(frames) == 2
+    for frame, stored in zip(frames, ds.pixel_array, strict=True):
+        np.testing.assert_array_equal(frame.pixels, stored.astype(np.float32) - 1024)
+
+
+def test_modality_lut_is_applied():
+    ds = pydicom.dcmread(DATA_STORE / "mlut_18.dcm")
+    assert "ModalityLUTSequence" in ds
+    expected = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    np.testing.assert_array_equal(_one(DATA_STORE / "mlut_18.dcm"), expected)
+
+
+def test_colour_becomes_luma():
+    ds = pydicom.dcmread(DATA_STORE / "SC_rgb.dcm")
+    rgb = ds.pixel_array.astype(np.float32)
+    expected = np.rint(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)
+    np.testing.assert_array_equal(_one(DATA_STORE / "SC_rgb.dcm"), expected)
+    ybr = _one(TEST_FILES / "SC_ybr_full_422_uncompressed.dcm")  # converted to RGB by pydicom first
+    assert ybr.shape == (100, 100) and np.abs(ybr - expected).max() <= 3
+    palette = _one(DATA_STORE / "OT-PAL-8-face.dcm")  # PALETTE COLOR through its palette
+    assert palette.shape == (480, 640) and palette.max() > 255  # 16-bit palette entries
+
+
+def test_truncated_files_fail_at_the_pixel_stage():
+    mr = MR_SMALL.read_bytes()
+    [cut] = decode_frames(mr[: len(mr) // 2])
+    assert cut.error is not None and cut.error.stage is Stage.PIXELS
+    emri = (DATA_STORE / "emri_small.dcm").read_bytes()
+    frames = list(decode_frames(emri[: len(emri) // 2]))
+    assert frames[-1].error is not None and frames[-1].error.stage is Stage.PIXELS
+    for data in (b"", b"not dicom at all" * 20):
+        [frame] = decode_frames(data)
+        assert frame.error.stage is Stage.PIXELS and frame.pixels is None
+
+
+def test_no_pixel_data_is_a_failure():
+    [frame] = decode_frames((TEST_FILES / "rtplan.dcm").read_bytes())
+    assert frame.error.error_class == "NoPixelData"
+
+
+def _claiming(rows: int, columns: int, frames: int) -> bytes:
+    """MR_small whose header claims a huge image (the pixel data stays 8 KiB)."""
+    import io
+
+    ds = pydicom.dcmread(MR_SMALL)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def test_too_large_is_refused_before_decoding_or_allocating(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("decoding must not start")
+
+    monkeypatch.setattr(pydicom.pixels, "iter_pixels", forbidden)
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", forbidden)
+    data = _claiming(65535, 65535, 1000)  # 8.6 TB if decoded
+    header = parse_header(data, deid=None)
+    tracemalloc.start()
+    for given in (header, None):
+        [frame] = decode_frames(data, header=given, max_decoded_bytes=1 << 30)
+        assert frame.error.error_class == "TooLarge" and frame.error.stage is Stage.PIXELS and frame.pixels is None
+        assert "8589672450000" in frame.error.message
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20
+    [small_limit] = decode_frames(MR_SMALL.read_bytes(), max_decoded_bytes=1000)
+    assert small_limit.error.error_class == "TooLarge"
+
+
+def test_decoded_size():
+    assert decoded_size_bytes(384, 384, 1, 1, 16) == 294912
+    assert decoded_size_bytes(100, 100, None, 3, 8) == 30000
+    assert decoded_size_bytes(10, 10, 4, 1, 1) == 400  # 1-bit data is unpacked to bytes
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype"),
+    [
+        ([[0, 255]], "uint8"),
+        ([[0, 4095]], "uint16"),
+        ([[-1024, 3071]], "int16"),
+        ([[0, 70000]], "int32"),
+        ([[-40000, 1]], "int32"),
+        ([[0.5, 2.25]], "float32"),
+        ([[3e9, 0]], "float32"),
+        ([[np.nan, 1]], "float32"),
+        ([[np.inf, 1]], "float32"),
+    ],
+)
+def test_encode_round_trip_is_exact(values, dtype):
+    array = np.asarray(values, dtype=np.float32)
+    buf, got = encode_pixels(array)
+    assert got == dtype and got in STORAGE_DTYPES
+    decoded = decode_pixels(buf, got, *array.shape)
+    assert decoded.dtype == np.float32 and decoded.shape == array.shape
+    np.testing.assert_array_equal(decoded, array)
+
+
+def test_encode_a_real_frame_compactly():
+    pixels = _one(TEST_FILES / "CT_small.dcm")
+    buf, dtype = encode_pixels(pixels)
+    assert dtype == "int16" and len(buf) == pixels.size * 2
+    np.testing.assert_array_equal(decode_pixels(buf, dtype, *pixels.shape), pixels)
+    assert encode_pixels(np.zeros((0, 3), np.float32)) == (b"", "float32")
+    assert encode_pixels(np.array([[1, 2]], dtype=np.uint16))[1] == "uint8"
+
+
+def test_encode_and_decode_check_their_arguments():
+    with pytest.raises(ValueError, match="array"):
+        encode_pixels(np.zeros((2, 2, 3)))
+    with pytest.raises(TypeError, match="array"):
+        encode_pixels(np.array([["a"]]))
+    with pytest.raises(ValueError, match="dtype"):
+        decode_pixels(b"\x00\x00", "float64", 1, 1)
+    with pytest.raises(ValueError, match="buf"):
+        decode_pixels(b"\x00\x00\x00", "uint16", 1, 1)
