@@ -309,8 +309,9 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     phase("series")
     # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
     new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, now)
-    phase("pixel_pass_and_merge")
+    phase("pixel_pass_and_write")
     _refresh_slice_indices(spark, refs, touched)
+    phase("slice_index_refresh")
 
     # 5. The ledger, last.
     per_file = results.groupBy("path", "file_size", "modification_time").agg(
@@ -434,9 +435,16 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
     n_failures = failures.count()
     refs[Table.QUARANTINE].merge(spark, _quarantine_rows(failures, run_id, now), keys=["quarantine_id"])
     n_images = images.count()
-    refs[Table.IMAGES].merge(spark, images, keys=["sop_instance_uid", "frame_index"])
+    # An append, not a MERGE: ``todo`` already left out every instance with an image, and a
+    # Delta commit is atomic, so a killed run leaves all of these rows or none.
+    _append(refs[Table.IMAGES], images)
     frames.unpersist()
     return n_images, n_failures
+
+
+def _append(ref, df: DataFrame) -> None:
+    writer = df.write.format("delta").mode("append")
+    writer.saveAsTable(ref.name) if ref.name else writer.save(ref.path)
 
 
 def _refresh_slice_indices(spark, refs, touched: DataFrame) -> None:
