@@ -413,7 +413,9 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         work.repartition(min(n_tasks, stats["n"]), "path")
         .sortWithinPartitions("path", "member")
         .mapInArrow(partial(pixel_pass, settings=settings), S.PIXEL_RESULT)
-        .persist(StorageLevel.MEMORY_AND_DISK)
+        # Decoded pixels are large: keep them on disk only (an in-memory cache of a 10,000-file
+        # archive ran the driver out of heap), streamed once into the two writes below.
+        .persist(StorageLevel.DISK_ONLY)
     )
     image_columns = [f.name for f in S.IMAGES.fields]
     images = frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns)
