@@ -61,3 +61,11 @@ def test_missing_geometry_goes_last_by_instance_number():
     stack.append(stack[0] | {"sop_instance_uid": "1.2.9", "image_position_patient": None, "instance_number": 0})
     row = describe_stack(stack)
     assert row["slices"][-1]["sop_instance_uid"] == "1.2.9" and row["slices"][-1]["position_mm"] is None
+
+
+def test_table_schema_promotes_exactly_the_parsed_columns():
+    """The instances schema and the header parser name the same promoted columns, in the same order."""
+    from radlake.dicom.header import PROMOTED_COLUMNS
+    from radlake.ingest.schema import PROMOTED_FIELDS
+
+    assert tuple(f.name for f in PROMOTED_FIELDS) == PROMOTED_COLUMNS

@@ -77,7 +77,6 @@ PROMOTED_FIELDS = _fields(
     ("plane", _S),
     ("has_pixels", _B),
 )
-PROMOTED_COLUMNS = [f.name for f in PROMOTED_FIELDS]
 
 RUN_FIELDS = _fields(("ingest_run_id", _S), ("ingested_at", TimestampType()), ("radlake_version", _S))
 

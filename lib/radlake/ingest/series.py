@@ -27,7 +27,8 @@ UNEVEN_TOLERANCE = 0.1
 #: A spacing more than this multiple of the median spacing is a gap (missing slices).
 GAP_FACTOR = 1.5
 
-STACK_KEY_COLUMNS = ("series_instance_uid", "frame_of_reference_uid", "image_orientation_patient", "rows", "columns")
+#: One stack as :func:`build_series` returns it: the ``series`` table without the run columns.
+STACK = S.StructType([f for f in S.SERIES.fields if f.name not in {"updated_run_id", "updated_at"}])
 
 
 def series_key_column() -> Column:
@@ -69,15 +70,13 @@ def build_series(instances: DataFrame) -> DataFrame:
         "pixel_spacing",
         "slice_thickness",
     ]
-    out = S.StructType([f for f in S.SERIES.fields if f.name not in {"updated_run_id", "updated_at"}])
-    return instances.select(*columns).groupBy("series_key").applyInArrow(_stack_table, out)
+    return instances.select(*columns).groupBy("series_key").applyInArrow(_stack_table, STACK)
 
 
 def _stack_table(table: pa.Table) -> pa.Table:
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    out = S.StructType([f for f in S.SERIES.fields if f.name not in {"updated_run_id", "updated_at"}])
-    return pa.Table.from_pylist([describe_stack(table.to_pylist())], schema=to_arrow_schema(out))
+    return pa.Table.from_pylist([describe_stack(table.to_pylist())], schema=to_arrow_schema(STACK))
 
 
 def describe_stack(instances: list[dict[str, Any]]) -> dict[str, Any]:
