@@ -177,8 +177,8 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     new_files = listed.join(ledger, ["path", "file_size", "modification_time"], "left_anti")
     files = new_files.collect()  # metadata only: path, size, time
     files_seen = listed.count()
+    phase("list")
     if not files:  # the ledger is written last, so a complete ledger means nothing is left to do
-        phase("list")
         return IngestSummary(
             run_id=run_id,
             archive=str(archive),
@@ -259,7 +259,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     counts = {r["_status"]: r["count"] for r in classified.groupBy("_status").count().collect()}
-    phase("list_and_header_pass")
+    phase("header_pass")
     n_new, duplicates, n_conflicts = (counts.get(k, 0) for k in ("new", "unchanged", "conflict"))
     new_instances = classified.where("_status = 'new'").select(*instance_columns)
     conflicts = classified.where("_status = 'conflict'")
@@ -409,38 +409,50 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         2 * spark.sparkContext.defaultParallelism,
     )
     settings = PixelSettings(max_member_bytes=ic.max_member_bytes, max_decoded_bytes=ic.max_decoded_bytes)
+    decode = partial(pixel_pass, settings=settings)
     frames = (
         work.repartition(min(n_tasks, stats["n"]), "path")
         .sortWithinPartitions("path", "member")
-        .mapInArrow(partial(pixel_pass, settings=settings), S.PIXEL_RESULT)
-        # Decoded pixels are large: keep them on disk only (an in-memory cache of a 10,000-file
-        # archive ran the driver out of heap), streamed once into the two writes below.
-        .persist(StorageLevel.DISK_ONLY)
+        .mapInArrow(decode, S.PIXEL_RESULT)
     )
+    # The frames stream straight into one append (decoded pixels are never cached: that cost
+    # more than the decoding). An append, not a MERGE: ``todo`` already left out every
+    # instance with an image, and a Delta commit is atomic, so a killed run leaves all of
+    # these rows or none.
     image_columns = [f.name for f in S.IMAGES.fields]
-    images = frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns)
-    failures = frames.where("kind = 'failure'").join(
-        instances.select("sop_instance_uid", "file_size", "modification_time"), "sop_instance_uid"
+    _append(refs[Table.IMAGES], frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns))
+    written = refs[Table.IMAGES].read(spark).where(F.col("ingest_run_id") == run_id).groupBy("sop_instance_uid").count()
+    n_images = int(written.agg(F.sum("count")).first()[0] or 0)
+    # Failures were not kept by the write; they are the instances that got fewer frames than
+    # they hold (rare), decoded once more to record why.
+    short = (
+        work.join(instances.select("sop_instance_uid", "number_of_frames"), "sop_instance_uid")
+        .join(written, "sop_instance_uid", "left")
+        .where(F.coalesce("count", F.lit(0)) < F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1)))
+        .drop("count", "number_of_frames")
     )
-    failures = failures.select(
-        "path",
-        "member",
-        "file_size",
-        "modification_time",
-        "content_sha256",
-        "sop_instance_uid",
-        "frame_index",
-        "stage",
-        "error_class",
-        "error_message",
+    failures = (
+        short.mapInArrow(decode, S.PIXEL_RESULT)
+        .where("kind = 'failure'")
+        .join(instances.select("sop_instance_uid", "file_size", "modification_time"), "sop_instance_uid")
+        .select(
+            "path",
+            "member",
+            "file_size",
+            "modification_time",
+            "content_sha256",
+            "sop_instance_uid",
+            "frame_index",
+            "stage",
+            "error_class",
+            "error_message",
+        )
+        .persist(StorageLevel.MEMORY_AND_DISK)  # small: no pixels
     )
     n_failures = failures.count()
-    refs[Table.QUARANTINE].merge(spark, _quarantine_rows(failures, run_id, now), keys=["quarantine_id"])
-    n_images = images.count()
-    # An append, not a MERGE: ``todo`` already left out every instance with an image, and a
-    # Delta commit is atomic, so a killed run leaves all of these rows or none.
-    _append(refs[Table.IMAGES], images)
-    frames.unpersist()
+    if n_failures:
+        refs[Table.QUARANTINE].merge(spark, _quarantine_rows(failures, run_id, now), keys=["quarantine_id"])
+    failures.unpersist()
     return n_images, n_failures
 
 
