@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from radlake.errors import ConfigError
 from radlake.synth import SynthConfig
@@ -85,6 +85,8 @@ class TablesConfig(_Section):
     images: str = "images"
     quarantine: str = "quarantine"
     ingest_files: str = "ingest_files"
+    annotations: str = "annotations"
+    splits: str = "splits"
 
 
 class DeidConfig(_Section):
@@ -170,6 +172,72 @@ class SparkConfig(_Section):
         )
 
 
+class LabelsConfig(_Section):
+    """Annotations import and the train / validation / test split (by study)."""
+
+    file: str | None = Field(None, description="Default labels file for `radlake labels import`.")
+    split_seed: int = Field(0, description="Seed of the study-level split; change it only to start a new split.")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Share of studies in validation.")
+    test_fraction: float = Field(0.15, ge=0, lt=1, description="Share of studies in the frozen test split.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training(self) -> LabelsConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave studies for training (sum < 1)")
+        return self
+
+
+class LoaderConfig(_Section):
+    """The Parquet cache and torch loader of training data (``radlake.data``)."""
+
+    cache_dir: Path | None = Field(None, description="Parquet cache folder; default <work_dir>/cache/loader.")
+    row_group_bytes: int = Field(16 << 20, ge=1 << 16, description="Target bytes per Parquet row group.")
+    num_workers: int = Field(2, ge=0, description="torch DataLoader worker processes per training process.")
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentations (geometry in pixels of the resized image; none at evaluation)."""
+
+    enabled: bool = True
+    scale_range: tuple[float, float] = Field((0.85, 1.15), description="Random zoom factor range.")
+    translate_fraction: float = Field(0.08, ge=0, le=0.5, description="Random shift, fraction of the image side.")
+    gamma_range: tuple[float, float] = Field((0.7, 1.4), description="Random intensity gamma range.")
+    noise_std: float = Field(0.03, ge=0, description="Gaussian noise std on the [0, 1] normalised intensities.")
+
+
+class DetectorConfig(_Section):
+    """One detector's model and training settings (``train.vertebra``, ``train.schmorl``)."""
+
+    experiment: str | None = Field(
+        None, description="MLflow experiment of its runs; default <mlflow.experiment>-<detector>."
+    )
+    backbone: Literal["tiny", "resnet18_fpn", "resnet50_fpn", "mobilenet_v3_fpn"] = Field(
+        "tiny", description="tiny: a small conv FPN for CPUs; the others are torchvision backbones."
+    )
+    weights: Path | None = Field(None, description="Local backbone or model weights (.pt); none are downloaded.")
+    image_size: int = Field(256, ge=32, description="Side in pixels of the square network input.")
+    batch_size: int = Field(8, ge=1, description="Images per step per process.")
+    epochs: int = Field(12, ge=1)
+    max_train_minutes: float | None = Field(None, gt=0, description="Stop training after this wall time.")
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    num_processes: int = Field(1, ge=1, description="DDP processes (TorchDistributor num_processes).")
+    use_gpu: bool = False
+    score_threshold: float = Field(0.3, ge=0, le=1, description="Lowest score the pyfunc returns.")
+    nms_iou: float = Field(0.5, gt=0, le=1)
+    detections_per_image: int = Field(30, ge=1)
+    val_images_logged: int = Field(6, ge=0, description="Validation images drawn with boxes in the run.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class TrainConfig(_Section):
+    """The detectors radlake trains."""
+
+    vertebra: DetectorConfig = Field(default_factory=DetectorConfig)
+    schmorl: DetectorConfig = Field(default_factory=DetectorConfig)
+
+
 class RadlakeConfig(_Section):
     """The whole configuration of one environment."""
 
@@ -181,6 +249,9 @@ class RadlakeConfig(_Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def find_config_file(name_or_path: str | os.PathLike[str]) -> Path | None:

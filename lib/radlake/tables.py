@@ -43,6 +43,10 @@ class Table(str, Enum):
     """Files or instances that could not be ingested, with the stage and reason."""
     INGEST_FILES = "ingest_files"
     """Ledger of stored files already ingested (location, size, modification time), written last."""
+    ANNOTATIONS = "annotations"
+    """Boxes drawn on image frames (pixels and millimetres), one row per box."""
+    SPLITS = "splits"
+    """Train / validation / test assignment of every study, fixed by seed."""
 
 
 @dataclass(frozen=True)
