@@ -211,7 +211,7 @@ class DetectorConfig(_Section):
     experiment: str | None = Field(
         None, description="MLflow experiment of its runs; default <mlflow.experiment>-<detector>."
     )
-    backbone: Literal["tiny", "resnet18_fpn", "resnet50_fpn", "mobilenet_v3_fpn"] = Field(
+    backbone: Literal["tiny", "resnet18_fpn", "resnet50_fpn"] = Field(
         "tiny", description="tiny: a small conv FPN for CPUs; the others are torchvision backbones."
     )
     weights: Path | None = Field(None, description="Local backbone or model weights (.pt); none are downloaded.")
@@ -224,6 +224,9 @@ class DetectorConfig(_Section):
     seed: int = 0
     num_processes: int = Field(1, ge=1, description="DDP processes (TorchDistributor num_processes).")
     use_gpu: bool = False
+    local_mode: bool = Field(
+        True, description="TorchDistributor local_mode: processes on the driver (False: on the workers)."
+    )
     score_threshold: float = Field(0.3, ge=0, le=1, description="Lowest score the pyfunc returns.")
     nms_iou: float = Field(0.5, gt=0, le=1)
     detections_per_image: int = Field(30, ge=1)

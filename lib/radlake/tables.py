@@ -93,6 +93,10 @@ class TableRef:
 
         return DeltaTable.forName(spark, self.name) if self.name else DeltaTable.forPath(spark, self.path)
 
+    def version(self, spark: SparkSession) -> int:
+        """The table's current Delta version (pin it to read the same data again later)."""
+        return int(self.delta_table(spark).history(1).select("version").first()["version"])
+
     def ensure(self, spark: SparkSession, schema: StructType) -> None:
         """Create the table empty with ``schema`` if it does not exist yet (a no-op otherwise)."""
         from delta.tables import DeltaTable
@@ -175,9 +179,8 @@ def list_tables(spark: SparkSession, config: RadlakeConfig) -> list[TableStatus]
     for table in Table:
         ref = table_ref(config, table)
         if ref.exists(spark):
-            last = ref.delta_table(spark).history(1).select("version").first()
             rows = ref.read(spark).count()
-            statuses.append(TableStatus(table.value, ref.location, int(last["version"]), rows))
+            statuses.append(TableStatus(table.value, ref.location, ref.version(spark), rows))
         else:
             statuses.append(TableStatus(table.value, ref.location, None, None))
     return statuses

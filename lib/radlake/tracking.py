@@ -10,7 +10,7 @@ Example
 >>> cfg = load_config(overrides=["storage.root=/tmp/rl-doc"])
 >>> experiment_id = configure_mlflow(cfg)          # doctest: +SKIP
 >>> print(ui_command(cfg))
-mlflow ui --backend-store-uri sqlite:////tmp/rl-doc/mlflow.db --port 5000
+mlflow server --backend-store-uri sqlite:////tmp/rl-doc/mlflow.db --host 127.0.0.1 --port 5000
 
 """
 
@@ -21,13 +21,15 @@ import mlflow
 from radlake.config import RadlakeConfig
 
 
-def configure_mlflow(config: RadlakeConfig) -> str:
+def configure_mlflow(config: RadlakeConfig, experiment: str | None = None) -> str:
     """Point MLflow at the configured stores and make sure the experiment exists.
 
     Parameters
     ----------
     config
         Supplies ``mlflow.*`` and, for the local default, ``storage.root``.
+    experiment
+        Experiment name; default ``mlflow.experiment``.
 
     Returns
     -------
@@ -40,18 +42,26 @@ def configure_mlflow(config: RadlakeConfig) -> str:
         config.storage.root_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(mc.registry_uri or tracking_uri)
-    experiment = mlflow.get_experiment_by_name(mc.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
+    name = experiment or mc.experiment
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        experiment_id = found.experiment_id
     else:
         artifact_location = mc.artifact_location
         if artifact_location is None and not mc.tracking_uri:
             artifact_location = (config.storage.root_dir / "mlartifacts").as_uri()
-        experiment_id = mlflow.create_experiment(mc.experiment, artifact_location=artifact_location)
+        experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
 
 def ui_command(config: RadlakeConfig, *, port: int = 5000) -> str:
-    """The shell command that opens the MLflow UI on this configuration's tracking store."""
-    return f"mlflow ui --backend-store-uri {config.mlflow.resolved_tracking_uri(config.storage)} --port {port}"
+    """The shell command that serves the MLflow UI over this configuration's tracking store, on 127.0.0.1 only."""
+    uri = config.mlflow.resolved_tracking_uri(config.storage)
+    return f"mlflow server --backend-store-uri {uri} --host 127.0.0.1 --port {port}"
+
+
+def detector_experiment(config: RadlakeConfig, detector: str) -> str:
+    """The experiment of one detector's runs: ``train.<detector>.experiment`` or ``<mlflow.experiment>-<detector>``."""
+    settings = getattr(config.train, detector)
+    return settings.experiment or f"{config.mlflow.experiment}-{detector}"

@@ -1,0 +1,155 @@
+"""The detector as an MLflow pyfunc: preprocessing, the network and post-processing in one model.
+
+Input: ``images`` rows — ``pixels`` (bytes), ``dtype``, ``height``, ``width`` and
+``pixel_spacing`` (row, column mm). Output: per row, an array of detections
+``{label, level, score, x0, y0, x1, y1}`` with the box ``xyxy`` in pixels of the source
+frame (x = column, y = row, origin at its top-left corner). For a vertebra detector
+``level`` is the vertebral level; detectors without levels return ``None`` there.
+
+The model bundles radlake's own code (``code_paths``), so it loads with
+``mlflow.pyfunc.load_model`` in a fresh process and as ``mlflow.pyfunc.spark_udf``
+(use :func:`udf_result_type` as its ``result_type`` and select ``.detections``).
+
+Example
+-------
+>>> import mlflow                                                    # doctest: +SKIP
+>>> model = mlflow.pyfunc.load_model("models:/vertebra_detector@champion")  # doctest: +SKIP
+>>> model.predict(images_pdf)["detections"][0][0]["level"]           # doctest: +SKIP
+'L3'
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+#: Fields of one output detection, in order, with their Spark types.
+DETECTION_FIELDS = (
+    ("label", "string"),
+    ("level", "string"),
+    ("score", "double"),
+    ("x0", "double"),
+    ("y0", "double"),
+    ("x1", "double"),
+    ("y1", "double"),
+)
+INPUT_COLUMNS = ("pixels", "dtype", "height", "width", "pixel_spacing")
+#: Distributions the model needs at load time, pinned to the versions it was trained with.
+REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pydicom", "mlflow")
+
+
+def udf_result_type() -> str:
+    """The Spark SQL type of the model's output, for ``mlflow.pyfunc.spark_udf(result_type=...)``.
+
+    A struct with one field, ``detections``: MLflow's UDF converts struct results
+    field by field, while a bare array of structs is not converted (select
+    ``udf(...).detections``).
+    """
+    fields = ", ".join(f"{name}: {kind}" for name, kind in DETECTION_FIELDS)
+    return f"struct<detections: array<struct<{fields}>>>"
+
+
+class DetectorModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper; artifacts ``weights`` (a ``state_dict``) and ``spec`` (the :class:`DetectorSpec` JSON)."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from radlake.models.detector import DetectorSpec, build_detector
+
+        self.spec = DetectorSpec.from_dict(json.loads(Path(context.artifacts["spec"]).read_text()))
+        self.model = build_detector(self.spec)
+        self.model.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
+        self.model.eval()
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return pd.DataFrame({"detections": predict_rows(self.model, self.spec, model_input)})
+
+
+def predict_rows(model, spec, rows: pd.DataFrame, batch_size: int = 8) -> list[list[dict]]:
+    """Detections in source pixels for every row of ``rows`` (columns :data:`INPUT_COLUMNS`)."""
+    import torch
+
+    from radlake.models.detector import postprocess
+    from radlake.models.preprocess import prepare_frame
+
+    out: list[list[dict]] = []
+    records = rows.to_dict("records")
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        prepared = [prepare_frame(r["pixels"], r["dtype"], r["height"], r["width"], spec.image_size) for r in chunk]
+        with torch.inference_mode():
+            outputs = model([image for image, _ in prepared])
+        for row, (_, box), output in zip(chunk, prepared, outputs, strict=True):
+            found = (_as_output(d, box.scale, spec, row["height"], row["width"]) for d in postprocess(output, spec))
+            out.append([d for d in found if d is not None])
+    return out
+
+
+def _as_output(detection: dict, scale: float, spec, height: int, width: int) -> dict | None:
+    """A detection in source pixels, clipped to the frame (``None`` if nothing of it is inside)."""
+    x0, y0, x1, y1 = (float(v) / scale for v in detection["box_xyxy"])
+    x0, x1 = min(max(x0, 0.0), float(width)), min(max(x1, 0.0), float(width))
+    y0, y1 = min(max(y0, 0.0), float(height)), min(max(y1, 0.0), float(height))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    level = detection["class_name"] if spec.kind == "level" else None
+    return {
+        "label": spec.label,
+        "level": level,
+        "score": float(detection["score"]),
+        "x0": x0,
+        "y0": y0,
+        "x1": x1,
+        "y1": y1,
+    }
+
+
+def _signature(example: pd.DataFrame):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
+
+    inputs = Schema(
+        [
+            ColSpec("binary", "pixels"),
+            ColSpec("string", "dtype"),
+            ColSpec("long", "height"),
+            ColSpec("long", "width"),
+            ColSpec(Array("double"), "pixel_spacing"),
+        ]
+    )
+    kinds = {"string": "string", "double": "double"}
+    detection = Object([Property(name, kinds[kind], required=name != "level") for name, kind in DETECTION_FIELDS])
+    outputs = Schema([ColSpec(Array(detection), "detections")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_detector(
+    model, spec, *, input_example: pd.DataFrame, name: str = "model", registered_model_name: str | None = None
+):
+    """Log ``model`` (a torchvision detector) as a pyfunc in the active run; returns MLflow's ``ModelInfo``."""
+    import torch
+
+    import radlake
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.pt"
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec.as_dict(), indent=2))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=DetectorModel(),
+            artifacts={"weights": str(weights), "spec": str(spec_file)},
+            code_paths=[str(Path(radlake.__file__).parent)],
+            signature=_signature(input_example),
+            input_example=input_example[list(INPUT_COLUMNS)].head(1),
+            pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
+            registered_model_name=registered_model_name,
+        )

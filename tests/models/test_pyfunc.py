@@ -1,0 +1,68 @@
+"""The detector pyfunc: logged with a signature, loaded in a fresh process, and run as a Spark UDF."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from radlake.dicom.pixels import encode_pixels
+from radlake.models.detector import build_detector, vertebra_spec
+from radlake.models.pyfunc import log_detector, udf_result_type
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pyfunc")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    experiment = mlflow.create_experiment("pyfunc-test", artifact_location=(root / "artifacts").as_uri())
+    spec = vertebra_spec(image_size=128, score_threshold=0.0, detections_per_image=5)
+    model = build_detector(spec)
+    rng = np.random.default_rng(0)
+    rows = []
+    for height, width in ((200, 160), (96, 128)):
+        buf, dtype = encode_pixels(rng.integers(0, 4000, (height, width)).astype(np.float32))
+        rows.append({"pixels": buf, "dtype": dtype, "height": height, "width": width, "pixel_spacing": [0.7, 0.6]})
+    frame = pd.DataFrame(rows)
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_detector(model, spec, input_example=frame)
+    return info.model_uri, frame, f"sqlite:///{root}/mlflow.db"
+
+
+def test_predicts_boxes_in_source_pixels(logged):
+    uri, frame, _ = logged
+    model = mlflow.pyfunc.load_model(uri)
+    out = model.predict(frame)["detections"]
+    assert len(out) == 2
+    for detections, (_, row) in zip(out, frame.iterrows(), strict=True):
+        assert 0 < len(detections) <= 5
+        for d in detections:
+            assert set(d) == {"label", "level", "score", "x0", "y0", "x1", "y1"}
+            assert d["label"] == "vertebra" and d["level"]
+            # boxes are in the frame's pixels, clipped to it (not the letterboxed network input)
+            assert 0 <= d["x0"] < d["x1"] <= row["width"] and 0 <= d["y0"] < d["y1"] <= row["height"]
+    assert model.metadata.signature.inputs.input_names() == ["pixels", "dtype", "height", "width", "pixel_spacing"]
+
+
+def test_loads_in_a_fresh_process(logged):
+    uri, _, tracking = logged
+    code = (
+        f"import mlflow, json; mlflow.set_tracking_uri({tracking!r}); m = mlflow.pyfunc.load_model({uri!r}); "
+        "print(json.dumps(m.metadata.get_input_schema().input_names()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])[0] == "pixels"
+
+
+def test_runs_as_a_spark_udf(spark, logged):
+    uri, frame, _ = logged
+    udf = mlflow.pyfunc.spark_udf(spark, uri, result_type=udf_result_type(), env_manager="local")
+    df = spark.createDataFrame(frame.assign(height=frame.height.astype("int64"), width=frame.width.astype("int64")))
+    scored = df.withColumn("detections", udf("pixels", "dtype", "height", "width", "pixel_spacing").detections)
+    rows = scored.select("height", "detections").collect()
+    assert [len(r.detections) > 0 for r in rows] == [True, True]
+    assert all(d.label == "vertebra" and d.x1 >= d.x0 for r in rows for d in r.detections)
