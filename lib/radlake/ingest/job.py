@@ -211,11 +211,11 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         min_tasks=min_tasks,
     )
     n_tasks = max(assignment, default=0) + 1
-    files_rdd = (
-        spark.sparkContext.parallelize(list(zip(assignment, files, strict=True)), n_tasks)
-        .partitionBy(n_tasks, lambda task: task)
-        .values()
-    )
+    groups: list[list] = [[] for _ in range(n_tasks)]
+    for task, file in zip(assignment, files, strict=True):
+        groups[task].append(file)
+    # One list per slice: each task gets exactly its packed files, without a shuffle.
+    files_rdd = spark.sparkContext.parallelize(groups, n_tasks).flatMap(lambda group: group)
     file_schema = new_files.schema
     results = (
         spark.createDataFrame(files_rdd, file_schema)
@@ -399,8 +399,11 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         "pixel_spacing",
         "slice_indices",
         "instance_size",
+        F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1)).alias("expected_frames"),
     )
-    stats = work.agg(F.count("*").alias("n"), F.sum("instance_size").alias("bytes")).first()
+    stats = work.agg(
+        F.count("*").alias("n"), F.sum("instance_size").alias("bytes"), F.sum("expected_frames").alias("frames")
+    ).first()
     if not stats["n"]:
         return 0, 0
     n_tasks = max(
@@ -423,13 +426,14 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
     _append(refs[Table.IMAGES], frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns))
     written = refs[Table.IMAGES].read(spark).where(F.col("ingest_run_id") == run_id).groupBy("sop_instance_uid").count()
     n_images = int(written.agg(F.sum("count")).first()[0] or 0)
+    if n_images >= int(stats["frames"] or 0):
+        return n_images, 0  # every instance gave all its frames: nothing failed
     # Failures were not kept by the write; they are the instances that got fewer frames than
     # they hold (rare), decoded once more to record why.
     short = (
-        work.join(instances.select("sop_instance_uid", "number_of_frames"), "sop_instance_uid")
-        .join(written, "sop_instance_uid", "left")
-        .where(F.coalesce("count", F.lit(0)) < F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1)))
-        .drop("count", "number_of_frames")
+        work.join(written, "sop_instance_uid", "left")
+        .where(F.coalesce("count", F.lit(0)) < F.col("expected_frames"))
+        .drop("count")
     )
     failures = (
         short.mapInArrow(decode, S.PIXEL_RESULT)
