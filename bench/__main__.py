@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["synth", "ingest"]
+BENCHMARKS = ["synth", "ingest", "loader"]
 
 
 def main(argv: list[str]) -> int:
