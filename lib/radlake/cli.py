@@ -79,6 +79,74 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser(
+        "labels",
+        help="import box annotations and assign the train / val / test split by study",
+        description="Annotations (synth labels.json or COCO-style JSON keyed by SOPInstanceUID) into the "
+        "annotations Delta table, checked against images; studies into the splits table, fixed by seed.",
+    )
+    labels_sub = p.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    q = labels_sub.add_parser(
+        "import",
+        parents=[common],
+        help="import a labels file (boxes in pixels), then assign splits to new studies",
+        description="Check every box against the images table (unknown frames, degenerate boxes and boxes more "
+        "than 1 pixel outside the image are rejected and listed), MERGE the rest into annotations (re-imports "
+        "add nothing; a corrected file of the same name replaces its boxes per frame), then assign splits.",
+    )
+    q.add_argument("--file", help="labels file: synth labels.json or COCO-style JSON (default: labels.file)")
+    q.add_argument("--summary-json", help="also write both summaries as JSON to this file")
+    q.set_defaults(func=_cmd_labels_import)
+    q = labels_sub.add_parser(
+        "split",
+        parents=[common],
+        help="assign train / val / test to studies that have none yet (by labels.split_seed)",
+        description="Give every study in images without a split its split; assigned studies keep theirs.",
+    )
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="redraw every study when labels.split_seed differs from the table's seed (changes the test set)",
+    )
+    q.set_defaults(func=_cmd_labels_split)
+
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a detector with DDP, log it to MLflow, register it and promote it if it wins",
+        description="Train a detector (vertebra) from the images, annotations and splits tables at pinned "
+        "Delta versions, with TorchDistributor; log params, metrics, plots, data versions and the pyfunc model "
+        "to MLflow; register it as models.<detector> with the alias challenger, and champion if it beats the "
+        "current champion on the frozen test split.",
+    )
+    p.add_argument("detector", help="which detector: vertebra")
+    p.add_argument("--no-register", action="store_true", help="log the run only; do not register or promote")
+    p.add_argument("--summary-json", help="also write the run and promotion summary as JSON to this file")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "reproduce",
+        parents=[common],
+        help="retrain a logged run from its config and data versions and compare the metrics",
+    )
+    p.add_argument("--run-id", required=True, help="MLflow run id of a radlake training run")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser(
+        "promote",
+        parents=[common],
+        help="register a training run's model and promote it to champion if it beats the current one",
+    )
+    p.add_argument("detector", help="which detector: vertebra")
+    p.add_argument("--run-id", required=True, help="MLflow run id of the training run")
+    p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser("cache", help="the Parquet cache of training data")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    q = cache_sub.add_parser("clean", parents=[common], help="remove cached training views (all, or older ones)")
+    q.add_argument("--older-than-days", type=float, help="only entries not written for this many days")
+    q.set_defaults(func=_cmd_cache_clean)
+
+    p = sub.add_parser(
         "demo",
         parents=[common],
         help="the pipeline end to end on a synthetic archive (what make demo runs)",
@@ -150,6 +218,81 @@ def _cmd_ingest(args: argparse.Namespace, config: RadlakeConfig) -> int:
     print(json.dumps(summary.as_dict(), indent=2))
     if args.summary_json:
         write_summary(summary, args.summary_json)
+    return 0
+
+
+def _cmd_labels_import(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from pathlib import Path
+
+    from radlake.data.labels import import_labels
+    from radlake.data.splits import assign_splits, check_split_seed
+    from radlake.spark import get_spark
+
+    spark = get_spark(config)
+    check_split_seed(spark, config)  # a seed change fails before anything is written
+    labels = import_labels(spark, config, args.file)
+    for rejected in labels.rejections:
+        print(f"rejected {rejected.item}: {rejected.reason}", file=sys.stderr)
+    splits = assign_splits(spark, config)
+    summaries = {"labels": labels.as_dict(), "splits": splits.as_dict()}
+    print(json.dumps(summaries, indent=2))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summaries, indent=2))
+    return 0
+
+
+def _cmd_labels_split(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.data.splits import assign_splits
+    from radlake.spark import get_spark
+
+    summary = assign_splits(get_spark(config), config, force=args.force)
+    print(json.dumps(summary.as_dict(), indent=2))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from pathlib import Path
+
+    from radlake.registry.promote import register_and_promote
+    from radlake.spark import get_spark
+    from radlake.train.run import get_stage, train_detector
+
+    stage = get_stage(args.detector)
+    result = train_detector(get_spark(config), config, stage.name)
+    summary = {"train": result.as_dict()}
+    if not args.no_register:
+        summary["registry"] = register_and_promote(config, stage, result.run_id).as_dict()
+    print(json.dumps(summary, indent=2))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.spark import get_spark
+    from radlake.train.reproduce import reproduce
+
+    result = reproduce(get_spark(config), config, args.run_id)
+    print(f"run {result.original_run_id} reproduced as {result.new_run_id} (tolerance {result.tolerance}):")
+    print(result.table())
+    return 0 if not result.mismatched else 1
+
+
+def _cmd_promote(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.registry.promote import register_and_promote
+    from radlake.train.run import get_stage
+
+    print(json.dumps(register_and_promote(config, get_stage(args.detector), args.run_id).as_dict(), indent=2))
+    return 0
+
+
+def _cmd_cache_clean(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.data.converter import clean_cache
+    from radlake.train.run import cache_dir
+
+    older = args.older_than_days * 86400 if args.older_than_days is not None else None
+    removed = clean_cache(cache_dir(config), older_than_seconds=older)
+    print(f"removed {len(removed)} cache entries from {cache_dir(config)}")
     return 0
 
 

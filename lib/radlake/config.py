@@ -192,7 +192,7 @@ class LoaderConfig(_Section):
 
     cache_dir: Path | None = Field(None, description="Parquet cache folder; default <work_dir>/cache/loader.")
     row_group_bytes: int = Field(16 << 20, ge=1 << 16, description="Target bytes per Parquet row group.")
-    num_workers: int = Field(2, ge=0, description="torch DataLoader worker processes per training process.")
+    num_workers: int = Field(1, ge=0, description="torch DataLoader worker processes per training process.")
 
 
 class AugmentConfig(_Section):
@@ -217,12 +217,12 @@ class DetectorConfig(_Section):
     weights: Path | None = Field(None, description="Local backbone or model weights (.pt); none are downloaded.")
     image_size: int = Field(256, ge=32, description="Side in pixels of the square network input.")
     batch_size: int = Field(8, ge=1, description="Images per step per process.")
-    epochs: int = Field(12, ge=1)
-    max_train_minutes: float | None = Field(None, gt=0, description="Stop training after this wall time.")
+    epochs: int = Field(30, ge=1)
+    max_train_minutes: float | None = Field(10, gt=0, description="Hard stop of training after this wall time.")
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     seed: int = 0
-    num_processes: int = Field(1, ge=1, description="DDP processes (TorchDistributor num_processes).")
+    num_processes: int = Field(2, ge=1, description="DDP processes (TorchDistributor num_processes).")
     use_gpu: bool = False
     local_mode: bool = Field(
         True, description="TorchDistributor local_mode: processes on the driver (False: on the workers)."

@@ -1,6 +1,7 @@
 """``make demo``: every stage that exists, end to end, on a synthetic archive and the local default.
 
-Now: synthetic archive → ingest. Each later stage adds its step here.
+Now: synthetic archive → ingest → labels (and the study split) → train the vertebra
+detector → register and promote it. Each later stage adds its step here.
 """
 
 from __future__ import annotations
@@ -47,9 +48,36 @@ def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> Non
     spark = get_spark(config)
     result = run_ingest(spark, config, archive=str(out))
     print("[demo] ingest:", json.dumps(result.as_dict(), indent=2))
+    from radlake.data.labels import import_labels
+    from radlake.data.splits import assign_splits
+    from radlake.registry.promote import register_and_promote
+    from radlake.train.run import get_stage, train_detector
+
+    labels = import_labels(spark, config, out / "labels.json")
+    print("[demo] labels:", json.dumps(_brief(labels.as_dict()), indent=2))
+    splits = assign_splits(spark, config)
+    print("[demo] splits:", json.dumps(_brief(splits.as_dict() if hasattr(splits, "as_dict") else {}), indent=2))
+    t_train = time.perf_counter()
+    trained = train_detector(spark, config, "vertebra")
+    wanted = ("test_map_50", "test_map", "test_detection_rate", "test_level_id_rate", "test_study_all_levels")
+    shown = {k: round(trained.metrics[k], 4) for k in wanted if k in trained.metrics}
+    print(f"[demo] trained the vertebra detector in {time.perf_counter() - t_train:.0f} s: run {trained.run_id}")
+    print("[demo] test metrics:", json.dumps(shown))
+    promotion = register_and_promote(config, get_stage("vertebra"), trained.run_id)
+    print(f"[demo] registered {promotion.model_name} version {promotion.version}: {promotion.reason}")
     print("[demo] tables:")
     for status in list_tables(spark, config):
         print(f"    {status.table:<14} version {status.version!s:>4}  rows {status.rows!s:>7}  {status.location}")
     print(f"[demo] archive and labels: {out.resolve()} (labels.json)")
     print("[demo] list the tables again: .venv/bin/radlake tables")
-    print(f"[demo] MLflow UI: .venv/bin/{ui_command(config)}")
+    print(f"[demo] load the champion: mlflow.pyfunc.load_model('models:/{config.models.vertebra}@champion')")
+    print(f"[demo] MLflow UI: .venv/bin/{ui_command(config)}  then open http://127.0.0.1:5000")
+    print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
+
+
+def _brief(summary: dict, limit: int = 5) -> dict:
+    """A summary with long lists cut to their first ``limit`` items (and their count)."""
+    return {
+        k: (v[:limit] + [f"... {len(v) - limit} more"] if isinstance(v, list) and len(v) > limit else v)
+        for k, v in summary.items()
+    }

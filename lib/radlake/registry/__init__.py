@@ -1,0 +1,1 @@
+"""The model registry: resolving model URIs, registering runs, and promotion with aliases (never stages)."""

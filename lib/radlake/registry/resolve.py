@@ -1,0 +1,76 @@
+"""Model URIs → concrete registered versions, before any work starts.
+
+Accepted: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``.
+A URI that does not resolve raises :class:`ModelNotFoundError` naming it and the
+reason (no such model, alias or version, or run), so a job fails before it reads data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from radlake.errors import RadlakeError
+
+
+class ModelNotFoundError(RadlakeError):
+    """A model URI names a model, alias, version or run that does not exist."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model URI pinned to what it pointed at when resolved.
+
+    ``uri`` is the pinned form (``models:/name/version``, or the run URI), so that
+    later steps use the same model even if an alias moves meanwhile.
+    """
+
+    requested: str
+    uri: str
+    name: str | None
+    version: str | None
+    run_id: str
+
+
+_MODELS = re.compile(r"^models:/(?P<name>[^@/]+(?:\.[^@/]+)*)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+_RUNS = re.compile(r"^runs:/(?P<run>[0-9a-zA-Z]+)/(?P<path>.+)$")
+
+
+def resolve_model_uri(uri: str) -> ResolvedModel:
+    """Resolve ``uri`` against the current tracking and registry URIs.
+
+    Raises
+    ------
+    ModelNotFoundError
+        For a malformed URI or one that names nothing.
+    """
+    client = mlflow.MlflowClient()
+    if m := _MODELS.match(uri):
+        name, alias, version = m["name"], m["alias"], m["version"]
+        try:
+            mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        except MlflowException as exc:
+            what = f"alias '{alias}'" if alias else f"version {version}"
+            raise ModelNotFoundError(
+                f"Model URI {uri!r} does not resolve: no {what} of model '{name}' ({_short(exc)})"
+            ) from None
+        return ResolvedModel(uri, f"models:/{name}/{mv.version}", name, str(mv.version), mv.run_id)
+    if m := _RUNS.match(uri):
+        try:
+            run = client.get_run(m["run"])
+        except MlflowException as exc:
+            raise ModelNotFoundError(
+                f"Model URI {uri!r} does not resolve: no run '{m['run']}' ({_short(exc)})"
+            ) from None
+        return ResolvedModel(uri, uri, None, None, run.info.run_id)
+    raise ModelNotFoundError(
+        f"Model URI {uri!r} is not one of models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
+    )
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

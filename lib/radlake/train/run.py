@@ -1,0 +1,269 @@
+"""The training driver: pin the data, cache it, launch DDP with TorchDistributor, track it all in MLflow.
+
+:func:`train_detector` is the one training stage behind every detector; what differs
+between detectors is a :class:`DetectorStage` (its view of the tables and its
+:class:`~radlake.models.detector.DetectorSpec`), chosen by name from :data:`STAGES`.
+
+Order of work:
+
+1. pin the Delta versions of the tables the view reads (or take the given ones, to
+   reproduce a run) and materialise the train / val / test views into the Parquet
+   cache (reused when unchanged);
+2. open an MLflow run in the detector's experiment: the flattened configuration as
+   params; tags for the git commit, radlake version, data versions and the test
+   split's digest; the resolved configuration as an artifact; each table as a dataset
+   input (name, version, split);
+3. ``TorchDistributor(num_processes, local_mode, use_gpu).run(train_worker, settings)``;
+   rank 0 logs metrics, figures and the pyfunc model into the same run;
+4. read the run back from MLflow (not from the distributor's return value).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+
+import radlake
+from radlake.config import RadlakeConfig, config_as_yaml
+from radlake.errors import ConfigError
+from radlake.models.detector import DetectorSpec, vertebra_spec
+from radlake.models.levels import LEVELS
+from radlake.tables import Table, table_ref
+from radlake.tracking import configure_mlflow, detector_experiment
+from radlake.train.view import IMAGE_COLUMNS, SPLITS, VIEW_TABLES, NoTrainingDataError, detection_view, pin_versions
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: Columns the loader reads from the cache.
+CACHE_COLUMNS = (*IMAGE_COLUMNS, "boxes_xyxy_px", "labels")
+
+
+@dataclass(frozen=True)
+class DetectorStage:
+    """What makes one detector: its tables, its view and its spec (everything else is shared)."""
+
+    name: str
+    tables: tuple[Table, ...]
+    view: Callable[[SparkSession, RadlakeConfig, Mapping[str, int]], DataFrame]
+    spec: Callable[[RadlakeConfig], DetectorSpec]
+    primary_metric: str = "map_50"
+    secondary_metric: str | None = None
+
+
+def _settings(config: RadlakeConfig, name: str) -> dict[str, Any]:
+    d = getattr(config.train, name)
+    return {
+        "backbone": d.backbone,
+        "image_size": d.image_size,
+        "score_threshold": d.score_threshold,
+        "nms_iou": d.nms_iou,
+        "detections_per_image": d.detections_per_image,
+    }
+
+
+def _vertebra_view(spark, config, versions):
+    return detection_view(
+        spark, config, label_class="vertebra", classes=LEVELS, class_column="level", versions=versions
+    )
+
+
+STAGES: dict[str, DetectorStage] = {
+    "vertebra": DetectorStage(
+        name="vertebra",
+        tables=VIEW_TABLES,
+        view=_vertebra_view,
+        spec=lambda config: vertebra_spec(**_settings(config, "vertebra")),
+        primary_metric="map_50",
+        secondary_metric="level_id_rate",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced (read back from MLflow)."""
+
+    detector: str
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    data_versions: dict[str, int]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def get_stage(name: str) -> DetectorStage:
+    """The registered stage ``name``; raises ConfigError naming the known ones."""
+    if name not in STAGES:
+        raise ConfigError(f"Unknown detector {name!r}; known detectors: {', '.join(sorted(STAGES))}")
+    return STAGES[name]
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping → ``{"a.b.c": "value"}`` (MLflow params)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = json.dumps(value) if not isinstance(value, str) else value
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree radlake runs from, if it is a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(radlake.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def split_digest(view: DataFrame, split: str) -> str:
+    """sha256 of the sorted (SOPInstanceUID, frame) keys of one split: equal digests mean the same frozen split."""
+    keys = (
+        view.where(view.split == split)
+        .select("sop_instance_uid", "frame_index")
+        .orderBy("sop_instance_uid", "frame_index")
+    )
+    h = hashlib.sha256()
+    for row in keys.toLocalIterator():
+        h.update(f"{row[0]}/{row[1]};".encode())
+    return h.hexdigest()
+
+
+def cache_dir(config: RadlakeConfig) -> Path:
+    """Folder of the Parquet cache: ``loader.cache_dir`` or ``<work_dir>/cache/loader``."""
+    return Path(config.loader.cache_dir) if config.loader.cache_dir else config.storage.work_dir / "cache" / "loader"
+
+
+def train_detector(
+    spark: SparkSession,
+    config: RadlakeConfig,
+    detector: str = "vertebra",
+    *,
+    versions: Mapping[str, int] | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> TrainResult:
+    """Train ``detector`` (see the module docstring) and return the run read back from MLflow.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown detector.
+    NoTrainingDataError
+        If a table is missing or the train or validation split has no frames.
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from radlake.data.converter import make_spark_converter
+
+    stage = get_stage(detector)
+    settings = getattr(config.train, detector)
+    spec = stage.spec(config)
+    pinned = pin_versions(spark, config, stage.tables, versions)
+    view = stage.view(spark, config, pinned).select(*CACHE_COLUMNS, "split")
+    caches = {}
+    sizes = {}
+    for split in SPLITS:
+        converter = make_spark_converter(
+            view.where(view.split == split).drop("split"),
+            cache_dir=cache_dir(config),
+            source_versions={**pinned, "split": split, "detector": detector},  # type: ignore[dict-item]
+            row_group_bytes=config.loader.row_group_bytes,
+        )
+        caches[split], sizes[split] = str(converter.path), len(converter)
+    for split in ("train", "val", "test"):
+        if sizes[split] == 0:
+            raise NoTrainingDataError(
+                f"The {split} split of the {detector} view is empty (tables at versions {pinned}): "
+                "import labels for more studies (`radlake labels import`) or change labels.*_fraction."
+            )
+    experiment_id = configure_mlflow(config, detector_experiment(config, detector))
+    test_digest = split_digest(view, "test")
+    with mlflow.start_run(run_name=run_name or f"train-{detector}", nested=mlflow.active_run() is not None) as run:
+        mlflow.log_params(flatten({"config": config.model_dump(mode="json", by_alias=True)}))
+        mlflow.log_params({"data.rows." + k: v for k, v in sizes.items()})
+        mlflow.set_tags(
+            {
+                "radlake.detector": detector,
+                "radlake.version": radlake.__version__,
+                "radlake.git_commit": git_commit() or "unknown",
+                "radlake.data_versions": json.dumps(pinned, sort_keys=True),
+                "radlake.test_split_digest": test_digest,
+                "radlake.test_cache": caches["test"],
+                **(tags or {}),
+            }
+        )
+        mlflow.log_text(config_as_yaml(config), "config/config.yml")
+        _log_dataset_inputs(spark, config, stage, pinned)
+        worker_settings = {
+            "spec": spec.as_dict(),
+            "caches": caches,
+            "run_id": run.info.run_id,
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "registry_uri": mlflow.get_registry_uri(),
+            "seed": settings.seed,
+            "batch_size": settings.batch_size,
+            "epochs": settings.epochs,
+            "learning_rate": settings.learning_rate,
+            "weight_decay": settings.weight_decay,
+            "max_train_seconds": settings.max_train_minutes * 60 if settings.max_train_minutes else None,
+            "num_workers": config.loader.num_workers,
+            "use_gpu": settings.use_gpu,
+            "weights": str(settings.weights) if settings.weights else None,
+            "augment": settings.augment.model_dump(),
+            "val_images_logged": settings.val_images_logged,
+        }
+        from radlake.train.worker import train_worker
+
+        distributor = TorchDistributor(
+            num_processes=settings.num_processes, local_mode=settings.local_mode, use_gpu=settings.use_gpu
+        )
+        distributor.run(train_worker, worker_settings)
+        run_id = run.info.run_id
+    finished = mlflow.MlflowClient().get_run(run_id)
+    if "test_map_50" not in finished.data.metrics:
+        raise RuntimeError(
+            f"Training run {run_id} ended without test metrics: a training process failed (see its log above)"
+        )
+    return TrainResult(
+        detector=detector,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_uri=f"runs:/{run_id}/model",
+        data_versions=pinned,
+        metrics=dict(finished.data.metrics),
+    )
+
+
+def _log_dataset_inputs(
+    spark: SparkSession, config: RadlakeConfig, stage: DetectorStage, pinned: Mapping[str, int]
+) -> None:
+    """Each table the view reads, at its pinned version, as an MLflow dataset input."""
+    for table in stage.tables:
+        ref = table_ref(config, table)
+        kwargs = {"table_name": ref.name} if ref.name else {"path": ref.path}
+        dataset = mlflow.data.load_delta(
+            **kwargs, version=pinned[table.value], name=f"{table.value}@v{pinned[table.value]}"
+        )
+        mlflow.log_input(dataset, context="training", tags={"table": table.value, "version": str(pinned[table.value])})

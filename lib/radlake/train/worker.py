@@ -1,0 +1,229 @@
+"""What every training process runs (launched by ``TorchDistributor``; rank 0 also evaluates and logs).
+
+The driver hands one picklable ``settings`` dict to :func:`train_worker`. Each rank
+reads its own shard of the Parquet cache through
+:func:`radlake.data.loader.make_torch_dataloader` (equal steps per rank), trains a
+DDP replica (``gloo`` on CPU, ``nccl`` on GPU) and stops with the others: every rank
+takes the same number of steps, the learning rate follows the step count (cosine with
+warm-up), and the optional wall-time budget is agreed by all ranks every step, so no
+rank waits forever on a collective. Rank 0 evaluates on the validation
+cache after each epoch and on the frozen test cache at the end, and logs metrics,
+figures and the pyfunc model to the driver's MLflow run (``TorchDistributor``'s return
+value is not used: in local mode it is whichever rank finished last).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+#: Fraction of the schedule spent warming the learning rate up linearly.
+WARMUP = 0.05
+
+
+def _cosine(progress: float) -> float:
+    if progress < WARMUP:
+        return max(0.02, progress / WARMUP)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - WARMUP) / (1 - WARMUP))))
+
+
+def train_worker(settings: dict[str, Any]) -> None:
+    """Train one detector; see the module docstring. Keys of ``settings`` are set by :mod:`radlake.train.run`."""
+    import torch
+    import torch.distributed as dist
+
+    from radlake.config import AugmentConfig
+    from radlake.data.loader import make_torch_dataloader
+    from radlake.data.transforms import DetectionTransform, collate_detection
+    from radlake.models.detector import DetectorSpec, build_detector
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_gpu = bool(settings["use_gpu"]) and torch.cuda.is_available()
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_gpu else "gloo")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
+    if not use_gpu:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world)))))
+    torch.use_deterministic_algorithms(False)
+
+    spec = DetectorSpec.from_dict(settings["spec"])
+    torch.manual_seed(settings["seed"])  # the same initial weights on every rank
+    model = build_detector(spec, settings.get("weights")).to(device)
+    torch.manual_seed(settings["seed"] * 1000 + rank)  # different augmentations per rank
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    augment = AugmentConfig(**settings["augment"])
+    train_loader = make_torch_dataloader(
+        settings["caches"]["train"],
+        batch_size=settings["batch_size"],
+        num_workers=settings["num_workers"],
+        rank=rank,
+        world_size=world,
+        shuffle=True,
+        seed=settings["seed"],
+        transform=DetectionTransform(spec.image_size, augment),
+        collate_fn=collate_detection,
+        drop_last=True,
+    )
+    steps_per_epoch = train_loader.dataset.steps_per_epoch
+    total_steps = max(1, settings["epochs"] * steps_per_epoch)
+    budget_s = settings.get("max_train_seconds") or float("inf")
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
+
+    started = time.perf_counter()
+    state = {"step": 0, "progress": 0.0, "timed_out": False}
+
+    def out_of_time() -> bool:
+        """True on every rank once any rank has used the wall-time budget (one tiny all-reduce per step)."""
+        over = torch.tensor([float(time.perf_counter() - started >= budget_s)], dtype=torch.float64)
+        if distributed:
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        return bool(over[0] > 0)
+
+    def should_stop() -> bool:
+        # The learning rate follows the step count only, so a run is repeatable; the time
+        # budget is a hard stop on top (a run that hits it says so: tag radlake.stopped_by).
+        state["progress"] = state["step"] / total_steps
+        if state["progress"] >= 1.0:
+            return True
+        if out_of_time():
+            state["progress"], state["timed_out"] = 1.0, True
+            return True
+        for group in optimizer.param_groups:
+            group["lr"] = settings["learning_rate"] * _cosine(state["progress"])
+        state["step"] += 1
+        return False
+
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        if distributed:
+            dist.all_reduce(t)
+        return t
+
+    logger = _RankZeroLogger(settings) if rank == 0 else None
+    history: list[dict[str, float]] = []
+    for epoch in range(settings["epochs"]):
+        train_loader.dataset.set_epoch(epoch)
+        losses = _train_epoch(ddp, optimizer, train_loader, device, should_stop, all_reduce)
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
+        if logger is not None:
+            row.update(logger.validate(model, spec, device, epoch))
+            logger.log_epoch(row, epoch)
+        history.append(row)
+        if state["progress"] >= 1.0:
+            break
+    if logger is not None:
+        logger.finish(
+            model, spec, device, history, elapsed_s=time.perf_counter() - started, timed_out=state["timed_out"]
+        )
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _train_epoch(ddp, optimizer, loader, device, should_stop, all_reduce) -> dict[str, float]:
+    from radlake.train.engine import train_one_epoch
+
+    return train_one_epoch(ddp, optimizer, None, loader, device, should_stop=should_stop, all_reduce=all_reduce)
+
+
+class _RankZeroLogger:
+    """Evaluation and MLflow logging, on rank 0 only."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import mlflow
+
+        self.settings = settings
+        mlflow.set_tracking_uri(settings["tracking_uri"])
+        mlflow.set_registry_uri(settings["registry_uri"])
+        self.client = mlflow.MlflowClient()
+        self.run_id = settings["run_id"]
+
+    def _loader(self, split: str):
+        from radlake.data.loader import make_torch_dataloader
+        from radlake.data.transforms import DetectionTransform, collate_detection
+
+        return make_torch_dataloader(
+            self.settings["caches"][split],
+            batch_size=self.settings["batch_size"],
+            num_workers=0,
+            rank=0,
+            world_size=1,
+            shuffle=False,
+            transform=DetectionTransform(self.settings["spec"]["image_size"], None),
+            collate_fn=collate_detection,
+            drop_last=False,
+        )
+
+    def evaluate(self, model, spec, device, split: str):
+        from radlake.train.engine import predict
+        from radlake.train.metrics import detection_metrics
+
+        results = predict(model, spec, self._loader(split), device)
+        metrics = detection_metrics(results, score_threshold=spec.score_threshold, levels=spec.kind == "level")
+        return results, metrics
+
+    def validate(self, model, spec, device, epoch: int) -> dict[str, float]:
+        _, metrics = self.evaluate(model, spec, device, "val")
+        return {f"val_{k}": v for k, v in metrics.items() if not k.startswith("n_")}
+
+    def log_epoch(self, row: dict[str, float], epoch: int) -> None:
+        import mlflow.entities
+
+        now = int(time.time() * 1000)
+        metrics = [mlflow.entities.Metric(k, float(v), now, epoch) for k, v in row.items() if k != "epoch"]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def finish(self, model, spec, device, history, *, elapsed_s: float, timed_out: bool) -> None:
+        import mlflow
+        import pyarrow.parquet as pq
+
+        from radlake.models.pyfunc import INPUT_COLUMNS, log_detector
+        from radlake.train import plots
+        from radlake.train.metrics import coco_ap
+
+        with mlflow.start_run(run_id=self.run_id):
+            results, metrics = self.evaluate(model, spec, device, "test")
+            mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+            mlflow.log_metrics({"train_seconds_total": elapsed_s, "epochs_completed": float(len(history))})
+            mlflow.set_tag("radlake.stopped_by", "time budget" if timed_out else "epochs")
+            mlflow.log_figure(plots.training_curves(history), "plots/training_curves.png")
+            ap = coco_ap(results)
+            mlflow.log_figure(
+                plots.precision_recall(
+                    ap["pr_recall"], ap["pr_precision"], f"test PR @ IoU 0.5 (AP {ap['map_50']:.3f})"
+                ),
+                "plots/precision_recall_test.png",
+            )
+            self._log_examples(model, spec, device)
+            example = pq.ParquetDataset(self.settings["caches"]["val"]).read(columns=list(INPUT_COLUMNS)).slice(0, 1)
+            log_detector(model, spec, input_example=example.to_pandas())
+            mlflow.log_dict({"history": history, "test": metrics}, "metrics/history.json")
+
+    def _log_examples(self, model, spec, device) -> None:
+        import matplotlib.pyplot as plt
+        import mlflow
+
+        from radlake.train.engine import predict
+        from radlake.train.plots import draw_detections
+
+        n = int(self.settings["val_images_logged"])
+        if n <= 0:
+            return
+        shown = 0
+        for images, targets in self._loader("val"):
+            results = predict(model, spec, [(images, targets)], device)
+            for image, target, result in zip(images, targets, results, strict=True):
+                if shown >= n or not len(result.true_boxes):
+                    continue
+                scale = float(target["scale"])
+                result.pred_boxes, result.true_boxes = result.pred_boxes * scale, result.true_boxes * scale
+                fig = draw_detections(image[0].numpy(), result, spec.classes, spec.score_threshold)
+                mlflow.log_figure(fig, f"plots/val_examples/{shown:02d}.png")
+                plt.close(fig)
+                shown += 1
+            if shown >= n:
+                break

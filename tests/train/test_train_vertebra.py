@@ -1,0 +1,135 @@
+"""The vertebra training stage end to end on the labelled synthetic archive: DDP, MLflow, registry, pyfunc.
+
+One short training (2 DDP processes, 2 epochs at 128 px) serves every test; what is
+checked is that the run is complete and traceable, not the model's quality (that is
+the demo's quality bar, reported by ``make demo``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from radlake.registry.promote import register_and_promote
+from radlake.registry.resolve import ModelNotFoundError, resolve_model_uri
+from radlake.train.run import get_stage, train_detector
+from radlake.train.view import NoTrainingDataError
+
+TRAIN = [
+    "train.vertebra.epochs=2",
+    "train.vertebra.image_size=128",
+    "train.vertebra.batch_size=2",
+    "train.vertebra.num_processes=2",
+    "train.vertebra.max_train_minutes=5",
+    "train.vertebra.val_images_logged=2",
+    "loader.num_workers=1",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(spark, labelled_archive, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    from radlake.config import load_config
+
+    cfg = load_config(
+        "local",
+        overrides=[
+            f"storage.root={labelled_archive.config.storage.root}",
+            "environment=test",
+            "spark.master=local[2]",
+            "spark.shuffle_partitions=2",
+            f"loader.cache_dir={root / 'cache'}",
+            *TRAIN,
+        ],
+    )
+    result = train_detector(spark, cfg, "vertebra")
+    return cfg, result
+
+
+def test_run_logs_params_metrics_data_and_artifacts(trained):
+    cfg, result = trained
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.params["config.train.vertebra.epochs"] == "2"
+    assert json.loads(run.data.tags["radlake.data_versions"]).keys() == {"images", "annotations", "splits"}
+    assert run.data.tags["radlake.git_commit"]
+    for key in ("test_map_50", "test_map", "test_detection_rate", "test_level_id_rate", "test_study_all_levels"):
+        assert 0.0 <= run.data.metrics[key] <= 1.0
+    history = client.get_metric_history(result.run_id, "train_loss")
+    assert [m.step for m in history] == [0, 1]
+    assert all(m.value > 0 for m in history)
+    assert len(client.get_metric_history(result.run_id, "val_map_50")) == 2
+    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert {name.split("@")[0] for name in inputs} == {"images", "annotations", "splits"}
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/training_curves.png", "plots/precision_recall_test.png"} <= artifacts
+    assert len(client.list_artifacts(result.run_id, "plots/val_examples")) >= 1
+    assert "train:" in mlflow.artifacts.load_text(f"runs:/{result.run_id}/config/config.yml")
+
+
+def test_register_promote_and_keep_champion_on_a_tie(spark, trained, labelled_archive):
+    cfg, result = trained
+    stage = get_stage("vertebra")
+    first = register_and_promote(cfg, stage, result.run_id)
+    assert first.promoted and first.previous_champion is None
+    again = register_and_promote(cfg, stage, result.run_id)  # the same model: a tie is not a win
+    assert not again.promoted and again.previous_champion == first.version
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(cfg.models.vertebra, "champion").version) == first.version
+    assert str(client.get_model_version_by_alias(cfg.models.vertebra, "challenger").version) == again.version
+    tags = client.get_model_version(cfg.models.vertebra, again.version).tags
+    assert tags["radlake.promoted"] == "false" and tags["radlake.compared_with"] == first.version
+    resolved = resolve_model_uri(f"models:/{cfg.models.vertebra}@champion")
+    assert resolved.uri == f"models:/{cfg.models.vertebra}/{first.version}" and resolved.run_id == result.run_id
+    with pytest.raises(ModelNotFoundError, match="no alias 'nope'"):
+        resolve_model_uri(f"models:/{cfg.models.vertebra}@nope")
+    with pytest.raises(ModelNotFoundError, match="not one of"):
+        resolve_model_uri("s3://bucket/model")
+
+
+def test_champion_loads_in_a_fresh_process_and_scores_images_rows(spark, trained):
+    cfg, result = trained
+    from radlake.tables import Table, table_ref
+
+    images = table_ref(cfg, Table.IMAGES).path
+    code = f"""
+import json, mlflow, pyarrow.dataset as ds
+mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})
+model = mlflow.pyfunc.load_model("models:/{cfg.models.vertebra}@champion")
+rows = ds.dataset({images!r}, format="parquet").head(2, columns=["pixels", "dtype", "height", "width", "pixel_spacing"]).to_pandas()
+out = model.predict(rows)["detections"]
+print(json.dumps([len(x) for x in out]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(json.loads(done.stdout.strip().splitlines()[-1])) == 2
+
+
+def test_missing_tables_fail_with_a_clear_error(spark, tmp_path):
+    from radlake.config import load_config
+
+    cfg = load_config("local", overrides=[f"storage.root={tmp_path}", "spark.master=local[2]"])
+    with pytest.raises(NoTrainingDataError, match="radlake ingest"):
+        train_detector(spark, cfg, "vertebra")
+
+
+def test_reproduce_retrains_from_the_logged_config_and_data_versions(spark, trained):
+    from radlake.train.reproduce import reproduce
+
+    cfg, result = trained
+    again = reproduce(spark, cfg, result.run_id)
+    assert again.new_run_id != result.run_id
+    assert "train_loss" in again.metrics and "test_map_50" in again.metrics
+    assert again.mismatched == [], again.table()
+    new = mlflow.MlflowClient().get_run(again.new_run_id)
+    assert new.data.tags["radlake.reproduces"] == result.run_id
+    assert (
+        new.data.tags["radlake.data_versions"]
+        == mlflow.MlflowClient().get_run(result.run_id).data.tags["radlake.data_versions"]
+    )
+    with pytest.raises(ModelNotFoundError, match="No MLflow run"):
+        reproduce(spark, cfg, "0" * 32)
