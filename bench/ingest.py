@@ -72,7 +72,9 @@ def _limit_worker(paths: list[str], out_file: str) -> int:
             for frame in decode_frames(data):
                 if frame.error is None:
                     buf, dtype = encode_pixels(frame.pixels)
-                    images.append({"sop": cols["sop_instance_uid"], "frame": frame.frame_index, "dtype": dtype, "pixels": buf})
+                    images.append(
+                        {"sop": cols["sop_instance_uid"], "frame": frame.frame_index, "dtype": dtype, "pixels": buf}
+                    )
     pq.write_table(pa.Table.from_pylist(headers), out_file + ".headers.parquet")
     pq.write_table(pa.Table.from_pylist(images), out_file + ".images.parquet")
     return len(paths)
@@ -87,7 +89,12 @@ def run_limit(archive: Path, out: Path) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         with get_context("spawn").Pool(2) as pool:
             done = sum(pool.starmap(_limit_worker, [(c, str(out / f"part{i}")) for i, c in enumerate(chunks)]))
-    return {"files": done, "seconds": timer.seconds, "files_per_s": done / timer.seconds, "peak_rss_mb": memory.peak_bytes / 2**20}
+    return {
+        "files": done,
+        "seconds": timer.seconds,
+        "files_per_s": done / timer.seconds,
+        "peak_rss_mb": memory.peak_bytes / 2**20,
+    }
 
 
 def _peer_parse(batches):
