@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_DIR ?= .radlake/demo-archive
-DEMO_STUDIES ?= 12
+DEMO_STUDIES ?= 24
 PYTEST_ARGS ?=
 
 .PHONY: setup check-prereqs demo test bench lint clean clean-all

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +264,9 @@ def _log_dataset_inputs(
     for table in stage.tables:
         ref = table_ref(config, table)
         kwargs = {"table_name": ref.name} if ref.name else {"path": ref.path}
-        dataset = mlflow.data.load_delta(
-            **kwargs, version=pinned[table.value], name=f"{table.value}@v{pinned[table.value]}"
-        )
+        with warnings.catch_warnings():  # MLflow's hint about integer columns in the schema: not actionable here
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.load_delta(
+                **kwargs, version=pinned[table.value], name=f"{table.value}@v{pinned[table.value]}"
+            )
         mlflow.log_input(dataset, context="training", tags={"table": table.value, "version": str(pinned[table.value])})
