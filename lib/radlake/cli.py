@@ -224,16 +224,12 @@ def _cmd_ingest(args: argparse.Namespace, config: RadlakeConfig) -> int:
 def _cmd_labels_import(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from pathlib import Path
 
-    from radlake.data.labels import import_labels
-    from radlake.data.splits import assign_splits, check_split_seed
+    from radlake.data.splits import import_labels_and_split
     from radlake.spark import get_spark
 
-    spark = get_spark(config)
-    check_split_seed(spark, config)  # a seed change fails before anything is written
-    labels = import_labels(spark, config, args.file)
+    labels, splits = import_labels_and_split(get_spark(config), config, args.file)
     for rejected in labels.rejections:
         print(f"rejected {rejected.item}: {rejected.reason}", file=sys.stderr)
-    splits = assign_splits(spark, config)
     summaries = {"labels": labels.as_dict(), "splits": splits.as_dict()}
     print(json.dumps(summaries, indent=2))
     if args.summary_json:

@@ -23,19 +23,16 @@ from pyspark.sql.types import (
     IntegerType,
     LongType,
     StringType,
-    StructField,
     StructType,
     TimestampType,
 )
+
+from radlake.ingest.schema import struct_fields
 
 __all__ = ["ANNOTATIONS", "SPLITS"]
 
 _S, _I, _B = StringType(), IntegerType(), BooleanType()
 _DOUBLES = ArrayType(DoubleType())
-
-
-def _fields(*spec: tuple[str, object]) -> list[StructField]:
-    return [StructField(name, dtype, True) for name, dtype in spec]  # type: ignore[arg-type]
 
 
 #: One row per box (see the module docstring for the box columns).
@@ -49,7 +46,7 @@ def _fields(*spec: tuple[str, object]) -> list[StructField]:
 #: ``source_file`` is the labels file's name (no folder): re-importing a file of that
 #: name replaces the boxes it brought for every frame it lists.
 ANNOTATIONS = StructType(
-    _fields(
+    struct_fields(
         ("annotation_id", _S),
         ("sop_instance_uid", _S),
         ("frame_index", _I),
@@ -75,7 +72,7 @@ ANNOTATIONS = StructType(
 #: One row per study: its split (``train``, ``val`` or ``test``), the seed that drew it and
 #: the run that assigned it. A study keeps its row for good (only a forced rebuild rewrites).
 SPLITS = StructType(
-    _fields(
+    struct_fields(
         ("study_instance_uid", _S),
         ("split", _S),
         ("split_seed", LongType()),

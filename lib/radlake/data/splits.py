@@ -322,3 +322,16 @@ def _table_seeds(spark: SparkSession, config: RadlakeConfig) -> list[int]:
     if not ref.exists(spark):
         return []
     return sorted(int(r["split_seed"]) for r in ref.read(spark).select("split_seed").distinct().collect())
+
+
+def import_labels_and_split(spark: SparkSession, config: RadlakeConfig, file=None):
+    """``radlake labels import``: check the split seed, import ``file``, then split the new studies.
+
+    The seed is checked first, so a seed change fails before anything is written.
+    Returns ``(LabelsImportSummary, SplitSummary)``.
+    """
+    from radlake.data.labels import import_labels
+
+    check_split_seed(spark, config)
+    labels = import_labels(spark, config, file)
+    return labels, assign_splits(spark, config)

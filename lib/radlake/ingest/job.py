@@ -238,7 +238,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     # Each instance of this run is classified once, against the table as it was before this
     # run's writes: new, unchanged (same content already stored or seen earlier in this run),
     # or conflict (the same SOPInstanceUID with other content: quarantined, never overwritten).
-    before = refs[Table.INSTANCES].delta_table(spark).history(1).select("version").first()["version"]
+    before = refs[Table.INSTANCES].version(spark)
     existing = (
         refs[Table.INSTANCES]
         .read(spark, version=before)

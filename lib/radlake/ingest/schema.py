@@ -27,13 +27,14 @@ _S, _I, _L, _D, _B = StringType(), IntegerType(), LongType(), DoubleType(), Bool
 _DOUBLES = ArrayType(DoubleType())
 
 
-def _fields(*spec: tuple[str, object]) -> list[StructField]:
+def struct_fields(*spec: tuple[str, object]) -> list[StructField]:
+    """Nullable ``StructField``s from ``(name, type)`` pairs (every radlake table's columns are nullable)."""
     return [StructField(name, dtype, True) for name, dtype in spec]  # type: ignore[arg-type]
 
 
 #: Where an instance came from: the stored file (``path``, ``file_size``, ``modification_time``)
 #: and, inside a zip/tar file, the ``member`` name.
-SOURCE_FIELDS = _fields(
+SOURCE_FIELDS = struct_fields(
     ("path", _S),
     ("member", _S),
     ("file_size", _L),
@@ -41,7 +42,7 @@ SOURCE_FIELDS = _fields(
 )
 
 #: Header attributes promoted to typed columns (see ``radlake.dicom.header.parse_header``).
-PROMOTED_FIELDS = _fields(
+PROMOTED_FIELDS = struct_fields(
     ("sop_instance_uid", _S),
     ("study_instance_uid", _S),
     ("series_instance_uid", _S),
@@ -78,13 +79,13 @@ PROMOTED_FIELDS = _fields(
     ("has_pixels", _B),
 )
 
-RUN_FIELDS = _fields(("ingest_run_id", _S), ("ingested_at", TimestampType()), ("radlake_version", _S))
+RUN_FIELDS = struct_fields(("ingest_run_id", _S), ("ingested_at", TimestampType()), ("radlake_version", _S))
 
 INSTANCES = StructType(
     SOURCE_FIELDS
-    + _fields(("instance_size", _L), ("content_sha256", _S))
+    + struct_fields(("instance_size", _L), ("content_sha256", _S))
     + PROMOTED_FIELDS
-    + _fields(
+    + struct_fields(
         ("frame_positions", ArrayType(_DOUBLES)),
         ("series_key", _S),
         ("header_json", _S),
@@ -94,9 +95,9 @@ INSTANCES = StructType(
 )
 
 QUARANTINE = StructType(
-    _fields(("quarantine_id", _S))
+    struct_fields(("quarantine_id", _S))
     + SOURCE_FIELDS
-    + _fields(
+    + struct_fields(
         ("sop_instance_uid", _S),
         ("frame_index", _I),
         ("content_sha256", _S),
@@ -110,15 +111,15 @@ QUARANTINE = StructType(
 
 #: What the header pass yields per file or member: an instance, a failure, or a skipped record.
 HEADER_RESULT = StructType(
-    _fields(("kind", _S))
+    struct_fields(("kind", _S))
     + [f for f in INSTANCES.fields if f.name not in {"series_key", *(x.name for x in RUN_FIELDS)}]
-    + _fields(("stage", _S), ("error_class", _S), ("error_message", _S))
+    + struct_fields(("stage", _S), ("error_class", _S), ("error_message", _S))
 )
 
-SLICE = StructType(_fields(("sop_instance_uid", _S), ("frame_index", _I), ("position_mm", _D)))
+SLICE = StructType(struct_fields(("sop_instance_uid", _S), ("frame_index", _I), ("position_mm", _D)))
 
 SERIES = StructType(
-    _fields(
+    struct_fields(
         ("series_key", _S),
         ("study_instance_uid", _S),
         ("series_instance_uid", _S),
@@ -145,7 +146,7 @@ SERIES = StructType(
 #: One decoded 2D frame. ``pixels`` holds ``height * width`` values of ``dtype`` (little
 #: endian, row-major), after the modality transform and with MONOCHROME1 inverted.
 IMAGES = StructType(
-    _fields(
+    struct_fields(
         ("sop_instance_uid", _S),
         ("frame_index", _I),
         ("series_key", _S),
@@ -164,14 +165,14 @@ IMAGES = StructType(
 
 #: What the pixel pass yields per frame: an image row or a failure.
 PIXEL_RESULT = StructType(
-    _fields(("kind", _S))
+    struct_fields(("kind", _S))
     + [f for f in IMAGES.fields if f.name not in {x.name for x in RUN_FIELDS}]
-    + _fields(("path", _S), ("member", _S), ("content_sha256", _S))
-    + _fields(("stage", _S), ("error_class", _S), ("error_message", _S))
+    + struct_fields(("path", _S), ("member", _S), ("content_sha256", _S))
+    + struct_fields(("stage", _S), ("error_class", _S), ("error_message", _S))
 )
 
 INGEST_FILES = StructType(
-    _fields(
+    struct_fields(
         ("path", _S),
         ("file_size", _L),
         ("modification_time", TimestampType()),

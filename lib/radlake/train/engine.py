@@ -25,7 +25,6 @@ class NonFiniteLossError(RuntimeError):
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     batches: Iterable,
     device: torch.device,
     *,
@@ -56,8 +55,6 @@ def train_one_epoch(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
         for key, value in parts.items():
             sums[key] += float(value.detach())
         sums["loss"] += float(loss.detach())

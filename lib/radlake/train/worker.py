@@ -38,6 +38,7 @@ def train_worker(settings: dict[str, Any]) -> None:
     from radlake.data.loader import make_torch_dataloader
     from radlake.data.transforms import DetectionTransform, collate_detection
     from radlake.models.detector import DetectorSpec, build_detector
+    from radlake.train.engine import train_one_epoch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -48,7 +49,6 @@ def train_worker(settings: dict[str, Any]) -> None:
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
     if not use_gpu:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world)))))
-    torch.use_deterministic_algorithms(False)
 
     spec = DetectorSpec.from_dict(settings["spec"])
     torch.manual_seed(settings["seed"])  # the same initial weights on every rank
@@ -107,7 +107,7 @@ def train_worker(settings: dict[str, Any]) -> None:
     history: list[dict[str, float]] = []
     for epoch in range(settings["epochs"]):
         train_loader.dataset.set_epoch(epoch)
-        losses = _train_epoch(ddp, optimizer, train_loader, device, should_stop, all_reduce)
+        losses = train_one_epoch(ddp, optimizer, train_loader, device, should_stop=should_stop, all_reduce=all_reduce)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
         if logger is not None:
             row.update(logger.validate(model, spec, device, epoch))
@@ -122,12 +122,6 @@ def train_worker(settings: dict[str, Any]) -> None:
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
-
-
-def _train_epoch(ddp, optimizer, loader, device, should_stop, all_reduce) -> dict[str, float]:
-    from radlake.train.engine import train_one_epoch
-
-    return train_one_epoch(ddp, optimizer, None, loader, device, should_stop=should_stop, all_reduce=all_reduce)
 
 
 class _RankZeroLogger:

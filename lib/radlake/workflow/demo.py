@@ -48,15 +48,13 @@ def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> Non
     spark = get_spark(config)
     result = run_ingest(spark, config, archive=str(out))
     print("[demo] ingest:", json.dumps(result.as_dict(), indent=2))
-    from radlake.data.labels import import_labels
-    from radlake.data.splits import assign_splits
+    from radlake.data.splits import import_labels_and_split
     from radlake.registry.promote import register_and_promote
     from radlake.train.run import get_stage, train_detector
 
-    labels = import_labels(spark, config, out / "labels.json")
+    labels, splits = import_labels_and_split(spark, config, out / "labels.json")
     print("[demo] labels:", json.dumps(_brief(labels.as_dict()), indent=2))
-    splits = assign_splits(spark, config)
-    print("[demo] splits:", json.dumps(_brief(splits.as_dict() if hasattr(splits, "as_dict") else {}), indent=2))
+    print("[demo] splits:", json.dumps(_brief(splits.as_dict()), indent=2))
     t_train = time.perf_counter()
     trained = train_detector(spark, config, "vertebra")
     wanted = ("test_map_50", "test_map", "test_detection_rate", "test_level_id_rate", "test_study_all_levels")
