@@ -10,6 +10,7 @@ import pydicom.pixels
 import pytest
 
 from radlake.dicom.header import parse_header
+from radlake.dicom import pixels as pixels_module
 from radlake.dicom.pixels import (
     STORAGE_DTYPES,
     FrameResult,
@@ -65,6 +66,25 @@ def test_every_real_file_decodes_or_fails_at_the_pixel_stage():
 )
 def test_transfer_syntax_variants_decode_to_the_same_pixels(variant):
     np.testing.assert_array_equal(_one(TEST_FILES / variant), _one(MR_SMALL))
+
+
+@pytest.mark.parametrize(
+    "variant, plugin",
+    [("MR_small_RLE.dcm", "pylibjpeg"), ("MR_small_jpeg_ls_lossless.dcm", "pyjpegls"), ("MR_small_jp2klossless.dcm", "gdcm")],
+)
+def test_the_preferred_plugin_decodes_each_syntax(variant, plugin, monkeypatch):
+    ds = pydicom.dcmread(TEST_FILES / variant)
+    assert pixels_module._preferred_plugin(ds) == plugin
+    used = []
+    real = pydicom.pixels.iter_pixels
+    monkeypatch.setattr(pydicom.pixels, "iter_pixels", lambda src, **kw: used.append(kw) or real(src, **kw))
+    np.testing.assert_array_equal(_one(TEST_FILES / variant), _one(MR_SMALL))
+    assert used[0] == {"decoding_plugin": plugin}
+
+
+def test_a_failing_preferred_plugin_falls_back_to_pydicoms_order(monkeypatch):
+    monkeypatch.setattr(pixels_module, "_preferred_plugin", lambda ds: "no-such-plugin")
+    np.testing.assert_array_equal(_one(TEST_FILES / "MR_small_RLE.dcm"), _one(MR_SMALL))
 
 
 def test_mr_small_is_the_stored_values():

@@ -1,7 +1,9 @@
 """Decoding frames one at a time, the modality transform, MONOCHROME1, colour, and compact storage.
 
 Decoding goes through pydicom's pixel pipeline and its plugins (pylibjpeg, pyjpegls,
-GDCM; RLE built in) for every transfer syntax they support. Each frame comes out as a
+GDCM; RLE built in) for every transfer syntax they support, trying first the plugin
+of :data:`PREFERRED_DECODERS` (the fastest one measured here) and falling back to
+pydicom's own order when that one is missing or fails. Each frame comes out as a
 ``(H, W)`` float32 array of modality values:
 
 - **Modality transform**: the Modality LUT Sequence if present, else RescaleSlope and
@@ -43,7 +45,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 
 from radlake.dicom.sources import Failure, Stage
 
@@ -55,6 +66,19 @@ STORAGE_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 _INTEGER_DTYPES = STORAGE_DTYPES[:-1]
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 _LUMA = (0.299, 0.587, 0.114)
+
+#: Decoding plugin tried first per transfer syntax. pydicom otherwise takes the first
+#: available plugin in its own order, which for RLE is its pure-numpy decoder. Per
+#: 384x384 16-bit frame on one core here: RLE pylibjpeg-rle 2.1 ms vs pydicom 11 ms;
+#: JPEG-LS pyjpegls 7.5 ms vs GDCM 12 ms vs pylibjpeg 28 ms; JPEG 2000 GDCM 21 ms vs
+#: pylibjpeg-openjpeg 33 ms vs Pillow 51 ms. All are lossless-exact for these syntaxes.
+PREFERRED_DECODERS: dict[str, str] = {
+    RLELossless: "pylibjpeg",
+    JPEGLSLossless: "pyjpegls",
+    JPEGLSNearLossless: "pyjpegls",
+    JPEG2000Lossless: "gdcm",
+    JPEG2000: "gdcm",
+}
 
 
 @dataclass(frozen=True)
@@ -185,7 +209,8 @@ def _iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
     """pydicom's frames of ``ds``, one at a time (``(H, W)`` or ``(H, W, samples)``)."""
     from pydicom.pixels import iter_pixels, pixel_array  # the pixel pipeline loads its plugins on first use
 
-    frames = iter_pixels(ds)
+    plugin = _preferred_plugin(ds)
+    frames = iter_pixels(ds, decoding_plugin=plugin) if plugin else iter_pixels(ds)
     index = 0
     while True:
         try:
@@ -193,6 +218,9 @@ def _iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
         except StopIteration:
             return
         except Exception:  # noqa: BLE001
+            if plugin and index == 0:  # the preferred plugin cannot do this file: pydicom's own order
+                plugin, frames = "", iter_pixels(ds)
+                continue
             # pydicom 3.0's frame iterator fails on some files that its indexed path decodes
             # (sign correction of a read-only buffer, J2K_pixelrep_mismatch.dcm): go on frame
             # by frame; if that fails too, its error is this frame's failure.
@@ -202,6 +230,20 @@ def _iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
             return
         yield array
         index += 1
+
+
+def _preferred_plugin(ds: Dataset) -> str:
+    """The plugin of :data:`PREFERRED_DECODERS` for ``ds``'s transfer syntax, if installed; else ``""``."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    plugin = PREFERRED_DECODERS.get(syntax, "")
+    if not plugin:
+        return ""
+    try:
+        return plugin if plugin in get_decoder(syntax).available_plugins else ""
+    except Exception:  # noqa: BLE001 - no decoder for this syntax: pydicom reports that itself
+        return ""
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
