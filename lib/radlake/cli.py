@@ -118,7 +118,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "to MLflow; register it as models.<detector> with the alias challenger, and champion if it beats the "
         "current champion on the frozen test split.",
     )
-    p.add_argument("detector", help="which detector: vertebra")
+    p.add_argument("detector", help="which detector: vertebra or schmorl")
+    p.add_argument(
+        "--vertebra-model",
+        metavar="URI",
+        help="schmorl: train on the crops of this vertebra model (default crops.vertebra_model, else the champion)",
+    )
     p.add_argument("--no-register", action="store_true", help="log the run only; do not register or promote")
     p.add_argument("--summary-json", help="also write the run and promotion summary as JSON to this file")
     p.set_defaults(func=_cmd_train)
@@ -136,9 +141,44 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         parents=[common],
         help="register a training run's model and promote it to champion if it beats the current one",
     )
-    p.add_argument("detector", help="which detector: vertebra")
+    p.add_argument("detector", help="which detector: vertebra or schmorl")
     p.add_argument("--run-id", required=True, help="MLflow run id of the training run")
     p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser(
+        "crops",
+        parents=[common],
+        help="crop every vertebra of the labelled frames for the Schmorl's-node stage (vertebra_crops table)",
+        description="Run the vertebra model over the labelled images as a pyfunc Spark UDF (or take the labelled "
+        "boxes: crops.source), crop each vertebra with crops.margin_fraction, resample to crops.size pixels, map "
+        "the Schmorl's-node labels into the crop and append the crops to the vertebra_crops Delta table.",
+    )
+    p.add_argument(
+        "--vertebra-model",
+        metavar="URI",
+        help="models:/<name>@<alias>, models:/<name>/<version> or runs:/<run>/model "
+        "(default crops.vertebra_model, else models:/<models.vertebra>@champion)",
+    )
+    p.set_defaults(func=_cmd_crops)
+
+    p = sub.add_parser(
+        "pipeline",
+        parents=[common],
+        help="ingest, labels, train and promote both detectors: one MLflow parent run, a child run per step",
+        description="Run the pipeline steps in order (ingest, labels, train_vertebra, promote_vertebra, crops, "
+        "train_schmorl, promote_schmorl), each a child MLflow run that receives its inputs (table versions, run "
+        "ids, model URIs) as params and publishes its outputs for the next. --steps runs some of them alone; "
+        "inputs of earlier steps are then given with the options below (else the current table versions and "
+        "the configured model URIs).",
+    )
+    p.add_argument("--steps", help="comma-separated steps to run (default all)")
+    p.add_argument("--archive", help="ingest: DICOM archive folder or URI (default ingest.archive)")
+    p.add_argument("--labels", dest="labels_file", help="labels: labels file (default labels.file)")
+    p.add_argument("--vertebra-run-id", help="promote_vertebra: training run to register")
+    p.add_argument("--vertebra-model", metavar="URI", help="crops, train_schmorl: the vertebra model")
+    p.add_argument("--schmorl-run-id", help="promote_schmorl: training run to register")
+    p.add_argument("--summary-json", help="also write every step's inputs and outputs as JSON to this file")
+    p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser("cache", help="the Parquet cache of training data")
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -254,6 +294,10 @@ def _cmd_train(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.train.run import get_stage, train_detector
 
     stage = get_stage(args.detector)
+    if args.vertebra_model:
+        config = config.model_copy(
+            update={"crops": config.crops.model_copy(update={"vertebra_model": args.vertebra_model})}
+        )
     result = train_detector(get_spark(config), config, stage.name)
     summary = {"train": result.as_dict()}
     if not args.no_register:
@@ -279,6 +323,31 @@ def _cmd_promote(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.train.run import get_stage
 
     print(json.dumps(register_and_promote(config, get_stage(args.detector), args.run_id).as_dict(), indent=2))
+    return 0
+
+
+def _cmd_crops(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.data.crops import make_crops
+    from radlake.spark import get_spark
+
+    print(json.dumps(make_crops(get_spark(config), config, vertebra_model=args.vertebra_model).as_dict(), indent=2))
+    return 0
+
+
+def _cmd_pipeline(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from pathlib import Path
+
+    from radlake.spark import get_spark
+    from radlake.workflow.pipeline import parse_steps, run_pipeline
+
+    steps = parse_steps(args.steps)  # an unknown step fails before Spark starts
+    keys = ("archive", "labels_file", "vertebra_run_id", "vertebra_model", "schmorl_run_id")
+    inputs = {k: getattr(args, k) for k in keys if getattr(args, k)}
+    result = run_pipeline(get_spark(config), config, steps=steps, inputs=inputs)
+    summary = json.dumps(result.as_dict(), indent=2, default=str)
+    print(summary)
+    if args.summary_json:
+        Path(args.summary_json).write_text(summary)
     return 0
 
 

@@ -87,6 +87,7 @@ class TablesConfig(_Section):
     ingest_files: str = "ingest_files"
     annotations: str = "annotations"
     splits: str = "splits"
+    vertebra_crops: str = "vertebra_crops"
 
 
 class DeidConfig(_Section):
@@ -234,11 +235,41 @@ class DetectorConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
+def _schmorl_defaults() -> DetectorConfig:
+    # Crops are small and lesions few: a crop-sized input, bigger batches, and a low
+    # score floor so that the FROC curve reaches 4 false positives per image.
+    return DetectorConfig(
+        image_size=128, batch_size=16, max_train_minutes=8, score_threshold=0.05, detections_per_image=10
+    )
+
+
 class TrainConfig(_Section):
     """The detectors radlake trains."""
 
     vertebra: DetectorConfig = Field(default_factory=DetectorConfig)
-    schmorl: DetectorConfig = Field(default_factory=DetectorConfig)
+    schmorl: DetectorConfig = Field(default_factory=_schmorl_defaults)
+
+
+class CropsConfig(_Section):
+    """Vertebra crops for the second stage (``radlake crops``; :mod:`radlake.models.crops`)."""
+
+    vertebra_model: str | None = Field(
+        None, description="Vertebra detector URI (models:/ or runs:/); default models:/<models.vertebra>@champion."
+    )
+    source: Literal["predicted", "ground_truth", "both"] = Field(
+        "predicted",
+        description="Crops around the vertebra model's boxes (the second stage learns its real errors), "
+        "around the labelled boxes, or both.",
+    )
+    margin_fraction: float = Field(
+        0.25, ge=0, le=2, description="Margin around a vertebra box, as a fraction of its height (y) and width (x)."
+    )
+    size: int = Field(128, ge=16, description="Side of the square crop, pixels.")
+    min_score: float = Field(0.3, ge=0, le=1, description="Lowest vertebra score that gets a crop.")
+
+    def model_uri(self, models: ModelsConfig) -> str:
+        """The vertebra model URI to use: the configured one, else the champion of ``models.vertebra``."""
+        return self.vertebra_model or f"models:/{models.vertebra}@champion"
 
 
 class RadlakeConfig(_Section):
@@ -255,6 +286,7 @@ class RadlakeConfig(_Section):
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     loader: LoaderConfig = Field(default_factory=LoaderConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    crops: CropsConfig = Field(default_factory=CropsConfig)
 
 
 def find_config_file(name_or_path: str | os.PathLike[str]) -> Path | None:

@@ -47,6 +47,8 @@ class Table(str, Enum):
     """Boxes drawn on image frames (pixels and millimetres), one row per box."""
     SPLITS = "splits"
     """Train / validation / test assignment of every study, fixed by seed."""
+    VERTEBRA_CROPS = "vertebra_crops"
+    """One row per vertebra crop (pixels, box in the source frame, level, the vertebra model behind it)."""
 
 
 @dataclass(frozen=True)

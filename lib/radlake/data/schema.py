@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pyspark.sql.types import (
     ArrayType,
+    BinaryType,
     BooleanType,
     DoubleType,
     IntegerType,
@@ -29,7 +30,7 @@ from pyspark.sql.types import (
 
 from radlake.ingest.schema import struct_fields
 
-__all__ = ["ANNOTATIONS", "SPLITS"]
+__all__ = ["ANNOTATIONS", "SPLITS", "VERTEBRA_CROPS"]
 
 _S, _I, _B = StringType(), IntegerType(), BooleanType()
 _DOUBLES = ArrayType(DoubleType())
@@ -78,5 +79,51 @@ SPLITS = StructType(
         ("split_seed", LongType()),
         ("assigned_at", TimestampType()),
         ("assign_run_id", _S),
+    )
+)
+
+#: One row per vertebra crop (:mod:`radlake.models.crops` states the geometry).
+#:
+#: ``crop_id`` is the sha256 of the vertebra model URI, ``source``, frame and rounded
+#: vertebra box. ``source`` is ``predicted`` (a box of the vertebra model, with its
+#: ``vertebra_score``) or ``ground_truth`` (a labelled box, no score). Boxes in source
+#: pixels of the frame: ``vertebra_box_xyxy_px`` and ``crop_box_xyxy_px`` (the region cut,
+#: may reach outside the frame); ``crop_scale`` is crop pixels per source pixel.
+#: ``pixels`` / ``dtype`` / ``height`` / ``width`` hold the ``size x size`` crop like an
+#: ``images`` row (float32 modality values, zero padding), ``pixel_spacing`` its
+#: ``[row, column]`` mm. ``boxes_xyxy_px`` are the Schmorl's nodes inside the crop in crop
+#: pixels (``labels`` 1 each) with their labelled ``node_parent_levels`` and
+#: ``node_endplates``. The ``vertebra_model_*`` columns name the model version behind the
+#: crop (``vertebra_model_uri`` pinned: ``models:/name/version`` or ``runs:/...``).
+VERTEBRA_CROPS = StructType(
+    struct_fields(
+        ("crop_id", _S),
+        ("sop_instance_uid", _S),
+        ("frame_index", _I),
+        ("study_instance_uid", _S),
+        ("series_instance_uid", _S),
+        ("source", _S),
+        ("level", _S),
+        ("vertebra_score", DoubleType()),
+        ("vertebra_box_xyxy_px", _DOUBLES),
+        ("crop_box_xyxy_px", _DOUBLES),
+        ("crop_scale", DoubleType()),
+        ("source_height", _I),
+        ("source_width", _I),
+        ("pixels", BinaryType()),
+        ("dtype", _S),
+        ("height", _I),
+        ("width", _I),
+        ("pixel_spacing", _DOUBLES),
+        ("boxes_xyxy_px", ArrayType(_DOUBLES)),
+        ("labels", ArrayType(_I)),
+        ("node_parent_levels", ArrayType(_S)),
+        ("node_endplates", ArrayType(_S)),
+        ("vertebra_model_uri", _S),
+        ("vertebra_model_name", _S),
+        ("vertebra_model_version", _S),
+        ("vertebra_model_run_id", _S),
+        ("crops_run_id", _S),
+        ("created_at", TimestampType()),
     )
 )

@@ -83,6 +83,11 @@ def vertebra_spec(**settings) -> DetectorSpec:
     return DetectorSpec(name="vertebra", label="vertebra", kind="level", classes=LEVELS, **settings)
 
 
+def schmorl_spec(**settings) -> DetectorSpec:
+    """The Schmorl's-node detector: one class, run on vertebra crops (:mod:`radlake.models.crops`)."""
+    return DetectorSpec(name="schmorl", label="schmorl_node", kind="plain", classes=("schmorl_node",), **settings)
+
+
 def build_detector(spec: DetectorSpec, weights: str | Path | None = None) -> FCOS:
     """A torchvision FCOS for ``spec``, randomly initialised unless ``weights`` names a local file.
 

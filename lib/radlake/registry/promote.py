@@ -72,7 +72,9 @@ def register_and_promote(config: RadlakeConfig, stage: DetectorStage, run_id: st
     run = client.get_run(run_id)
     keys = [k for k in (stage.primary_metric, stage.secondary_metric) if k]
     challenger = {k: run.data.metrics[f"test_{k}"] for k in keys if f"test_{k}" in run.data.metrics}
-    mv = mlflow.register_model(f"runs:/{run_id}/model", name, tags={"radlake.detector": stage.name})
+    # The upstream inputs a run recorded (the vertebra model behind a Schmorl's model) follow it into the registry.
+    upstream = {k: v for k, v in run.data.tags.items() if k.startswith("radlake.vertebra_model")}
+    mv = mlflow.register_model(f"runs:/{run_id}/model", name, tags={"radlake.detector": stage.name, **upstream})
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     current = _champion(client, name)
     champion_metrics = None
@@ -130,7 +132,7 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: DetectorStage
     from radlake.models.detector import detections_as_arrays
     from radlake.models.levels import level_to_class
     from radlake.models.pyfunc import INPUT_COLUMNS
-    from radlake.train.metrics import ImageResult, detection_metrics
+    from radlake.train.metrics import ImageResult, evaluate_results
 
     cache = mlflow.MlflowClient().get_run(run_id).data.tags.get("radlake.test_cache")
     if not cache:
@@ -161,5 +163,6 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: DetectorStage
                 true_classes=np.asarray(row["labels"], np.int64),
             )
         )
-    metrics = detection_metrics(results, score_threshold=0.0, levels=stage.secondary_metric == "level_id_rate")
+    kind = stage.spec(RadlakeConfig()).kind  # the kind of a detector does not depend on its settings
+    metrics = evaluate_results(results, score_threshold=0.0, kind=kind)
     return {k: metrics[k] for k in (stage.primary_metric, stage.secondary_metric) if k and k in metrics}

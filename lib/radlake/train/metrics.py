@@ -9,6 +9,20 @@
   level is right; ``study_all_levels``: share of studies where every true box of every
   image is matched with the right level.
 - ``fp_per_image``: unmatched predictions at or above the threshold, per image.
+
+Lesion metrics (``lesion_metrics``), for a second-stage detector of small lesions
+(Schmorl's nodes) inside vertebra crops. An "image" is one element of ``results``:
+a crop for the crop detector, a whole frame for a whole-image detector, so every
+"per image" below means per crop or per frame accordingly. Small boxes shift IoU a
+lot for a pixel of error, so a lesion counts as found at IoU ≥ 0.3 (``LESION_IOU``).
+
+- ``ap_30`` / ``ap_50``: class-agnostic COCO AP at IoU 0.3 and at IoU 0.5.
+- ``crop_auc``: ROC AUC of "the image holds at least one lesion", scoring each image
+  by its highest prediction score (0.0 without predictions).
+- ``froc_sens_at_{r}fp``: lesion-level FROC, the best sensitivity (found lesions /
+  true lesions, IoU ≥ 0.3) at any score threshold with at most ``r`` false positives
+  per image, for ``r`` in ``FROC_RATES``; ``froc_mean`` is their mean.
+- ``detection_rate`` / ``fp_per_image``: as above, at the score threshold, IoU ≥ 0.3.
 """
 
 from __future__ import annotations
@@ -21,6 +35,8 @@ import torch
 from torchvision.ops import box_iou
 
 MATCH_IOU = 0.5
+LESION_IOU = 0.3
+FROC_RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
@@ -55,14 +71,8 @@ def match(result: ImageResult, score_threshold: float, iou: float = MATCH_IOU) -
     return truth_to_pred, matched_pred
 
 
-def coco_ap(results: list[ImageResult]) -> dict[str, float | np.ndarray]:
-    """Class-agnostic ``map_50``, ``map`` and the precision-recall curve at IoU 0.5 (``pr_recall``, ``pr_precision``)."""
-    from torchmetrics.detection import MeanAveragePrecision
-
-    # Rank 0 evaluates alone: no sync with the other DDP ranks.
-    metric = MeanAveragePrecision(
-        box_format="xyxy", iou_type="bbox", extended_summary=True, backend="pycocotools", sync_on_compute=False
-    )
+def _update_class_agnostic(metric, results: list[ImageResult]) -> None:
+    """Feed ``results`` to a torchmetrics ``MeanAveragePrecision`` with every box as class 1."""
     for r in results:
         metric.update(
             [
@@ -79,6 +89,17 @@ def coco_ap(results: list[ImageResult]) -> dict[str, float | np.ndarray]:
                 }
             ],
         )
+
+
+def coco_ap(results: list[ImageResult]) -> dict[str, float | np.ndarray]:
+    """Class-agnostic ``map_50``, ``map`` and the precision-recall curve at IoU 0.5 (``pr_recall``, ``pr_precision``)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    # Rank 0 evaluates alone: no sync with the other DDP ranks.
+    metric = MeanAveragePrecision(
+        box_format="xyxy", iou_type="bbox", extended_summary=True, backend="pycocotools", sync_on_compute=False
+    )
+    _update_class_agnostic(metric, results)
     out = metric.compute()
     recall = np.asarray(metric.rec_thresholds if hasattr(metric, "rec_thresholds") else np.linspace(0, 1, 101))
     precision = out["precision"][0, :, 0, 0, -1].numpy() if out["precision"].numel() else np.zeros_like(recall)
@@ -117,4 +138,154 @@ def detection_metrics(results: list[ImageResult], *, score_threshold: float, lev
     if levels:
         metrics["level_id_rate"] = n_right / n_found if n_found else 0.0
         metrics["study_all_levels"] = sum(study_ok.values()) / len(study_ok) if study_ok else 0.0
+    return metrics
+
+
+def ap_at_iou(results: list[ImageResult], iou: float) -> float:
+    """Class-agnostic COCO average precision at the one IoU threshold ``iou``.
+
+    Parameters
+    ----------
+    results : list of ImageResult
+        Images with neither truth nor predictions are allowed.
+    iou : float
+        IoU a prediction needs with a true box to count as a hit.
+
+    Returns
+    -------
+    float
+        AP in [0, 1]; 0.0 where pycocotools has nothing to score (it reports -1).
+    """
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(
+        box_format="xyxy", iou_type="bbox", iou_thresholds=[iou], backend="pycocotools", sync_on_compute=False
+    )
+    _update_class_agnostic(metric, results)
+    return max(0.0, float(metric.compute()["map"]))
+
+
+def crop_auc(results: list[ImageResult], score_threshold: float = 0.0) -> float:
+    """Image-level ROC AUC of "the image holds at least one true box".
+
+    Parameters
+    ----------
+    results : list of ImageResult
+        One element per image (per crop for the crop detector).
+    score_threshold : float
+        Predictions scored below it are ignored.
+
+    Returns
+    -------
+    float
+        AUC of the image score, the highest kept prediction score (0.0 without one),
+        against the image label; ``nan`` when all images have the same label (AUC is
+        undefined with a single class), including when ``results`` is empty.
+    """
+    from torchmetrics.functional.classification import binary_auroc
+
+    labels = torch.tensor([len(r.true_boxes) > 0 for r in results], dtype=torch.int64)
+    if labels.numel() == 0 or labels.min() == labels.max():
+        return float("nan")
+    scores = torch.tensor(
+        [float(r.pred_scores[r.pred_scores >= score_threshold].max(initial=0.0)) for r in results],
+        dtype=torch.float32,
+    )
+    return float(binary_auroc(scores, labels))
+
+
+def _rate_key(rate: float) -> str:
+    return f"froc_sens_at_{f'{rate:g}'.replace('.', 'p')}fp"
+
+
+def froc(
+    results: list[ImageResult], rates: tuple[float, ...] = FROC_RATES, iou: float = LESION_IOU
+) -> dict[str, float]:
+    """Lesion-level free-response ROC: sensitivity at fixed false positives per image.
+
+    Each image's predictions are matched greedily by descending score, each to the
+    unmatched true box of highest IoU when that IoU is at least ``iou`` (a true
+    positive), else a false positive (so a second prediction on a found lesion is a
+    false positive). Greedy-by-score matching makes these flags the same at every
+    score threshold, so the predictions of all images are pooled and swept by score;
+    predictions of equal score enter together, as one threshold.
+
+    Parameters
+    ----------
+    results : list of ImageResult
+        One element per image. False positives are counted per element: per crop for
+        the crop detector, per frame for a whole-image detector.
+    rates : tuple of float
+        False positives per image at which to read the sensitivity.
+    iou : float
+        IoU a prediction needs with a true box to find it.
+
+    Returns
+    -------
+    dict of str to float
+        ``froc_sens_at_{r}fp`` (``r`` as ``f"{rate:g}"`` with ``.`` as ``p``, e.g.
+        ``froc_sens_at_0p25fp``): the highest sensitivity, true positives / all true
+        boxes, at any threshold with false positives / number of images ≤ ``r`` (0.0
+        when none); ``froc_mean``: their mean. All ``nan`` when there is no true box.
+    """
+    n_true = sum(len(r.true_boxes) for r in results)
+    if n_true == 0:
+        return {**{_rate_key(rate): float("nan") for rate in rates}, "froc_mean": float("nan")}
+    scores = np.concatenate([np.asarray(r.pred_scores, np.float64).reshape(-1) for r in results])
+    hits = np.concatenate([match(r, -np.inf, iou)[1] for r in results])
+    order = np.argsort(-scores, kind="stable")
+    scores, hits = scores[order], hits[order]
+    tp, fp = np.cumsum(hits), np.cumsum(~hits)
+    # Only the last prediction of each run of equal scores is a threshold.
+    last = np.r_[scores[1:] != scores[:-1], True] if len(scores) else np.zeros(0, bool)
+    sens = np.r_[0.0, tp[last] / n_true]
+    fp_rate = np.r_[0.0, fp[last] / len(results)]
+    out = {_rate_key(rate): float(sens[fp_rate <= rate].max()) for rate in rates}
+    out["froc_mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def lesion_metrics(results: list[ImageResult], *, score_threshold: float) -> dict[str, float]:
+    """The lesion metrics of the module docstring, at lesion IoU ``LESION_IOU``.
+
+    Parameters
+    ----------
+    results : list of ImageResult
+        One element per image (per crop for the crop detector).
+    score_threshold : float
+        Operating point of ``detection_rate`` and ``fp_per_image``.
+
+    Returns
+    -------
+    dict of str to float
+        ``ap_30``, ``ap_50``, ``crop_auc``, the ``froc`` keys, ``detection_rate``,
+        ``fp_per_image``, ``n_images``, ``n_true_boxes``. A metric that is undefined
+        (``nan``: ``crop_auc`` with a single class, FROC without true boxes) is left
+        out rather than logged, since MLflow cannot plot ``nan``.
+    """
+    n_true = n_found = n_fp = 0
+    for r in results:
+        truth_to_pred, matched = match(r, score_threshold, iou=LESION_IOU)
+        n_true += len(truth_to_pred)
+        n_found += int((truth_to_pred >= 0).sum())
+        n_fp += int(((r.pred_scores >= score_threshold) & ~matched).sum())
+    metrics = {
+        "ap_30": ap_at_iou(results, 0.3),
+        "ap_50": ap_at_iou(results, 0.5),
+        "crop_auc": crop_auc(results),
+        **froc(results),
+        "detection_rate": n_found / n_true if n_true else 0.0,
+        "fp_per_image": n_fp / len(results) if results else 0.0,
+        "n_images": float(len(results)),
+        "n_true_boxes": float(n_true),
+    }
+    return {k: v for k, v in metrics.items() if not np.isnan(v)}
+
+
+def evaluate_results(results: list[ImageResult], *, score_threshold: float, kind: str) -> dict[str, float]:
+    """The metrics of one detector kind: :func:`detection_metrics`, and for ``plain`` (lesion) detectors
+    :func:`lesion_metrics` on top (its ``detection_rate`` and ``fp_per_image`` at IoU :data:`LESION_IOU`)."""
+    metrics = detection_metrics(results, score_threshold=score_threshold, levels=kind == "level")
+    if kind == "plain":
+        metrics.update(lesion_metrics(results, score_threshold=score_threshold))
     return metrics

@@ -34,7 +34,7 @@ import mlflow
 import radlake
 from radlake.config import RadlakeConfig, config_as_yaml
 from radlake.errors import ConfigError
-from radlake.models.detector import DetectorSpec, vertebra_spec
+from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
 from radlake.models.levels import LEVELS
 from radlake.tables import Table, table_ref
 from radlake.tracking import configure_mlflow, detector_experiment
@@ -57,6 +57,12 @@ class DetectorStage:
     spec: Callable[[RadlakeConfig], DetectorSpec]
     primary_metric: str = "map_50"
     secondary_metric: str | None = None
+    #: Pins the run's upstream inputs before anything is read: returns the config to
+    #: train with and tags that record those inputs (the Schmorl's stage pins its vertebra model).
+    prepare: Callable[[RadlakeConfig], tuple[RadlakeConfig, dict[str, str]]] | None = None
+    #: Extra metrics after training, from the logged model (``runs:/<run>/model``): the
+    #: Schmorl's stage's end-to-end evaluation.
+    evaluate: Callable[[SparkSession, RadlakeConfig, Mapping[str, int], str], dict[str, float]] | None = None
 
 
 def _settings(config: RadlakeConfig, name: str) -> dict[str, Any]:
@@ -76,6 +82,25 @@ def _vertebra_view(spark, config, versions):
     )
 
 
+def _prepare_schmorl(config):
+    from radlake.train.schmorl import pin_vertebra_model
+
+    pinned = pin_vertebra_model(config)
+    return pinned.config, pinned.tags
+
+
+def _schmorl_view(spark, config, versions):
+    from radlake.train.schmorl import schmorl_view
+
+    return schmorl_view(spark, config, versions)
+
+
+def _schmorl_end_to_end(spark, config, versions, model_uri):
+    from radlake.train.schmorl import end_to_end_metrics
+
+    return end_to_end_metrics(spark, config, versions, model_uri)
+
+
 STAGES: dict[str, DetectorStage] = {
     "vertebra": DetectorStage(
         name="vertebra",
@@ -84,6 +109,16 @@ STAGES: dict[str, DetectorStage] = {
         spec=lambda config: vertebra_spec(**_settings(config, "vertebra")),
         primary_metric="map_50",
         secondary_metric="level_id_rate",
+    ),
+    "schmorl": DetectorStage(
+        name="schmorl",
+        tables=(Table.VERTEBRA_CROPS, Table.ANNOTATIONS, Table.SPLITS, Table.IMAGES),
+        view=_schmorl_view,
+        spec=lambda config: schmorl_spec(**_settings(config, "schmorl")),
+        primary_metric="ap_30",
+        secondary_metric="crop_auc",
+        prepare=_prepare_schmorl,
+        evaluate=_schmorl_end_to_end,
     ),
 }
 
@@ -179,6 +214,9 @@ def train_detector(
     from radlake.data.converter import make_spark_converter
 
     stage = get_stage(detector)
+    stage_tags: dict[str, str] = {}
+    if stage.prepare is not None:
+        config, stage_tags = stage.prepare(config)
     settings = getattr(config.train, detector)
     spec = stage.spec(config)
     pinned = pin_versions(spark, config, stage.tables, versions)
@@ -199,9 +237,15 @@ def train_detector(
                 f"The {split} split of the {detector} view is empty (tables at versions {pinned}): "
                 "import labels for more studies (`radlake labels import`) or change labels.*_fraction."
             )
-    experiment_id = configure_mlflow(config, detector_experiment(config, detector))
+    parent = mlflow.active_run()
+    # Under a pipeline's parent run the training run is its child, in the parent's experiment.
+    experiment_id = (
+        parent.info.experiment_id if parent else configure_mlflow(config, detector_experiment(config, detector))
+    )
     test_digest = split_digest(view, "test")
-    with mlflow.start_run(run_name=run_name or f"train-{detector}", nested=mlflow.active_run() is not None) as run:
+    with mlflow.start_run(
+        run_name=run_name or f"train-{detector}", nested=parent is not None, experiment_id=experiment_id
+    ) as run:
         mlflow.log_params(flatten({"config": config.model_dump(mode="json", by_alias=True)}))
         mlflow.log_params({"data.rows." + k: v for k, v in sizes.items()})
         mlflow.set_tags(
@@ -212,6 +256,7 @@ def train_detector(
                 "radlake.data_versions": json.dumps(pinned, sort_keys=True),
                 "radlake.test_split_digest": test_digest,
                 "radlake.test_cache": caches["test"],
+                **stage_tags,
                 **(tags or {}),
             }
         )
@@ -242,11 +287,13 @@ def train_detector(
         )
         distributor.run(train_worker, worker_settings)
         run_id = run.info.run_id
+        if "test_map_50" not in mlflow.MlflowClient().get_run(run_id).data.metrics:
+            raise RuntimeError(
+                f"Training run {run_id} ended without test metrics: a training process failed (see its log above)"
+            )
+        if stage.evaluate is not None:
+            mlflow.log_metrics(stage.evaluate(spark, config, pinned, f"runs:/{run_id}/model"))
     finished = mlflow.MlflowClient().get_run(run_id)
-    if "test_map_50" not in finished.data.metrics:
-        raise RuntimeError(
-            f"Training run {run_id} ended without test metrics: a training process failed (see its log above)"
-        )
     return TrainResult(
         detector=detector,
         run_id=run_id,

@@ -154,10 +154,10 @@ class _RankZeroLogger:
 
     def evaluate(self, model, spec, device, split: str):
         from radlake.train.engine import predict
-        from radlake.train.metrics import detection_metrics
+        from radlake.train.metrics import evaluate_results
 
         results = predict(model, spec, self._loader(split), device)
-        metrics = detection_metrics(results, score_threshold=spec.score_threshold, levels=spec.kind == "level")
+        metrics = evaluate_results(results, score_threshold=spec.score_threshold, kind=spec.kind)
         return results, metrics
 
     def validate(self, model, spec, device, epoch: int) -> dict[str, float]:

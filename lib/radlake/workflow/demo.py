@@ -1,7 +1,8 @@
 """``make demo``: every stage that exists, end to end, on a synthetic archive and the local default.
 
-Now: synthetic archive → ingest → labels (and the study split) → train the vertebra
-detector → register and promote it. Each later stage adds its step here.
+Now: synthetic archive, then :func:`radlake.workflow.pipeline.run_pipeline` (ingest → labels
+and the study split → train, register and promote the vertebra detector → vertebra crops →
+train, register and promote the Schmorl's-node detector). Each later stage adds its step.
 """
 
 from __future__ import annotations
@@ -12,6 +13,20 @@ from pathlib import Path
 
 from radlake.config import RadlakeConfig
 from radlake.tracking import ui_command
+
+
+_SCHMORL_SHOWN = (
+    "test_ap_30",
+    "test_ap_50",
+    "test_crop_auc",
+    "test_froc_sens_at_1fp",
+    "e2e_froc_sens_at_0p25fp",
+    "e2e_froc_sens_at_0p5fp",
+    "e2e_froc_sens_at_1fp",
+    "e2e_froc_sens_at_2fp",
+    "e2e_froc_sens_at_4fp",
+    "e2e_ap_30",
+)
 
 
 def _archive_matches(out: Path, config: RadlakeConfig) -> bool:
@@ -28,7 +43,6 @@ def _archive_matches(out: Path, config: RadlakeConfig) -> bool:
 
 def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> None:
     """Write (or reuse) the synthetic archive, ingest it, and print where everything is."""
-    from radlake.ingest import run_ingest
     from radlake.spark import get_spark
     from radlake.synth import generate_archive
     from radlake.tables import list_tables
@@ -45,30 +59,37 @@ def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> Non
             f"[demo] wrote {summary.n_files} DICOM instances ({summary.n_studies} studies) to {out} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
-    spark = get_spark(config)
-    result = run_ingest(spark, config, archive=str(out))
-    print("[demo] ingest:", json.dumps(result.as_dict(), indent=2))
-    from radlake.data.splits import import_labels_and_split
-    from radlake.registry.promote import register_and_promote
-    from radlake.train.run import get_stage, train_detector
+    from radlake.workflow.pipeline import run_pipeline
 
-    labels, splits = import_labels_and_split(spark, config, out / "labels.json")
-    print("[demo] labels:", json.dumps(_brief(labels.as_dict()), indent=2))
-    print("[demo] splits:", json.dumps(_brief(splits.as_dict()), indent=2))
-    t_train = time.perf_counter()
-    trained = train_detector(spark, config, "vertebra")
-    wanted = ("test_map_50", "test_map", "test_detection_rate", "test_level_id_rate", "test_study_all_levels")
-    shown = {k: round(trained.metrics[k], 4) for k in wanted if k in trained.metrics}
-    print(f"[demo] trained the vertebra detector in {time.perf_counter() - t_train:.0f} s: run {trained.run_id}")
-    print("[demo] test metrics:", json.dumps(shown))
-    promotion = register_and_promote(config, get_stage("vertebra"), trained.run_id)
-    print(f"[demo] registered {promotion.model_name} version {promotion.version}: {promotion.reason}")
+    spark = get_spark(config)
+    result = run_pipeline(spark, config, inputs={"archive": str(out), "labels_file": str(out / "labels.json")})
+    steps = {s["step"]: s for s in result.steps}
+    print("[demo] ingest:", json.dumps(_brief(steps["ingest"]["details"]["ingest"]), indent=2))
+    print("[demo] labels:", json.dumps(_brief(steps["labels"]["details"]["labels"]), indent=2))
+    for detector, wanted in (
+        ("vertebra", ("test_map_50", "test_map", "test_detection_rate", "test_level_id_rate", "test_study_all_levels")),
+        ("schmorl", _SCHMORL_SHOWN),
+    ):
+        train, promote = steps[f"train_{detector}"], steps[f"promote_{detector}"]
+        metrics = train["details"]["metrics"]
+        shown = {k: round(metrics[k], 4) for k in wanted if k in metrics}
+        registry = promote["details"]["registry"]
+        print(f"[demo] {detector}: run {train['outputs'][f'{detector}_run_id']} trained in {train['seconds']:.0f} s")
+        print(f"[demo] {detector} test metrics:", json.dumps(shown))
+        print(f"[demo] registered {registry['model_name']} version {registry['version']}: {registry['reason']}")
+    crops = steps["crops"]["details"]["crops"]
+    print(
+        f"[demo] crops: {crops['new_crops']} new ({crops['crops_with_nodes']} with nodes) behind "
+        f"{crops['vertebra_model']['uri']}"
+    )
+    print(f"[demo] pipeline parent run {result.parent_run_id} (experiment {config.mlflow.experiment})")
     print("[demo] tables:")
     for status in list_tables(spark, config):
         print(f"    {status.table:<14} version {status.version!s:>4}  rows {status.rows!s:>7}  {status.location}")
     print(f"[demo] archive and labels: {out.resolve()} (labels.json)")
     print("[demo] list the tables again: .venv/bin/radlake tables")
-    print(f"[demo] load the champion: mlflow.pyfunc.load_model('models:/{config.models.vertebra}@champion')")
+    print(f"[demo] load the champions: mlflow.pyfunc.load_model('models:/{config.models.vertebra}@champion')")
+    print(f"                           mlflow.pyfunc.load_model('models:/{config.models.schmorl}@champion')")
     print(f"[demo] MLflow UI: .venv/bin/{ui_command(config)}  then open http://127.0.0.1:5000")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
 

@@ -1,0 +1,237 @@
+"""``radlake pipeline``: every stage in order, one MLflow parent run, one child run per step.
+
+Steps (:data:`STEPS`), with what each takes and gives:
+
+============== ========================================== ==========================================
+step           inputs                                      outputs
+============== ========================================== ==========================================
+ingest         ``archive``                                 ``<table>_version`` of the ingest tables
+labels         ``labels_file``                             ``annotations_version``, ``splits_version``
+train_vertebra ``images_version``, ``annotations_version``, ``vertebra_run_id``,
+               ``splits_version``                          ``vertebra_run_model_uri``
+promote_vert.  ``vertebra_run_id``                         ``vertebra_model`` (the champion, pinned
+                                                           ``models:/name/version``), ``vertebra_version``
+crops          ``vertebra_model``                          ``vertebra_crops_version``
+train_schmorl  ``vertebra_model``, ``vertebra_crops_version``, ``schmorl_run_id``,
+               ``annotations_version``, ``splits_version``, ``schmorl_run_model_uri``
+               ``images_version``
+promote_schm.  ``schmorl_run_id``                          ``schmorl_model``, ``schmorl_version``
+============== ========================================== ==========================================
+
+Each step's inputs are logged as params ``input.<name>`` of its child run and its
+outputs as tags ``output.<name>`` (and ``outputs.json``), and handed on. A step run
+alone (``--steps crops,train_schmorl``) takes its inputs from the command line; an
+input nobody gave falls back to the current state (a table's latest version, the
+configured model URI). Under ``mlflow run`` (the ``MLproject`` entry points) the
+project's run is the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import mlflow
+
+from radlake.config import RadlakeConfig
+from radlake.errors import ConfigError
+from radlake.tables import Table, table_ref
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+STEPS = (
+    "ingest",
+    "labels",
+    "train_vertebra",
+    "promote_vertebra",
+    "crops",
+    "train_schmorl",
+    "promote_schmorl",
+)
+#: Table versions a training step pins, by detector.
+_TRAIN_TABLES = {
+    "vertebra": (Table.IMAGES, Table.ANNOTATIONS, Table.SPLITS),
+    "schmorl": (Table.VERTEBRA_CROPS, Table.ANNOTATIONS, Table.SPLITS, Table.IMAGES),
+}
+
+
+@dataclass
+class PipelineResult:
+    """The parent run and every step's inputs and outputs, in order."""
+
+    parent_run_id: str
+    steps: list[dict] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"parent_run_id": self.parent_run_id, "steps": self.steps, "outputs": self.outputs}
+
+
+def _versions(spark: SparkSession, config: RadlakeConfig, tables: Sequence[Table], state: Mapping[str, str]):
+    out = {}
+    for table in tables:
+        key = f"{table.value}_version"
+        out[table.value] = (
+            int(state[key]) if state.get(key) not in (None, "") else table_ref(config, table).version(spark)
+        )
+    return out
+
+
+def _need(state: Mapping[str, str], key: str, step: str, flag: str) -> str:
+    if not state.get(key):
+        raise ConfigError(f"Step '{step}' needs {key}: run the step before it in the same pipeline or pass {flag}")
+    return state[key]
+
+
+def _ingest(spark, config, state):
+    from radlake.ingest import run_ingest
+
+    archive = state.get("archive") or config.ingest.archive
+    if not archive:
+        raise ConfigError("Step 'ingest' needs an archive: pass --archive or set ingest.archive")
+    summary = run_ingest(spark, config, archive=archive)
+    tables = (Table.INSTANCES, Table.SERIES, Table.IMAGES, Table.QUARANTINE)
+    outputs = {f"{t.value}_version": str(table_ref(config, t).version(spark)) for t in tables}
+    return {"archive": archive}, outputs, {"ingest": summary.as_dict()}
+
+
+def _labels(spark, config, state):
+    from radlake.data.splits import import_labels_and_split
+
+    file = state.get("labels_file") or config.labels.file
+    if not file:
+        raise ConfigError("Step 'labels' needs a labels file: pass --labels or set labels.file")
+    labels, splits = import_labels_and_split(spark, config, file)
+    outputs = {
+        f"{t.value}_version": str(table_ref(config, t).version(spark)) for t in (Table.ANNOTATIONS, Table.SPLITS)
+    }
+    return {"labels_file": str(file)}, outputs, {"labels": labels.as_dict(), "splits": splits.as_dict()}
+
+
+def _train(detector: str):
+    def step(spark, config, state):
+        from radlake.train.run import train_detector
+
+        inputs = {f"{k}_version": str(v) for k, v in _versions(spark, config, _TRAIN_TABLES[detector], state).items()}
+        if detector == "schmorl":
+            inputs["vertebra_model"] = state.get("vertebra_model") or config.crops.model_uri(config.models)
+            config = config.model_copy(
+                update={"crops": config.crops.model_copy(update={"vertebra_model": inputs["vertebra_model"]})}
+            )
+        versions = {k.removesuffix("_version"): int(v) for k, v in inputs.items() if k.endswith("_version")}
+        result = train_detector(spark, config, detector, versions=versions, run_name=f"train_{detector}")
+        outputs = {f"{detector}_run_id": result.run_id, f"{detector}_run_model_uri": result.model_uri}
+        return inputs, outputs, {"metrics": result.metrics, "run_id": result.run_id}
+
+    return step
+
+
+def _promote(detector: str):
+    def step(spark, config, state):
+        from radlake.registry.promote import register_and_promote
+        from radlake.registry.resolve import resolve_model_uri
+        from radlake.train.run import get_stage
+
+        run_id = _need(state, f"{detector}_run_id", f"promote_{detector}", f"--{detector}-run-id")
+        result = register_and_promote(config, get_stage(detector), run_id)
+        champion = resolve_model_uri(f"models:/{result.model_name}@champion")
+        outputs = {
+            f"{detector}_model": champion.uri,
+            f"{detector}_version": result.version,
+            f"{detector}_promoted": str(result.promoted).lower(),
+        }
+        return {f"{detector}_run_id": run_id}, outputs, {"registry": result.as_dict()}
+
+    return step
+
+
+def _crops(spark, config, state):
+    from radlake.data.crops import make_crops
+
+    model = state.get("vertebra_model") or config.crops.model_uri(config.models)
+    summary = make_crops(spark, config, vertebra_model=model)
+    outputs = {"vertebra_crops_version": str(summary.table_version), "vertebra_model": summary.vertebra_model["uri"]}
+    return {"vertebra_model": model}, outputs, {"crops": summary.as_dict()}
+
+
+_STEP_FUNCTIONS: dict[str, Callable] = {
+    "ingest": _ingest,
+    "labels": _labels,
+    "train_vertebra": _train("vertebra"),
+    "promote_vertebra": _promote("vertebra"),
+    "crops": _crops,
+    "train_schmorl": _train("schmorl"),
+    "promote_schmorl": _promote("schmorl"),
+}
+
+
+def parse_steps(text: str | Sequence[str] | None) -> list[str]:
+    """``"crops,train_schmorl"`` → the steps in pipeline order; raises ConfigError naming an unknown step."""
+    if not text:
+        return list(STEPS)
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    unknown = [s for s in names if s not in STEPS]
+    if unknown:
+        raise ConfigError(f"Unknown pipeline step(s) {unknown}; steps are: {', '.join(STEPS)}")
+    return [s for s in STEPS if s in names]
+
+
+def run_pipeline(
+    spark: SparkSession,
+    config: RadlakeConfig,
+    *,
+    steps: Sequence[str] | None = None,
+    inputs: Mapping[str, str] | None = None,
+    log: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run ``steps`` (default all) under one parent MLflow run; see the module docstring."""
+    from radlake.tracking import configure_mlflow
+
+    chosen = parse_steps(steps)
+    state = {k: str(v) for k, v in (inputs or {}).items() if v not in (None, "")}
+    experiment_id = configure_mlflow(config)
+    # Under `mlflow run` (MLFLOW_RUN_ID set) the project's run, in its own experiment, is the parent.
+    under_project = bool(os.environ.get("MLFLOW_RUN_ID"))
+    with mlflow.start_run(run_name="pipeline", experiment_id=None if under_project else experiment_id) as parent:
+        experiment_id = parent.info.experiment_id  # under `mlflow run`, the project's run and experiment
+        mlflow.set_tags({"radlake.pipeline_steps": ",".join(chosen)})
+        mlflow.log_params({f"input.{k}": v for k, v in state.items()})
+        result = PipelineResult(parent.info.run_id)
+        for name in chosen:
+            started = time.perf_counter()
+            log(f"[pipeline] step {name} ...")
+            step_inputs, outputs, details = _run_step(name, spark, config, state, experiment_id)
+            state.update(outputs)
+            seconds = round(time.perf_counter() - started, 1)
+            result.steps.append(
+                {"step": name, "inputs": step_inputs, "outputs": outputs, "seconds": seconds, "details": details}
+            )
+            log(f"[pipeline] step {name} done in {seconds} s: {json.dumps(outputs)}")
+        result.outputs = dict(state)
+        mlflow.set_tags({f"output.{k}": v for k, v in state.items()})
+        mlflow.log_dict(result.as_dict(), "pipeline.json")
+    return result
+
+
+def _run_step(name, spark, config, state, experiment_id):
+    """Run one step as a child run (training steps: the training run is the child)."""
+    client = mlflow.MlflowClient()
+    if name.startswith("train_"):
+        step_inputs, outputs, details = _STEP_FUNCTIONS[name](spark, config, state)
+        run_id = details["run_id"]
+    else:
+        with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as child:
+            step_inputs, outputs, details = _STEP_FUNCTIONS[name](spark, config, state)
+            run_id = child.info.run_id
+    client.set_tag(run_id, "radlake.step", name)
+    for key, value in step_inputs.items():
+        client.log_param(run_id, f"input.{key}", value)
+    for key, value in outputs.items():
+        client.set_tag(run_id, f"output.{key}", value)
+    client.log_dict(run_id, {"inputs": step_inputs, "outputs": outputs}, "step/outputs.json")
+    return step_inputs, outputs, details
