@@ -32,6 +32,16 @@ def test_local_file_equals_built_in_defaults(monkeypatch, tmp_path):
     assert load_config("local") == from_file
 
 
+def test_a_partial_schmorl_setting_keeps_the_schmorl_defaults():
+    from radlake.config import SCHMORL_DEFAULTS, RadlakeConfig
+
+    cfg = load_config(overrides=["train.schmorl.epochs=5", "train.vertebra.epochs=7"])
+    assert cfg.train.schmorl.epochs == 5 and cfg.train.vertebra.epochs == 7
+    assert cfg.train.schmorl.batch_size == SCHMORL_DEFAULTS["batch_size"] != cfg.train.vertebra.batch_size
+    assert cfg.train.schmorl.negatives_per_positive == 2.0 and cfg.train.vertebra.negatives_per_positive is None
+    assert RadlakeConfig().train.schmorl.score_threshold == SCHMORL_DEFAULTS["score_threshold"]
+
+
 def test_override_parses_yaml_types():
     cfg = load_config(overrides=["spark.shuffle_partitions=3", "synth.zip_fraction=0.5", "spark.extra={a.b: c}"])
     assert cfg.spark.shuffle_partitions == 3

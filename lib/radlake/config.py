@@ -232,22 +232,43 @@ class DetectorConfig(_Section):
     nms_iou: float = Field(0.5, gt=0, le=1)
     detections_per_image: int = Field(30, ge=1)
     val_images_logged: int = Field(6, ge=0, description="Validation images drawn with boxes in the run.")
+    negatives_per_positive: float | None = Field(
+        None,
+        ge=0,
+        description="Training split only: keep about this many images without a box per image with one "
+        "(drawn by seed); unset keeps every image.",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-def _schmorl_defaults() -> DetectorConfig:
-    # Crops are small and lesions few: a crop-sized input, bigger batches, and a low
-    # score floor so that the FROC curve reaches 4 false positives per image.
-    return DetectorConfig(
-        image_size=128, batch_size=16, max_train_minutes=8, score_threshold=0.05, detections_per_image=10
-    )
+#: Where ``train.schmorl`` differs from :class:`DetectorConfig`'s defaults. Vertebra crops
+#: are small and nodes few: 128 px crops upsampled to 256 px (a node spans a few
+#: stride-8 cells), bigger batches, two crops without a node per crop with one in
+#: training (most crops hold none), and a low score floor so that the FROC curve
+#: reaches 4 false positives per image.
+SCHMORL_DEFAULTS: dict[str, Any] = {
+    "image_size": 256,
+    "batch_size": 16,
+    "epochs": 40,
+    "max_train_minutes": 10,
+    "score_threshold": 0.05,
+    "detections_per_image": 10,
+    "negatives_per_positive": 2.0,
+}
 
 
 class TrainConfig(_Section):
-    """The detectors radlake trains."""
+    """The detectors radlake trains (``train.schmorl`` keys not given take :data:`SCHMORL_DEFAULTS`)."""
 
     vertebra: DetectorConfig = Field(default_factory=DetectorConfig)
-    schmorl: DetectorConfig = Field(default_factory=_schmorl_defaults)
+    schmorl: DetectorConfig = Field(default_factory=lambda: DetectorConfig(**SCHMORL_DEFAULTS))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schmorl_defaults_under_partial_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("schmorl"), dict):
+            data = {**data, "schmorl": {**SCHMORL_DEFAULTS, **data["schmorl"]}}
+        return data
 
 
 class CropsConfig(_Section):

@@ -9,8 +9,8 @@ import pydicom
 import pydicom.pixels
 import pytest
 
-from radlake.dicom.header import parse_header
 from radlake.dicom import pixels as pixels_module
+from radlake.dicom.header import parse_header
 from radlake.dicom.pixels import (
     STORAGE_DTYPES,
     FrameResult,
@@ -70,7 +70,11 @@ def test_transfer_syntax_variants_decode_to_the_same_pixels(variant):
 
 @pytest.mark.parametrize(
     "variant, plugin",
-    [("MR_small_RLE.dcm", "pylibjpeg"), ("MR_small_jpeg_ls_lossless.dcm", "pyjpegls"), ("MR_small_jp2klossless.dcm", "gdcm")],
+    [
+        ("MR_small_RLE.dcm", "pylibjpeg"),
+        ("MR_small_jpeg_ls_lossless.dcm", "pyjpegls"),
+        ("MR_small_jp2klossless.dcm", "gdcm"),
+    ],
 )
 def test_the_preferred_plugin_decodes_each_syntax(variant, plugin, monkeypatch):
     ds = pydicom.dcmread(TEST_FILES / variant)

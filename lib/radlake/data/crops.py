@@ -166,14 +166,11 @@ def _box_struct(source: str, level, score, box):
 
 def predicted_vertebrae(frames: DataFrame, model: ResolvedModel, min_score: float) -> DataFrame:
     """``(sop_instance_uid, frame_index, vertebrae)`` from the vertebra model run as a pyfunc Spark UDF."""
-    import mlflow
+    from radlake.models.pyfunc import detections_column
 
-    from radlake.models.pyfunc import INPUT_COLUMNS, udf_result_type
-
-    spark = frames.sparkSession
-    udf = mlflow.pyfunc.spark_udf(spark, model.uri, result_type=udf_result_type(), env_manager="local")
-    inputs = [F.col(c).cast("long") if c in ("height", "width") else F.col(c) for c in INPUT_COLUMNS]
-    scored = frames.select("sop_instance_uid", "frame_index", udf(*inputs).detections.alias("_d"))
+    scored = frames.select(
+        "sop_instance_uid", "frame_index", detections_column(frames.sparkSession, model.uri).alias("_d")
+    )
     box = F.array(F.col("d.x0"), F.col("d.y0"), F.col("d.x1"), F.col("d.y1"))
     return (
         scored.select("sop_instance_uid", "frame_index", F.explode("_d").alias("d"))

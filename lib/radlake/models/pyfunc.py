@@ -55,6 +55,19 @@ def udf_result_type() -> str:
     return f"struct<detections: array<struct<{fields}>>>"
 
 
+def detections_column(spark, model_uri: str):
+    """The model's ``detections`` as a Spark column over ``images``-like rows (a pyfunc Spark UDF).
+
+    The UDF runs in the executors' Python (``env_manager="local"``: the cluster's
+    environment is the training one); ``height`` and ``width`` are cast to the
+    signature's ``long``.
+    """
+    from pyspark.sql import functions as F
+
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=udf_result_type(), env_manager="local")
+    return udf(*(F.col(c).cast("long") if c in ("height", "width") else F.col(c) for c in INPUT_COLUMNS)).detections
+
+
 class DetectorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper; artifacts ``weights`` (a ``state_dict``) and ``spec`` (the :class:`DetectorSpec` JSON)."""
 

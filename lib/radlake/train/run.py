@@ -186,6 +186,24 @@ def split_digest(view: DataFrame, split: str) -> str:
     return h.hexdigest()
 
 
+def subsample_negatives(rows: DataFrame, per_positive: float, seed: int) -> DataFrame:
+    """Every row with a box, and about ``per_positive`` rows without one per row with one.
+
+    Which negatives stay is a hash of the row's frame keys, pixels and ``seed``: the same
+    data and seed keep the same rows (the cache key and ``radlake reproduce`` rely on it).
+    """
+    from pyspark.sql import functions as F
+
+    counts = rows.groupBy((F.size("labels") > 0).alias("positive")).count().collect()
+    n = {bool(r["positive"]): int(r["count"]) for r in counts}
+    n_pos, n_neg = n.get(True, 0), n.get(False, 0)
+    if n_neg == 0 or n_pos == 0:
+        return rows
+    keep = min(1.0, per_positive * n_pos / n_neg)
+    draw = F.pmod(F.xxhash64("sop_instance_uid", "frame_index", "pixels", F.lit(seed)), F.lit(1_000_000)) / 1e6
+    return rows.where((F.size("labels") > 0) | (draw < keep))
+
+
 def cache_dir(config: RadlakeConfig) -> Path:
     """Folder of the Parquet cache: ``loader.cache_dir`` or ``<work_dir>/cache/loader``."""
     return Path(config.loader.cache_dir) if config.loader.cache_dir else config.storage.work_dir / "cache" / "loader"
@@ -214,6 +232,11 @@ def train_detector(
     from radlake.data.converter import make_spark_converter
 
     stage = get_stage(detector)
+    parent = mlflow.active_run()
+    # Under a pipeline's parent run the training run is its child, in the parent's experiment.
+    experiment_id = (
+        parent.info.experiment_id if parent else configure_mlflow(config, detector_experiment(config, detector))
+    )
     stage_tags: dict[str, str] = {}
     if stage.prepare is not None:
         config, stage_tags = stage.prepare(config)
@@ -224,8 +247,11 @@ def train_detector(
     caches = {}
     sizes = {}
     for split in SPLITS:
+        rows = view.where(view.split == split).drop("split")
+        if split == "train" and settings.negatives_per_positive is not None:
+            rows = subsample_negatives(rows, settings.negatives_per_positive, settings.seed)
         converter = make_spark_converter(
-            view.where(view.split == split).drop("split"),
+            rows,
             cache_dir=cache_dir(config),
             source_versions={**pinned, "split": split, "detector": detector},  # type: ignore[dict-item]
             row_group_bytes=config.loader.row_group_bytes,
@@ -237,11 +263,6 @@ def train_detector(
                 f"The {split} split of the {detector} view is empty (tables at versions {pinned}): "
                 "import labels for more studies (`radlake labels import`) or change labels.*_fraction."
             )
-    parent = mlflow.active_run()
-    # Under a pipeline's parent run the training run is its child, in the parent's experiment.
-    experiment_id = (
-        parent.info.experiment_id if parent else configure_mlflow(config, detector_experiment(config, detector))
-    )
     test_digest = split_digest(view, "test")
     with mlflow.start_run(
         run_name=run_name or f"train-{detector}", nested=parent is not None, experiment_id=experiment_id

@@ -97,25 +97,35 @@ def schmorl_view(spark: SparkSession, config: RadlakeConfig, versions: Mapping[s
 
 
 def end_to_end_metrics(
-    spark: SparkSession, config: RadlakeConfig, versions: Mapping[str, int], model_uri: str
+    spark: SparkSession,
+    config: RadlakeConfig,
+    versions: Mapping[str, int],
+    model_uri: str,
+    *,
+    split: str | None = "test",
 ) -> dict[str, float]:
-    """Stage 1 then stage 2 on the whole test frames (see the module docstring); metrics prefixed ``e2e_``."""
-    import mlflow
+    """Stage 1 then stage 2 on whole frames (see the module docstring); metrics prefixed ``e2e_``.
+
+    ``split`` chooses the frames (of studies with vertebra annotations): one split, or
+    every labelled frame (``None``: a held-out archive, :mod:`radlake.workflow.heldout`).
+    """
     import numpy as np
     import torch
     from torchvision.ops import nms
 
-    from radlake.models.pyfunc import INPUT_COLUMNS, udf_result_type
+    from radlake.models.pyfunc import detections_column
     from radlake.train.metrics import ImageResult, lesion_metrics
 
     read = {t: table_ref(config, t).read(spark, version=versions[t.value]) for t in SCHMORL_TABLES}
     annotations = read[Table.ANNOTATIONS]
-    test_studies = read[Table.SPLITS].where("split = 'test'").select("study_instance_uid")
     studies = annotations.where("label_class = 'vertebra'").select("study_instance_uid").distinct()
+    if split is not None:
+        chosen = read[Table.SPLITS].where(F.col("split") == split).select("study_instance_uid")
+        studies = studies.join(chosen, "study_instance_uid")
     frames = (
         read[Table.IMAGES]
         .select("sop_instance_uid", "frame_index", "study_instance_uid")
-        .join(studies.join(test_studies, "study_instance_uid"), "study_instance_uid", "left_semi")
+        .join(studies, "study_instance_uid", "left_semi")
     )
     truth = (
         annotations.where("label_class = 'schmorl_node'")
@@ -127,10 +137,12 @@ def end_to_end_metrics(
         .where("source = 'predicted'")
         .join(frames, ["sop_instance_uid", "frame_index"], "left_semi")
     )
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=udf_result_type(), env_manager="local")
-    inputs = [F.col(c).cast("long") if c in ("height", "width") else F.col(c) for c in INPUT_COLUMNS]
     found = crops.select(
-        "sop_instance_uid", "frame_index", "crop_box_xyxy_px", "crop_scale", udf(*inputs).detections.alias("d")
+        "sop_instance_uid",
+        "frame_index",
+        "crop_box_xyxy_px",
+        "crop_scale",
+        detections_column(spark, model_uri).alias("d"),
     ).select(
         "sop_instance_uid",
         "frame_index",
