@@ -94,3 +94,16 @@ def test_postprocess_merges_classes_of_one_body_and_orders_levels():
     plain = DetectorSpec(name="x", label="x", kind="plain", classes=("a",), score_threshold=0.75)
     assert len(postprocess({"boxes": boxes, "scores": scores, "labels": torch.ones(4, dtype=torch.int64)}, plain)) == 2
     assert LEVELS[0] == "C2"
+
+
+def test_an_untrained_lesion_detector_gives_boxes_with_area():
+    from radlake.models.detector import schmorl_spec
+
+    torch.manual_seed(0)
+    model = build_detector(schmorl_spec(image_size=64, score_threshold=0.0)).eval()
+    with torch.inference_mode():
+        [output] = model([torch.rand(1, 64, 64)])
+    boxes = output["boxes"]
+    assert len(boxes) > 0
+    # Every box has width and height: the distance ReLU does not start at its dead zone.
+    assert bool(((boxes[:, 2] - boxes[:, 0]) > 1).all() and ((boxes[:, 3] - boxes[:, 1]) > 1).all())

@@ -28,6 +28,8 @@ from torchvision.ops import box_iou, nms
 from radlake.models.backbones import STRIDES, build_backbone
 from radlake.models.levels import LEVELS, assign_levels
 
+#: Initial box-distance output of plain detectors, in anchor sizes (see :func:`build_detector`).
+REGRESSION_BIAS = 1.0
 #: Candidate score floor inside FCOS; the spec's ``score_threshold`` filters the final output.
 _CANDIDATE_SCORE = 0.05
 
@@ -115,6 +117,11 @@ def build_detector(spec: DetectorSpec, weights: str | Path | None = None) -> FCO
         detections_per_img=max(100, 4 * spec.detections_per_image),
         topk_candidates=1000,
     )
+    if spec.kind == "plain":
+        # torchvision's FCOS passes box distances through a ReLU from a conv initialised at
+        # zero: small objects (few positive locations) let it die at 0 and every box comes out
+        # empty (seen on Schmorl's nodes: right centres, zero width). Start at one anchor size.
+        torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
     if weights is not None:
         _load_weights(model, Path(weights))
     return model
