@@ -295,9 +295,7 @@ def _cmd_train(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
     stage = get_stage(args.detector)
     if args.vertebra_model:
-        config = config.model_copy(
-            update={"crops": config.crops.model_copy(update={"vertebra_model": args.vertebra_model})}
-        )
+        config = config.with_vertebra_model(args.vertebra_model)
     result = train_detector(get_spark(config), config, stage.name)
     summary = {"train": result.as_dict()}
     if not args.no_register:

@@ -309,6 +309,10 @@ class RadlakeConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     crops: CropsConfig = Field(default_factory=CropsConfig)
 
+    def with_vertebra_model(self, uri: str) -> RadlakeConfig:
+        """A copy whose ``crops.vertebra_model`` is ``uri`` (the vertebra model behind crops and Schmorl's runs)."""
+        return self.model_copy(update={"crops": self.crops.model_copy(update={"vertebra_model": uri})})
+
 
 def find_config_file(name_or_path: str | os.PathLike[str]) -> Path | None:
     """Locate a configuration by path or by environment name.

@@ -38,6 +38,7 @@ from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
 from radlake.models.levels import LEVELS
 from radlake.tables import Table, table_ref
 from radlake.tracking import configure_mlflow, detector_experiment
+from radlake.train.schmorl import end_to_end_metrics, pin_vertebra_model, schmorl_view
 from radlake.train.view import IMAGE_COLUMNS, SPLITS, VIEW_TABLES, NoTrainingDataError, detection_view, pin_versions
 
 if TYPE_CHECKING:
@@ -82,23 +83,9 @@ def _vertebra_view(spark, config, versions):
     )
 
 
-def _prepare_schmorl(config):
-    from radlake.train.schmorl import pin_vertebra_model
-
+def _prepare_schmorl(config: RadlakeConfig) -> tuple[RadlakeConfig, dict[str, str]]:
     pinned = pin_vertebra_model(config)
     return pinned.config, pinned.tags
-
-
-def _schmorl_view(spark, config, versions):
-    from radlake.train.schmorl import schmorl_view
-
-    return schmorl_view(spark, config, versions)
-
-
-def _schmorl_end_to_end(spark, config, versions, model_uri):
-    from radlake.train.schmorl import end_to_end_metrics
-
-    return end_to_end_metrics(spark, config, versions, model_uri)
 
 
 STAGES: dict[str, DetectorStage] = {
@@ -113,12 +100,12 @@ STAGES: dict[str, DetectorStage] = {
     "schmorl": DetectorStage(
         name="schmorl",
         tables=(Table.VERTEBRA_CROPS, Table.ANNOTATIONS, Table.SPLITS, Table.IMAGES),
-        view=_schmorl_view,
+        view=schmorl_view,
         spec=lambda config: schmorl_spec(**_settings(config, "schmorl")),
         primary_metric="ap_30",
         secondary_metric="crop_auc",
         prepare=_prepare_schmorl,
-        evaluate=_schmorl_end_to_end,
+        evaluate=end_to_end_metrics,
     ),
 }
 

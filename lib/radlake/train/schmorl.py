@@ -60,7 +60,7 @@ def pin_vertebra_model(config: RadlakeConfig) -> VertebraModelInput:
     from radlake.registry.resolve import resolve_model_uri
 
     model = resolve_model_uri(config.crops.model_uri(config.models))
-    pinned = config.model_copy(update={"crops": config.crops.model_copy(update={"vertebra_model": model.uri})})
+    pinned = config.with_vertebra_model(model.uri)
     return VertebraModelInput(pinned, model)
 
 

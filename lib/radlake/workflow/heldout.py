@@ -60,9 +60,7 @@ def evaluate_held_out(
     run_ingest(spark, held, archive=str(archive))
     import_labels_and_split(spark, held, labels_file)
     crops = make_crops(spark, held, vertebra_model=vertebra_model)
-    pinned = held.model_copy(
-        update={"crops": held.crops.model_copy(update={"vertebra_model": crops.vertebra_model["uri"]})}
-    )
+    pinned = held.with_vertebra_model(crops.vertebra_model["uri"])
     versions = {t.value: table_ref(held, t).version(spark) for t in SCHMORL_TABLES}
     schmorl = resolve_model_uri(schmorl_model)
     return end_to_end_metrics(spark, pinned, versions, schmorl.uri, split=None)

@@ -120,9 +120,7 @@ def _train(detector: str):
         inputs = {f"{k}_version": str(v) for k, v in _versions(spark, config, _TRAIN_TABLES[detector], state).items()}
         if detector == "schmorl":
             inputs["vertebra_model"] = state.get("vertebra_model") or config.crops.model_uri(config.models)
-            config = config.model_copy(
-                update={"crops": config.crops.model_copy(update={"vertebra_model": inputs["vertebra_model"]})}
-            )
+            config = config.with_vertebra_model(inputs["vertebra_model"])
         versions = {k.removesuffix("_version"): int(v) for k, v in inputs.items() if k.endswith("_version")}
         result = train_detector(spark, config, detector, versions=versions, run_name=f"train_{detector}")
         outputs = {f"{detector}_run_id": result.run_id, f"{detector}_run_model_uri": result.model_uri}
