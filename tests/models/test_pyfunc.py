@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pyspark.sql import functions as F
 
 from radlake.dicom.pixels import encode_pixels
 from radlake.models.detector import REGRESSION_BIAS, build_detector, vertebra_spec
@@ -72,3 +73,28 @@ def test_runs_as_a_spark_udf(spark, logged):
     rows = scored.select("height", "detections").collect()
     assert [len(r.detections) > 0 for r in rows] == [True, True]
     assert all(d.label == "vertebra" and d.x1 >= d.x0 for r in rows for d in r.detections)
+
+
+def test_params_raise_the_score_threshold(logged):
+    uri, frame, _ = logged
+    model = mlflow.pyfunc.load_model(uri)
+    scores = sorted(d["score"] for row in model.predict(frame)["detections"] for d in row)
+    best = scores[-1]
+    kept = model.predict(frame, params={"score_threshold": best, "batch_size": 1})["detections"]
+    assert [d["score"] for row in kept for d in row] == [pytest.approx(best, abs=1e-5)]  # batch 1: float noise
+    above = model.predict(frame, params={"score_threshold": best + 1e-4})["detections"]
+    assert [len(row) for row in above] == [0, 0]
+    params = {p.name: p.default for p in model.metadata.signature.params.params}
+    assert params == {"score_threshold": 0.0, "batch_size": 8}
+
+
+def test_udf_passes_params(spark, logged):
+    from radlake.models.pyfunc import detections_column
+
+    uri, frame, _ = logged
+    df = spark.createDataFrame(frame)
+    counts = [
+        df.select(F.size(detections_column(spark, uri, params={"score_threshold": t})).alias("n")).first().n
+        for t in (0.0, 1.01)
+    ]
+    assert counts[0] > 0 and counts[1] == 0

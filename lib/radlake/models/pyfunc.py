@@ -6,6 +6,11 @@ Input: ``images`` rows — ``pixels`` (bytes), ``dtype``, ``height``, ``width`` 
 frame (x = column, y = row, origin at its top-left corner). For a vertebra detector
 ``level`` is the vertebral level; detectors without levels return ``None`` there.
 
+Parameters (:data:`PARAMS`, in the signature's param schema): ``score_threshold`` (the
+lowest score returned; default the one it was logged with) and ``batch_size`` (images per
+forward pass), given to ``predict(..., params=...)``, to ``spark_udf(params=...)`` or in
+a served model's request.
+
 The model bundles radlake's own code (``code_paths``), so it loads with
 ``mlflow.pyfunc.load_model`` in a fresh process and as ``mlflow.pyfunc.spark_udf``
 (use :func:`udf_result_type` as its ``result_type`` and select ``.detections``).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,11 @@ DETECTION_FIELDS = (
     ("y1", "double"),
 )
 INPUT_COLUMNS = ("pixels", "dtype", "height", "width", "pixel_spacing")
+#: Inference parameters (``predict(..., params=...)``, ``spark_udf(params=...)``, the ``params`` of a
+#: served model's request): the lowest score returned (default: the threshold the model was logged with;
+#: it can go down to the detector's candidate floor) and the images per forward pass.
+PARAMS = ("score_threshold", "batch_size")
+DEFAULT_BATCH_SIZE = 8
 #: Distributions the model needs at load time, pinned to the versions it was trained with.
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pydicom", "mlflow")
 
@@ -55,16 +66,18 @@ def udf_result_type() -> str:
     return f"struct<detections: array<struct<{fields}>>>"
 
 
-def detections_column(spark, model_uri: str):
+def detections_column(spark, model_uri: str, params: dict[str, Any] | None = None):
     """The model's ``detections`` as a Spark column over ``images``-like rows (a pyfunc Spark UDF).
 
     The UDF runs in the executors' Python (``env_manager="local"``: the cluster's
     environment is the training one); ``height`` and ``width`` are cast to the
-    signature's ``long``.
+    signature's ``long``. ``params`` (keys :data:`PARAMS`) go to every ``predict`` call.
     """
     from pyspark.sql import functions as F
 
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=udf_result_type(), env_manager="local")
+    udf = mlflow.pyfunc.spark_udf(
+        spark, model_uri, result_type=udf_result_type(), env_manager="local", params=params or None
+    )
     return udf(*(F.col(c).cast("long") if c in ("height", "width") else F.col(c) for c in INPUT_COLUMNS)).detections
 
 
@@ -82,11 +95,20 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return pd.DataFrame({"detections": predict_rows(self.model, self.spec, model_input)})
+        params = params or {}
+        spec = self.spec
+        if params.get("score_threshold") is not None:
+            spec = replace(spec, score_threshold=float(params["score_threshold"]))
+        batch_size = int(params.get("batch_size") or DEFAULT_BATCH_SIZE)
+        return pd.DataFrame({"detections": predict_rows(self.model, spec, model_input, batch_size=batch_size)})
 
 
-def predict_rows(model, spec, rows: pd.DataFrame, batch_size: int = 8) -> list[list[dict]]:
-    """Detections in source pixels for every row of ``rows`` (columns :data:`INPUT_COLUMNS`)."""
+def predict_rows(model, spec, rows: pd.DataFrame, batch_size: int = DEFAULT_BATCH_SIZE) -> list[list[dict]]:
+    """Detections in source pixels for every row of ``rows`` (columns :data:`INPUT_COLUMNS`).
+
+    ``spec.score_threshold`` is the lowest score returned; ``batch_size`` images go through
+    the network at a time.
+    """
     import torch
 
     from radlake.models.detector import postprocess
@@ -124,9 +146,9 @@ def _as_output(detection: dict, scale: float, spec, height: int, width: int) -> 
     }
 
 
-def _signature(example: pd.DataFrame):
+def _signature(spec):
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
+    from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
     inputs = Schema(
         [
@@ -140,7 +162,13 @@ def _signature(example: pd.DataFrame):
     kinds = {"string": "string", "double": "double"}
     detection = Object([Property(name, kinds[kind], required=name != "level") for name, kind in DETECTION_FIELDS])
     outputs = Schema([ColSpec(Array(detection), "detections")])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    params = ParamSchema(
+        [
+            ParamSpec("score_threshold", "double", float(spec.score_threshold)),
+            ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def log_detector(
@@ -161,7 +189,7 @@ def log_detector(
             python_model=DetectorModel(),
             artifacts={"weights": str(weights), "spec": str(spec_file)},
             code_paths=[str(Path(radlake.__file__).parent)],
-            signature=_signature(input_example),
+            signature=_signature(spec),
             input_example=input_example[list(INPUT_COLUMNS)].head(1),
             pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
             registered_model_name=registered_model_name,
