@@ -88,6 +88,8 @@ class TablesConfig(_Section):
     annotations: str = "annotations"
     splits: str = "splits"
     vertebra_crops: str = "vertebra_crops"
+    predictions: str = "predictions"
+    study_findings: str = "study_findings"
 
 
 class DeidConfig(_Section):
@@ -293,6 +295,36 @@ class CropsConfig(_Section):
         return self.vertebra_model or f"models:/{models.vertebra}@champion"
 
 
+class ScoreConfig(_Section):
+    """Batch scoring of the archive (``radlake score``; :mod:`radlake.score`).
+
+    Crops for the second stage are cut with ``crops.margin_fraction`` and ``crops.size``,
+    which must be the settings the Schmorl's model was trained with.
+    """
+
+    vertebra_model: str | None = Field(
+        None, description="Vertebra detector URI (models:/ or runs:/); default models:/<models.vertebra>@champion."
+    )
+    schmorl_model: str | None = Field(
+        None, description="Schmorl's-node detector URI; default models:/<models.schmorl>@champion."
+    )
+    vertebra_threshold: float = Field(
+        0.3, ge=0, le=1, description="Lowest vertebra score kept (and cropped for the second stage)."
+    )
+    schmorl_threshold: float = Field(0.3, ge=0, le=1, description="Lowest Schmorl's-node score kept.")
+    batch_size: int = Field(8, ge=1, description="Images (or crops) per forward pass inside the UDFs.")
+    merge_iou: float = Field(
+        0.3, gt=0, le=1, description="NMS IoU merging the same node found in two overlapping crops (source pixels)."
+    )
+
+    def model_uris(self, models: ModelsConfig) -> tuple[str, str]:
+        """(vertebra, Schmorl's) model URIs: the configured ones, else the champions of ``models``."""
+        return (
+            self.vertebra_model or f"models:/{models.vertebra}@champion",
+            self.schmorl_model or f"models:/{models.schmorl}@champion",
+        )
+
+
 class RadlakeConfig(_Section):
     """The whole configuration of one environment."""
 
@@ -308,6 +340,7 @@ class RadlakeConfig(_Section):
     loader: LoaderConfig = Field(default_factory=LoaderConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     crops: CropsConfig = Field(default_factory=CropsConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
 
     def with_vertebra_model(self, uri: str) -> RadlakeConfig:
         """A copy whose ``crops.vertebra_model`` is ``uri`` (the vertebra model behind crops and Schmorl's runs)."""

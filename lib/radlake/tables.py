@@ -49,6 +49,10 @@ class Table(str, Enum):
     """Train / validation / test assignment of every study, fixed by seed."""
     VERTEBRA_CROPS = "vertebra_crops"
     """One row per vertebra crop (pixels, box in the source frame, level, the vertebra model behind it)."""
+    PREDICTIONS = "predictions"
+    """One row per scored frame and model pair: the vertebrae and Schmorl's nodes found."""
+    STUDY_FINDINGS = "study_findings"
+    """One row per series and model pair: the levels with a Schmorl's node and their best score."""
 
 
 @dataclass(frozen=True)

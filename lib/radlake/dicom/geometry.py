@@ -426,3 +426,60 @@ def patient_to_pixel(
     x = (rel @ row_dir) / spacing[1]
     y = (rel @ col_dir) / spacing[0]
     return np.stack([x, y], axis=-1)
+
+
+def box_geometry(
+    box_xyxy_px: Sequence[float],
+    *,
+    pixel_spacing: Sequence[float] | None,
+    position: Sequence[float] | None = None,
+    orientation: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """One box in the frame's pixels → millimetres in the image plane and patient coordinates.
+
+    Parameters
+    ----------
+    box_xyxy_px
+        ``[x0, y0, x1, y1]``, pixels, x = column, y = row, origin at the top-left **corner**
+        of the frame (torchvision's box convention).
+    pixel_spacing
+        ``[row spacing, column spacing]`` mm, or ``None``.
+    position, orientation
+        ImagePositionPatient of this frame (mm, LPS, the centre of its top-left pixel) and
+        ImageOrientationPatient, or ``None``.
+
+    Returns
+    -------
+    dict
+        ``box_xyxy_mm`` (``[x0 * column spacing, y0 * row spacing, …]``, same origin);
+        ``center_patient_mm`` (3 numbers, LPS) and ``corners_patient_mm`` (top-left,
+        top-right, bottom-right, bottom-left, each 3 numbers). A value that the geometry
+        given does not allow is ``None``; invalid geometry (wrong shapes, non-finite or
+        non-positive spacing) counts as missing.
+
+    Examples
+    --------
+    >>> g = box_geometry([0.5, 0.5, 2.5, 1.5], pixel_spacing=[0.5, 2.0], position=[10, 0, 0],
+    ...                  orientation=[1, 0, 0, 0, 1, 0])
+    >>> g["box_xyxy_mm"], g["center_patient_mm"]
+    ([1.0, 0.25, 5.0, 0.75], [12.0, 0.25, 0.0])
+
+    """
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy_px)
+    out: dict[str, Any] = {"box_xyxy_mm": None, "center_patient_mm": None, "corners_patient_mm": None}
+    try:
+        spacing = _spacing_array(pixel_spacing)
+    except ValueError:
+        return out
+    row_mm, col_mm = float(spacing[0]), float(spacing[1])
+    out["box_xyxy_mm"] = [x0 * col_mm, y0 * row_mm, x1 * col_mm, y1 * row_mm]
+    if position is None or orientation is None:
+        return out
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [(x0 + x1) / 2, (y0 + y1) / 2]]) - 0.5
+    try:
+        points = pixel_to_patient(corners, position=position, orientation=orientation, pixel_spacing=spacing)
+    except ValueError:
+        return out
+    out["corners_patient_mm"] = points[:4].tolist()
+    out["center_patient_mm"] = points[4].tolist()
+    return out
