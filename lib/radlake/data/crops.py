@@ -90,7 +90,7 @@ def cut_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: float, size
     import numpy as np
 
     from radlake.dicom.pixels import decode_pixels, encode_pixels
-    from radlake.models.crops import crop_region, cut_crop, nodes_in_crop
+    from radlake.models.crops import cut_vertebra, nodes_in_crop
 
     out_schema = _executor_schema()
     for batch in batches:
@@ -104,9 +104,8 @@ def cut_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: float, size
             node_boxes = np.array([n["box"] for n in nodes], dtype=np.float64).reshape(-1, 4)
             spacing = frame_row["pixel_spacing"]
             for v in vertebrae:
-                region = crop_region(v["box"], margin_fraction)
-                crop, geometry = cut_crop(frame, region, size)
-                inside = nodes_in_crop(node_boxes, region)
+                crop, geometry = cut_vertebra(frame, v["box"], margin_fraction, size)
+                inside = nodes_in_crop(node_boxes, geometry.region_xyxy_px)
                 mapped = np.clip(geometry.boxes_to_crop(node_boxes[inside]), 0, size)
                 kept = [(int(i), b) for i, b in zip(inside, mapped, strict=True) if b[2] > b[0] and b[3] > b[1]]
                 boxes = [np.round(b, 3).tolist() for _, b in kept]

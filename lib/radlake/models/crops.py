@@ -90,6 +90,13 @@ def cut_crop(frame: np.ndarray, region_xyxy_px, size: int) -> tuple[np.ndarray, 
     return image[0].numpy(), geometry
 
 
+def cut_vertebra(
+    frame: np.ndarray, vertebra_box_xyxy_px, margin_fraction: float, size: int
+) -> tuple[np.ndarray, CropGeometry]:
+    """The crop of one vertebra: its box widened by ``margin_fraction`` (:func:`crop_region`), cut and letterboxed."""
+    return cut_crop(frame, crop_region(vertebra_box_xyxy_px, margin_fraction), size)
+
+
 def nodes_in_crop(node_boxes_xyxy_px: np.ndarray, region_xyxy_px) -> np.ndarray:
     """Indices of the node boxes (source pixels) with at least :data:`NODE_INSIDE_FRACTION` of their area in the region."""
     boxes = np.asarray(node_boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)

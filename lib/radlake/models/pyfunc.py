@@ -35,6 +35,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from radlake.errors import RadlakeError
+
 #: Fields of one output detection, in order, with their Spark types.
 DETECTION_FIELDS = (
     ("label", "string"),
@@ -64,6 +66,45 @@ def udf_result_type() -> str:
     """
     fields = ", ".join(f"{name}: {kind}" for name, kind in DETECTION_FIELDS)
     return f"struct<detections: array<struct<{fields}>>>"
+
+
+class ModelSignatureError(RadlakeError):
+    """A model's pyfunc signature is not the detector's (inputs, ``detections`` output, params)."""
+
+
+def check_detector_signature(model_uri: str) -> None:
+    """Check that ``model_uri`` is a detector pyfunc that :func:`detections_column` can run.
+
+    Reads only the model's ``MLmodel`` metadata (no weights).
+
+    Raises
+    ------
+    ModelSignatureError
+        If the model has no signature, lacks an input of :data:`INPUT_COLUMNS`, has no
+        ``detections`` output, or no ``score_threshold`` param; or if no model is at the URI.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        signature = mlflow.models.get_model_info(model_uri).signature
+    except (MlflowException, OSError) as exc:
+        raise ModelSignatureError(
+            f"No MLflow model can be read at {model_uri!r}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    problems = []
+    if signature is None:
+        problems.append("it has no signature")
+    else:
+        missing = [c for c in INPUT_COLUMNS if c not in signature.inputs.input_names()]
+        if missing:
+            problems.append(f"inputs {missing} missing (has {signature.inputs.input_names()})")
+        if signature.outputs is None or "detections" not in signature.outputs.input_names():
+            problems.append("no 'detections' output")
+        params = [p.name for p in signature.params.params] if signature.params else []
+        if "score_threshold" not in params:
+            problems.append(f"no 'score_threshold' param (has {params})")
+    if problems:
+        raise ModelSignatureError(f"Model {model_uri!r} is not a radlake detector pyfunc: " + "; ".join(problems) + ".")
 
 
 def detections_column(spark, model_uri: str, params: dict[str, Any] | None = None):

@@ -1,6 +1,7 @@
 """Model URIs → concrete registered versions, before any work starts.
 
-Accepted: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``.
+Accepted: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/<path>``
+and MLflow 3's logged-model URIs ``models:/m-<model_id>`` (what ``log_model`` returns).
 A URI that does not resolve raises :class:`ModelNotFoundError` naming it and the
 reason (no such model, alias or version, or run), so a job fails before it reads data.
 """
@@ -36,6 +37,7 @@ class ResolvedModel:
 
 
 _MODELS = re.compile(r"^models:/(?P<name>[^@/]+(?:\.[^@/]+)*)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+_LOGGED = re.compile(r"^models:/(?P<id>m-[0-9a-f]+)$")
 _RUNS = re.compile(r"^runs:/(?P<run>[0-9a-zA-Z]+)/(?P<path>.+)$")
 
 
@@ -48,6 +50,14 @@ def resolve_model_uri(uri: str) -> ResolvedModel:
         For a malformed URI or one that names nothing.
     """
     client = mlflow.MlflowClient()
+    if m := _LOGGED.match(uri):
+        try:
+            logged = client.get_logged_model(m["id"])
+        except MlflowException as exc:
+            raise ModelNotFoundError(
+                f"Model URI {uri!r} does not resolve: no logged model '{m['id']}' ({_short(exc)})"
+            ) from None
+        return ResolvedModel(uri, uri, None, None, logged.source_run_id or "")
     if m := _MODELS.match(uri):
         name, alias, version = m["name"], m["alias"], m["version"]
         try:
@@ -67,7 +77,8 @@ def resolve_model_uri(uri: str) -> ResolvedModel:
             ) from None
         return ResolvedModel(uri, uri, None, None, run.info.run_id)
     raise ModelNotFoundError(
-        f"Model URI {uri!r} is not one of models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
+        f"Model URI {uri!r} is not one of models:/<name>@<alias>, models:/<name>/<version>, "
+        "models:/m-<logged model id> or runs:/<run_id>/<path>"
     )
 
 

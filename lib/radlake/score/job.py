@@ -1,0 +1,679 @@
+"""``radlake score``: both detectors over every frame of ``images``, findings to Delta.
+
+Order of work:
+
+1. both model URIs (``score.vertebra_model`` / ``score.schmorl_model``, default the
+   champions of ``models.vertebra`` / ``models.schmorl``) are resolved to concrete
+   versions and their pyfunc signatures checked, before any data is read;
+2. the frames not yet scored by this model pair are chosen (``images`` anti-joined
+   with ``predictions`` on the frame and the two pinned URIs); frames whose stored
+   pixels cannot be decoded (no pixels, unknown dtype, wrong byte count) are skipped
+   and counted by reason, as are the files that failed decoding at ingest
+   (``quarantine``, stage ``pixels``);
+3. stage 1, the vertebra detector, runs on each frame as an MLflow pyfunc Spark UDF
+   (``params``: ``score_threshold = score.vertebra_threshold``, ``batch_size``);
+4. on the executors, each frame's vertebrae are cut into crops
+   (:mod:`radlake.models.crops`, ``crops.margin_fraction`` and ``crops.size``: the
+   settings the Schmorl's model was trained with);
+5. stage 2, the Schmorl's-node detector, runs on each crop as a second UDF
+   (``score_threshold = score.schmorl_threshold``); its boxes are mapped back to the
+   frame's pixels, the same node found in two overlapping crops is merged (NMS at
+   ``score.merge_iou``), each node gets the level of its crop's vertebra and the
+   endplate it sits on, and every box is given in millimetres and patient coordinates
+   (:func:`radlake.dicom.geometry.box_geometry`, per-frame ImagePositionPatient);
+6. the rows are appended to ``predictions`` in one Delta commit (a killed run adds
+   nothing; a re-run finds every frame done and adds nothing), and ``study_findings``
+   is rebuilt from ``predictions`` for the series that were scored (Delta MERGE on the
+   series and model pair).
+
+The scoring job is one MLflow run (``score``, in ``mlflow.experiment``, nested under
+an active run) whose id is written on every row. Pixels stay on the executors; the
+driver sees counts and the findings summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, BinaryType, DoubleType, IntegerType, StringType, StructType
+
+from radlake.config import RadlakeConfig
+from radlake.errors import RadlakeError
+from radlake.ingest.schema import struct_fields
+from radlake.models.levels import LEVELS
+from radlake.score.schema import MODEL_PAIR_FIELDS, PREDICTIONS, STUDY_FINDINGS
+from radlake.tables import Table, table_ref
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from radlake.registry.resolve import ResolvedModel
+
+
+class NothingToScoreError(RadlakeError):
+    """The ``images`` table does not exist yet."""
+
+
+_DOUBLES = ArrayType(DoubleType())
+#: A crop of one found vertebra, cut on the executors (stage 2's input).
+SCORE_CROP = StructType(
+    struct_fields(
+        ("sop_instance_uid", StringType()),
+        ("frame_index", IntegerType()),
+        ("level", StringType()),
+        ("score", DoubleType()),
+        ("box", _DOUBLES),
+        ("crop_box", _DOUBLES),
+        ("crop_scale", DoubleType()),
+        ("pixels", BinaryType()),
+        ("dtype", StringType()),
+        ("height", IntegerType()),
+        ("width", IntegerType()),
+        ("pixel_spacing", _DOUBLES),
+    )
+)
+#: Frames per Arrow batch yielded by the crop cutter (each frame gives ~15 crops of 64 KB).
+_CROP_FRAMES_PER_BATCH = 16
+_KEYS = ["sop_instance_uid", "frame_index"]
+#: Columns of ``images`` carried into ``predictions``.
+_IMAGE_COLUMNS = (
+    "study_instance_uid",
+    "series_instance_uid",
+    "series_key",
+    "slice_index",
+    "plane",
+    "height",
+    "width",
+    "pixel_spacing",
+)
+#: Columns of ``predictions`` added in Spark, not by the executors.
+_RUN_COLUMNS = (
+    *(f.name for f in MODEL_PAIR_FIELDS),
+    "vertebra_threshold",
+    "schmorl_threshold",
+    "crop_margin_fraction",
+    "crop_size",
+    "score_run_id",
+    "scored_at",
+)
+FRAME_RESULT = StructType([f for f in PREDICTIONS.fields if f.name not in _RUN_COLUMNS])
+_BOX = StructType(struct_fields(("level", StringType()), ("score", DoubleType()), ("box", _DOUBLES)))
+_RAW_NODE = StructType(
+    struct_fields(
+        ("parent_level", StringType()),
+        ("vertebra_box", _DOUBLES),
+        ("crop_box", _DOUBLES),
+        ("score", DoubleType()),
+        ("box", _DOUBLES),
+    )
+)
+#: What :func:`finish_frames` reads per frame: the image keys and geometry (``position`` is
+#: this frame's ImagePositionPatient), the vertebrae found and the nodes found in their
+#: crops, all boxes ``xyxy`` in the frame's pixels.
+FRAMES_TO_FINISH = StructType(
+    [f for f in FRAME_RESULT.fields if f.name in ("sop_instance_uid", "frame_index", *_IMAGE_COLUMNS)]
+    + struct_fields(
+        ("position", _DOUBLES),
+        ("orientation", _DOUBLES),
+        ("vertebrae", ArrayType(_BOX)),
+        ("nodes", ArrayType(_RAW_NODE)),
+    )
+)
+_PAIR = ["vertebra_model_uri", "schmorl_model_uri"]
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What one ``radlake score`` run did."""
+
+    run_id: str
+    vertebra_model: dict
+    schmorl_model: dict
+    frames_in_images: int
+    frames_already_scored: int
+    frames_scored: int
+    skipped: dict[str, int]
+    vertebrae: int
+    schmorl_nodes: int
+    frames_with_nodes: int
+    series_updated: int
+    series_with_nodes: int
+    predictions_version: int
+    study_findings_version: int
+    tables: dict[str, str]
+    seconds: float
+    findings: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _model_dict(model: ResolvedModel) -> dict[str, Any]:
+    return {
+        "requested": model.requested,
+        "uri": model.uri,
+        "name": model.name,
+        "version": model.version,
+        "run_id": model.run_id,
+    }
+
+
+def cut_scoring_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: float, size: int):
+    """Executor side: frames with their found ``vertebrae`` → one :data:`SCORE_CROP` row per vertebra.
+
+    Input columns: ``sop_instance_uid``, ``frame_index``, the pixel columns and
+    ``vertebrae`` (the vertebra UDF's detections, source pixels).
+    """
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from radlake.dicom.pixels import decode_pixels, encode_pixels
+    from radlake.models.crops import cut_vertebra
+
+    schema = to_arrow_schema(SCORE_CROP)
+    for batch in batches:
+        frames = batch.to_pylist()
+        for start in range(0, len(frames), _CROP_FRAMES_PER_BATCH):
+            rows = []
+            for row in frames[start : start + _CROP_FRAMES_PER_BATCH]:
+                found = row["vertebrae"] or []
+                if not found:
+                    continue
+                frame = decode_pixels(row["pixels"], row["dtype"], row["height"], row["width"])
+                spacing = row["pixel_spacing"]
+                for v in found:
+                    box = [v["x0"], v["y0"], v["x1"], v["y1"]]
+                    crop, geometry = cut_vertebra(frame, box, margin_fraction, size)
+                    buf, dtype = encode_pixels(crop)
+                    rows.append(
+                        {
+                            "sop_instance_uid": row["sop_instance_uid"],
+                            "frame_index": row["frame_index"],
+                            "level": v["level"],
+                            "score": v["score"],
+                            "box": box,
+                            "crop_box": list(geometry.region_xyxy_px),
+                            "crop_scale": geometry.scale,
+                            "pixels": buf,
+                            "dtype": dtype,
+                            "height": size,
+                            "width": size,
+                            "pixel_spacing": [s / geometry.scale for s in spacing] if spacing else None,
+                        }
+                    )
+            if rows:
+                yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+
+def _inside(node: dict, width: int, height: int) -> dict | None:
+    """A node box clipped to its crop's region and to the frame (``None`` if nothing is left).
+
+    A box can reach into the crop's letterbox padding or past the frame's edge, where the
+    crop region did.
+    """
+    cx0, cy0, cx1, cy1 = node["crop_box"]
+    x0, y0, x1, y1 = node["box"]
+    x0, x1 = max(x0, cx0, 0.0), min(x1, cx1, float(width))
+    y0, y1 = max(y0, cy0, 0.0), min(y1, cy1, float(height))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return {**node, "box": [x0, y0, x1, y1]}
+
+
+def finish_frames(batches: Iterator[pa.RecordBatch], *, merge_iou: float):
+    """Executor side: one frame's vertebrae and raw node boxes → its :data:`FRAME_RESULT` row.
+
+    Nodes found twice (in the overlapping crops of neighbouring vertebrae) are merged by
+    NMS at ``merge_iou`` (after clipping each box to its crop's region and the frame); the survivor keeps the level of its crop's vertebra, and the
+    endplate comes from where it sits in that vertebra (``ImageOrientationPatient[5]``
+    says which way the rows run). Every box gets its mm and patient coordinates.
+    """
+    import numpy as np
+    import torch
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from torchvision.ops import nms
+
+    from radlake.dicom.geometry import box_geometry
+    from radlake.models.crops import endplate_of
+
+    schema = to_arrow_schema(FRAME_RESULT)
+    for batch in batches:
+        out = []
+        for row in batch.to_pylist():
+            spacing, position, orientation = row["pixel_spacing"], row["position"], row["orientation"]
+            if orientation is not None and len(orientation) != 6:
+                orientation = None
+
+            def geometry(box, spacing=spacing, position=position, orientation=orientation) -> dict:
+                box_px = [round(float(v), 3) for v in box]  # 1/1000 pixel, as in ``annotations``
+                return {
+                    "box_xyxy_px": box_px,
+                    **box_geometry(box_px, pixel_spacing=spacing, position=position, orientation=orientation),
+                }
+
+            vertebrae = sorted(row["vertebrae"] or [], key=lambda v: (v["box"][1] + v["box"][3]) / 2)
+            nodes = [n for n in (_inside(n, row["width"], row["height"]) for n in row["nodes"] or []) if n]
+            if nodes:
+                boxes = torch.tensor([n["box"] for n in nodes], dtype=torch.float64)
+                scores = torch.tensor([n["score"] for n in nodes], dtype=torch.float64)
+                nodes = [nodes[i] for i in nms(boxes, scores, merge_iou).tolist()]
+            row_z = orientation[5] if orientation is not None else None
+            found_nodes = [
+                {
+                    "parent_level": n["parent_level"],
+                    "endplate": endplate_of(n["box"], n["vertebra_box"], row_z),
+                    "score": float(n["score"]),
+                    **geometry(n["box"]),
+                }
+                for n in nodes
+            ]
+            out.append(
+                {
+                    **{k: row[k] for k in FRAME_RESULT.fieldNames() if k in row},
+                    "vertebrae": [
+                        {
+                            "level": v["level"],
+                            "score": float(v["score"]),
+                            **geometry(v["box"]),
+                        }
+                        for v in vertebrae
+                    ],
+                    "schmorl_nodes": found_nodes,
+                    "n_vertebrae": len(vertebrae),
+                    "n_schmorl_nodes": len(found_nodes),
+                    "max_schmorl_score": float(np.max([n["score"] for n in found_nodes])) if found_nodes else None,
+                }
+            )
+        if out:
+            yield pa.RecordBatch.from_pylist(out, schema=schema)
+
+
+def _valid_pixels() -> Any:
+    """True where a frame's stored pixels can be decoded: known dtype and ``height * width`` values."""
+    from radlake.dicom.pixels import STORAGE_DTYPES
+
+    sizes = F.create_map(*[x for d in STORAGE_DTYPES for x in (F.lit(d), F.lit(_itemsize(d)))])
+    return F.coalesce(F.length("pixels") == F.col("height") * F.col("width") * sizes[F.col("dtype")], F.lit(False))
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np
+
+    return int(np.dtype(dtype).itemsize)
+
+
+def _skip_reason() -> Any:
+    from radlake.dicom.pixels import STORAGE_DTYPES
+
+    return (
+        F.when(F.col("pixels").isNull(), "no_pixels")
+        .when(~F.col("dtype").isin(*STORAGE_DTYPES), "unknown_dtype")
+        .otherwise("pixel_byte_count")
+    )
+
+
+def _frame_geometry(spark: SparkSession, config: RadlakeConfig) -> DataFrame:
+    """``(sop_instance_uid, position, orientation, frame_positions)`` of every instance (per-frame IPP)."""
+    return (
+        table_ref(config, Table.INSTANCES)
+        .read(spark)
+        .select(
+            "sop_instance_uid",
+            F.col("image_position_patient").alias("position"),
+            F.col("image_orientation_patient").alias("orientation"),
+            "frame_positions",
+        )
+    )
+
+
+def _level_sort(array_col: str, key: str | None = None) -> Any:
+    """``array_col`` sorted head to feet by level (:data:`LEVELS`; unknown levels first)."""
+    order = "array(" + ", ".join(f"'{level}'" for level in LEVELS) + ")"
+    pick = (lambda v: f"{v}.{key}") if key else (lambda v: v)
+    return F.expr(
+        f"array_sort({array_col}, (l, r) -> int(array_position({order}, {pick('l')}) - array_position({order}, {pick('r')})))"
+    )
+
+
+def check_models(vertebra_uri: str, schmorl_uri: str) -> tuple[ResolvedModel, ResolvedModel]:
+    """Resolve both URIs to concrete versions and check their pyfunc signatures (before any scan).
+
+    Raises
+    ------
+    ModelNotFoundError
+        If a URI names no model, alias, version or run.
+    ModelSignatureError
+        If a model's signature is not the detector pyfunc's.
+    """
+    from radlake.models.pyfunc import check_detector_signature
+    from radlake.registry.resolve import resolve_model_uri
+
+    models = []
+    for uri in (vertebra_uri, schmorl_uri):
+        model = resolve_model_uri(uri)
+        check_detector_signature(model.uri)
+        models.append(model)
+    return models[0], models[1]
+
+
+def score_archive(
+    spark: SparkSession,
+    config: RadlakeConfig,
+    *,
+    vertebra_model: str | None = None,
+    schmorl_model: str | None = None,
+) -> ScoreSummary:
+    """Score the frames of ``images`` not yet scored by this model pair (see the module docstring).
+
+    Raises
+    ------
+    ModelNotFoundError, ModelSignatureError
+        Before any data is read, for a model that does not resolve or does not fit.
+    NothingToScoreError
+        If ``images`` does not exist (run ``radlake ingest`` first).
+    """
+    import mlflow
+    from pyspark import StorageLevel
+
+    import radlake
+    from radlake.tracking import configure_mlflow
+
+    started = time.perf_counter()
+    sc = config.score
+    experiment_id = configure_mlflow(config)
+    default_vertebra, default_schmorl = sc.model_uris(config.models)
+    vertebra, schmorl = check_models(vertebra_model or default_vertebra, schmorl_model or default_schmorl)
+    images_ref = table_ref(config, Table.IMAGES)
+    if not images_ref.exists(spark):
+        raise NothingToScoreError(
+            f"Table 'images' does not exist at {images_ref.location}: run `radlake ingest` first."
+        )
+    predictions_ref = table_ref(config, Table.PREDICTIONS)
+    findings_ref = table_ref(config, Table.STUDY_FINDINGS)
+    predictions_ref.ensure(spark, PREDICTIONS)
+    findings_ref.ensure(spark, STUDY_FINDINGS)
+
+    parent = mlflow.active_run()
+    with mlflow.start_run(
+        run_name="score",
+        nested=parent is not None,
+        experiment_id=parent.info.experiment_id if parent else experiment_id,
+    ) as run:
+        run_id = run.info.run_id
+        mlflow.set_tags({"radlake.step": "score", "radlake.version": radlake.__version__})
+        mlflow.log_params(
+            {
+                "vertebra_model": vertebra.uri,
+                "schmorl_model": schmorl.uri,
+                "vertebra_threshold": sc.vertebra_threshold,
+                "schmorl_threshold": sc.schmorl_threshold,
+                "batch_size": sc.batch_size,
+                "merge_iou": sc.merge_iou,
+                "crop_margin_fraction": config.crops.margin_fraction,
+                "crop_size": config.crops.size,
+                "images_version": images_ref.version(spark),
+            }
+        )
+        images = images_ref.read(spark)
+        done = (
+            predictions_ref.read(spark)
+            .where((F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri))
+            .select(*_KEYS)
+        )
+        todo_all = images.join(done, _KEYS, "left_anti").withColumn("_ok", _valid_pixels())
+        counts = todo_all.groupBy(F.when(F.col("_ok"), F.lit("ok")).otherwise(_skip_reason()).alias("r")).count()
+        by_reason = {r["r"]: int(r["count"]) for r in counts.collect()}
+        frames_total = images.count()
+        todo = todo_all.where("_ok").drop("_ok")
+        skipped = {k: v for k, v in by_reason.items() if k != "ok"}
+        quarantine_ref = table_ref(config, Table.QUARANTINE)
+        if quarantine_ref.exists(spark):
+            failed = quarantine_ref.read(spark).where("stage = 'pixels'").count()
+            if failed:
+                skipped["pixels_failed_at_ingest"] = failed
+
+        if by_reason.get("ok"):
+            _score_frames(spark, config, todo, vertebra, schmorl, run_id)
+
+        written = (
+            predictions_ref.read(spark).where(F.col("score_run_id") == run_id).persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        stats = written.agg(
+            F.count("*").alias("frames"),
+            F.coalesce(F.sum("n_vertebrae"), F.lit(0)).alias("vertebrae"),
+            F.coalesce(F.sum("n_schmorl_nodes"), F.lit(0)).alias("nodes"),
+            F.coalesce(F.sum(F.expr("int(n_schmorl_nodes > 0)")), F.lit(0)).alias("with_nodes"),
+        ).first()
+        series_keys = written.select("series_key").distinct()
+        series_updated = series_keys.count()
+        written.unpersist()
+        if series_updated:
+            update_study_findings(spark, config, vertebra.uri, schmorl.uri, series_keys, run_id)
+        findings = findings_summary(spark, config, vertebra.uri, schmorl.uri)
+        pair = findings_ref.read(spark).where(
+            (F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri)
+        )
+        series_with_nodes = pair.where(F.size("levels_with_nodes") > 0).count()
+        summary = ScoreSummary(
+            run_id=run_id,
+            vertebra_model=_model_dict(vertebra),
+            schmorl_model=_model_dict(schmorl),
+            frames_in_images=frames_total,
+            frames_already_scored=frames_total - sum(by_reason.values()),
+            frames_scored=int(stats["frames"]),
+            skipped=skipped,
+            vertebrae=int(stats["vertebrae"]),
+            schmorl_nodes=int(stats["nodes"]),
+            frames_with_nodes=int(stats["with_nodes"]),
+            series_updated=series_updated,
+            series_with_nodes=series_with_nodes,
+            predictions_version=predictions_ref.version(spark),
+            study_findings_version=findings_ref.version(spark),
+            tables={"predictions": predictions_ref.location, "study_findings": findings_ref.location},
+            seconds=round(time.perf_counter() - started, 2),
+            findings=findings,
+        )
+        mlflow.log_metrics(
+            {
+                "frames_scored": summary.frames_scored,
+                "frames_skipped": sum(skipped.values()),
+                "vertebrae": summary.vertebrae,
+                "schmorl_nodes": summary.schmorl_nodes,
+                "frames_with_nodes": summary.frames_with_nodes,
+                "series_with_nodes": series_with_nodes,
+                "seconds": summary.seconds,
+                "frames_per_s": summary.frames_scored / summary.seconds if summary.seconds else 0.0,
+            }
+        )
+        mlflow.log_dict(summary.as_dict(), "score/summary.json")
+    return summary
+
+
+def _score_frames(
+    spark: SparkSession,
+    config: RadlakeConfig,
+    todo: DataFrame,
+    vertebra: ResolvedModel,
+    schmorl: ResolvedModel,
+    run_id: str,
+) -> None:
+    """Steps 3 to 6 of the module docstring for the frames ``todo``: one Delta append to ``predictions``."""
+    from radlake.models.pyfunc import detections_column
+
+    sc = config.score
+    predictions_ref = table_ref(config, Table.PREDICTIONS)
+
+    # Stage 1 on every frame, then crops of its vertebrae, then stage 2 on every crop.
+    stage1 = todo.select(
+        *_KEYS,
+        "pixels",
+        "dtype",
+        "height",
+        "width",
+        "pixel_spacing",
+        detections_column(
+            spark, vertebra.uri, {"score_threshold": sc.vertebra_threshold, "batch_size": sc.batch_size}
+        ).alias("vertebrae"),
+    )
+    cut = partial(cut_scoring_crops, margin_fraction=config.crops.margin_fraction, size=config.crops.size)
+    crops = stage1.mapInArrow(cut, SCORE_CROP)
+    stage2 = crops.select(
+        *_KEYS,
+        "level",
+        "score",
+        "box",
+        "crop_box",
+        "crop_scale",
+        detections_column(
+            spark, schmorl.uri, {"score_threshold": sc.schmorl_threshold, "batch_size": sc.batch_size}
+        ).alias("d"),
+    )
+    to_frame = (
+        "transform(d, x -> struct(level AS parent_level, box AS vertebra_box, crop_box, x.score AS score, array("
+        "x.x0 / crop_scale + crop_box[0], x.y0 / crop_scale + crop_box[1], "
+        "x.x1 / crop_scale + crop_box[0], x.y1 / crop_scale + crop_box[1]) AS box))"
+    )
+    per_frame = stage2.groupBy(*_KEYS).agg(
+        F.collect_list(F.struct("level", "score", "box")).alias("vertebrae"),
+        F.flatten(F.collect_list(F.expr(to_frame))).alias("nodes"),
+    )
+    geometry = _frame_geometry(spark, config)
+    frames = (
+        todo.select(*_KEYS, *_IMAGE_COLUMNS)
+        .join(geometry, "sop_instance_uid", "left")
+        .withColumn(
+            "position",
+            F.when(
+                F.size("frame_positions") > F.col("frame_index"),
+                F.element_at("frame_positions", F.col("frame_index") + 1),
+            ).otherwise(F.col("position")),
+        )
+        .join(per_frame, _KEYS, "left")
+        .select(*FRAMES_TO_FINISH.fieldNames())
+    )
+    finished = frames.mapInArrow(partial(finish_frames, merge_iou=sc.merge_iou), FRAME_RESULT)
+    now = datetime.now(UTC)
+    run_columns = {
+        **{
+            f"{stage}_model_{k}": F.lit(v)
+            for stage, m in (("vertebra", vertebra), ("schmorl", schmorl))
+            for k, v in (("uri", m.uri), ("name", m.name), ("version", m.version), ("run_id", m.run_id))
+        },
+        "vertebra_threshold": F.lit(float(sc.vertebra_threshold)),
+        "schmorl_threshold": F.lit(float(sc.schmorl_threshold)),
+        "crop_margin_fraction": F.lit(float(config.crops.margin_fraction)),
+        "crop_size": F.lit(int(config.crops.size)),
+        "score_run_id": F.lit(run_id),
+        "scored_at": F.lit(now),
+    }
+    new = finished.withColumns(run_columns).select(*PREDICTIONS.fieldNames())
+    # One atomic append: the frames were chosen by anti-join, so a re-run or a run after a
+    # killed one adds each frame once.
+    writer = new.write.format("delta").mode("append")
+    writer.saveAsTable(predictions_ref.name) if predictions_ref.name else writer.save(predictions_ref.path)
+
+
+def update_study_findings(
+    spark: SparkSession, config: RadlakeConfig, vertebra_uri: str, schmorl_uri: str, series_keys: DataFrame, run_id: str
+) -> None:
+    """Rebuild the ``study_findings`` rows of ``series_keys`` for one model pair from all its ``predictions``."""
+    predictions = (
+        table_ref(config, Table.PREDICTIONS)
+        .read(spark)
+        .where((F.col("vertebra_model_uri") == vertebra_uri) & (F.col("schmorl_model_uri") == schmorl_uri))
+        .join(series_keys, "series_key", "left_semi")
+    )
+    pair_columns = [f.name for f in MODEL_PAIR_FIELDS]
+    series = predictions.groupBy("series_key").agg(
+        F.first("study_instance_uid").alias("study_instance_uid"),
+        F.first("series_instance_uid").alias("series_instance_uid"),
+        F.first("plane").alias("plane"),
+        F.count("*").cast("int").alias("frames_scored"),
+        F.array_distinct(F.flatten(F.collect_list(F.expr("transform(vertebrae, v -> v.level)")))).alias("levels_seen"),
+        F.max("max_schmorl_score").alias("max_score"),
+        *[F.first(c).alias(c) for c in pair_columns],
+    )
+    nodes = predictions.select("series_key", "sop_instance_uid", "frame_index", F.explode("schmorl_nodes").alias("n"))
+    levels = nodes.groupBy("series_key", F.col("n.parent_level").alias("level")).agg(
+        F.max("n.score").alias("max_score"),
+        F.count("*").cast("int").alias("nodes"),
+        F.countDistinct("sop_instance_uid", "frame_index").cast("int").alias("frames"),
+        F.array_sort(F.collect_set("n.endplate")).alias("endplates"),
+        F.max_by(F.struct("sop_instance_uid", "frame_index"), "n.score").alias("best"),
+    )
+    per_series = levels.groupBy("series_key").agg(
+        F.collect_list(
+            F.struct(
+                "level",
+                "max_score",
+                "nodes",
+                "frames",
+                "endplates",
+                F.col("best.sop_instance_uid").alias("best_sop_instance_uid"),
+                F.col("best.frame_index").alias("best_frame_index"),
+            )
+        ).alias("level_findings")
+    )
+    rows = (
+        series.join(per_series, "series_key", "left")
+        .withColumn("level_findings", F.coalesce(_level_sort("level_findings", "level"), F.array()))
+        .withColumn("levels_seen", _level_sort("levels_seen"))
+        .withColumn("levels_with_nodes", F.expr("transform(level_findings, f -> f.level)"))
+        .withColumn("score_run_id", F.lit(run_id))
+        .withColumn("updated_at", F.lit(datetime.now(UTC)))
+        .select(*STUDY_FINDINGS.fieldNames())
+    )
+    table_ref(config, Table.STUDY_FINDINGS).merge(
+        spark,
+        rows,
+        keys=["series_key", *_PAIR],
+        update_columns=[c for c in STUDY_FINDINGS.fieldNames() if c not in ("series_key", *_PAIR)],
+        schema=STUDY_FINDINGS,
+    )
+
+
+def findings_summary(
+    spark: SparkSession, config: RadlakeConfig, vertebra_uri: str, schmorl_uri: str, *, limit: int = 10
+) -> list[dict]:
+    """The series of one model pair with the highest Schmorl's-node scores: study, series, levels and scores."""
+    rows = (
+        table_ref(config, Table.STUDY_FINDINGS)
+        .read(spark)
+        .where((F.col("vertebra_model_uri") == vertebra_uri) & (F.col("schmorl_model_uri") == schmorl_uri))
+        .where(F.size("levels_with_nodes") > 0)
+        .orderBy(F.desc("max_score"), "series_key")
+        .limit(limit)
+        .collect()
+    )
+    return [
+        {
+            "study_instance_uid": r["study_instance_uid"],
+            "series_key": r["series_key"],
+            "levels": {f["level"]: round(float(f["max_score"]), 3) for f in r["level_findings"]},
+        }
+        for r in rows
+    ]
+
+
+def format_summary(summary: ScoreSummary) -> str:
+    """A few lines for the terminal: what was scored, the findings, where the tables are."""
+    lines = [
+        f"Scored {summary.frames_scored} frames with {summary.vertebra_model['uri']} + {summary.schmorl_model['uri']} "
+        f"({summary.frames_already_scored} already scored, skipped {json.dumps(summary.skipped)}) "
+        f"in {summary.seconds:.0f} s: {summary.vertebrae} vertebrae, {summary.schmorl_nodes} Schmorl's nodes "
+        f"on {summary.frames_with_nodes} frames; {summary.series_with_nodes} series with nodes.",
+    ]
+    for f in summary.findings:
+        levels = ", ".join(f"{level} {score:.2f}" for level, score in f["levels"].items())
+        lines.append(f"  study {f['study_instance_uid']}  series {f['series_key']}: {levels}")
+    lines.append(
+        f"Tables: predictions {summary.tables['predictions']}, study_findings {summary.tables['study_findings']}"
+    )
+    return "\n".join(lines)
