@@ -162,11 +162,50 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_crops)
 
     p = sub.add_parser(
+        "score",
+        parents=[common],
+        help="score every image with the registered models (predictions and study_findings tables)",
+        description="Run the vertebra detector on every frame of images and the Schmorl's-node detector on each "
+        "found vertebra, both as MLflow pyfunc Spark UDFs; append the findings (pixels, mm, patient coordinates) "
+        "to predictions and rebuild study_findings. Only frames not yet scored by this model pair are scored.",
+    )
+    p.add_argument(
+        "--vertebra-model", metavar="URI", help="default score.vertebra_model, else models:/<models.vertebra>@champion"
+    )
+    p.add_argument(
+        "--schmorl-model", metavar="URI", help="default score.schmorl_model, else models:/<models.schmorl>@champion"
+    )
+    p.add_argument("--summary-json", help="also write the run summary as JSON to this file")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "export-sr",
+        parents=[common],
+        help="write the findings as DICOM Comprehensive 3D SR (TID 1500), one file per study",
+        description="Build a TID 1500 measurement report per study from predictions with highdicom: one "
+        "measurement group per vertebra (its level as finding site), Schmorl's nodes as image regions "
+        "referencing the source instances.",
+    )
+    p.add_argument("--study", metavar="UID", help="only this StudyInstanceUID (default every scored study)")
+    p.add_argument("--out", help="output folder (default <storage work dir>/sr)")
+    p.set_defaults(func=_cmd_export_sr)
+
+    p = sub.add_parser(
+        "review",
+        parents=[common],
+        help="write PNGs of a study's sagittal slices with the found boxes drawn",
+    )
+    p.add_argument("--study", metavar="UID", required=True, help="StudyInstanceUID")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--max-slices", type=int, help="at most this many slices per series")
+    p.set_defaults(func=_cmd_review)
+
+    p = sub.add_parser(
         "pipeline",
         parents=[common],
-        help="ingest, labels, train and promote both detectors: one MLflow parent run, a child run per step",
+        help="ingest, labels, train and promote both detectors, score: one MLflow parent run, a child run per step",
         description="Run the pipeline steps in order (ingest, labels, train_vertebra, promote_vertebra, crops, "
-        "train_schmorl, promote_schmorl), each a child MLflow run that receives its inputs (table versions, run "
+        "train_schmorl, promote_schmorl, score), each a child MLflow run that receives its inputs (table versions, run "
         "ids, model URIs) as params and publishes its outputs for the next. --steps runs some of them alone; "
         "inputs of earlier steps are then given with the options below (else the current table versions and "
         "the configured model URIs).",
@@ -177,6 +216,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--vertebra-run-id", help="promote_vertebra: training run to register")
     p.add_argument("--vertebra-model", metavar="URI", help="crops, train_schmorl: the vertebra model")
     p.add_argument("--schmorl-run-id", help="promote_schmorl: training run to register")
+    p.add_argument("--schmorl-model", metavar="URI", help="score: the Schmorl's-node model")
     p.add_argument("--summary-json", help="also write every step's inputs and outputs as JSON to this file")
     p.set_defaults(func=_cmd_pipeline)
 
@@ -332,6 +372,41 @@ def _cmd_crops(args: argparse.Namespace, config: RadlakeConfig) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from pathlib import Path
+
+    from radlake.score.job import format_summary, score_archive
+    from radlake.spark import get_spark
+
+    summary = score_archive(
+        get_spark(config), config, vertebra_model=args.vertebra_model, schmorl_model=args.schmorl_model
+    )
+    print(format_summary(summary))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    return 0
+
+
+def _cmd_export_sr(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.score.sr import export_sr
+    from radlake.spark import get_spark
+
+    summary = export_sr(get_spark(config), config, out_dir=args.out, study_uid=args.study)
+    print(json.dumps(summary.as_dict(), indent=2, default=str))
+    return 0
+
+
+def _cmd_review(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.score.review import write_review
+    from radlake.spark import get_spark
+
+    summary = write_review(
+        get_spark(config), config, study_uid=args.study, out_dir=args.out, max_slices=args.max_slices
+    )
+    print(json.dumps(summary.as_dict(), indent=2, default=str))
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from pathlib import Path
 
@@ -339,7 +414,7 @@ def _cmd_pipeline(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.workflow.pipeline import parse_steps, run_pipeline
 
     steps = parse_steps(args.steps)  # an unknown step fails before Spark starts
-    keys = ("archive", "labels_file", "vertebra_run_id", "vertebra_model", "schmorl_run_id")
+    keys = ("archive", "labels_file", "vertebra_run_id", "vertebra_model", "schmorl_run_id", "schmorl_model")
     inputs = {k: getattr(args, k) for k in keys if getattr(args, k)}
     result = run_pipeline(get_spark(config), config, steps=steps, inputs=inputs)
     summary = json.dumps(result.as_dict(), indent=2, default=str)

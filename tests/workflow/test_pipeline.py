@@ -130,6 +130,18 @@ def test_both_models_are_champions_and_the_schmorl_model_names_its_vertebra_mode
     assert run.data.metrics["e2e_n_images"] > 0
 
 
+def test_the_score_step_scores_every_image_with_both_champions(spark, project_run):
+    cfg, parent = project_run
+    children = _children(cfg, parent)
+    score = children["score"]
+    assert score.data.params["input.vertebra_model"] == children["promote_vertebra"].data.tags["output.vertebra_model"]
+    assert score.data.params["input.schmorl_model"] == children["promote_schmorl"].data.tags["output.schmorl_model"]
+    predictions = table_ref(cfg, Table.PREDICTIONS).read(spark)
+    assert predictions.count() == table_ref(cfg, Table.IMAGES).read(spark).count()
+    assert {r.score_run_id for r in predictions.select("score_run_id").distinct().collect()} == {score.info.run_id}
+    assert score.data.tags["output.predictions_version"] == str(table_ref(cfg, Table.PREDICTIONS).version(spark))
+
+
 def test_crops_record_the_vertebra_model_and_map_nodes(spark, project_run):
     cfg, _ = project_run
     crops = table_ref(cfg, Table.VERTEBRA_CROPS).read(spark)
@@ -176,7 +188,7 @@ def test_steps_are_checked_by_name_and_inputs_are_required():
     assert parse_steps("train_schmorl, crops") == ["crops", "train_schmorl"]
     assert parse_steps(None) == list(STEPS)
     with pytest.raises(ConfigError, match="Unknown pipeline step"):
-        parse_steps("crops,score")
+        parse_steps("crops,sweep")
 
 
 def test_promote_without_a_run_id_names_the_missing_input(spark, project_run):

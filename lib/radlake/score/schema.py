@@ -49,7 +49,11 @@ FINDING = StructType(struct_fields(("parent_level", _S), ("endplate", _S), ("sco
 
 #: The two models behind a row: pinned URI, registered name and version, run id.
 MODEL_PAIR_FIELDS = struct_fields(
-    *((f"{stage}_model_{what}", _S) for stage in ("vertebra", "schmorl") for what in ("uri", "name", "version", "run_id"))
+    *(
+        (f"{stage}_model_{what}", _S)
+        for stage in ("vertebra", "schmorl")
+        for what in ("uri", "name", "version", "run_id")
+    )
 )
 
 #: One row per scored frame and model pair. Key: ``(sop_instance_uid, frame_index,

@@ -16,6 +16,8 @@ train_schmorl  ``vertebra_model``, ``vertebra_crops_version``, ``schmorl_run_id`
                ``annotations_version``, ``splits_version``, ``schmorl_run_model_uri``
                ``images_version``
 promote_schm.  ``schmorl_run_id``                          ``schmorl_model``, ``schmorl_version``
+score          ``vertebra_model``, ``schmorl_model``       ``predictions_version``,
+                                                           ``study_findings_version``, ``score_run_id``
 ============== ========================================== ==========================================
 
 Each step's inputs are logged as params ``input.<name>`` of its child run and its
@@ -52,7 +54,10 @@ STEPS = (
     "crops",
     "train_schmorl",
     "promote_schmorl",
+    "score",
 )
+#: Steps that start their own child run (the step's run is theirs).
+_OWN_RUN = ("train_vertebra", "train_schmorl", "score")
 #: Table versions a training step pins, by detector.
 _TRAIN_TABLES = {
     "vertebra": (Table.IMAGES, Table.ANNOTATIONS, Table.SPLITS),
@@ -157,6 +162,23 @@ def _crops(spark, config, state):
     return {"vertebra_model": model}, outputs, {"crops": summary.as_dict()}
 
 
+def _score(spark, config, state):
+    from radlake.score.job import score_archive
+
+    default_vertebra, default_schmorl = config.score.model_uris(config.models)
+    inputs = {
+        "vertebra_model": state.get("vertebra_model") or default_vertebra,
+        "schmorl_model": state.get("schmorl_model") or default_schmorl,
+    }
+    summary = score_archive(spark, config, **inputs)
+    outputs = {
+        "predictions_version": str(summary.predictions_version),
+        "study_findings_version": str(summary.study_findings_version),
+        "score_run_id": summary.run_id,
+    }
+    return inputs, outputs, {"score": summary.as_dict(), "run_id": summary.run_id}
+
+
 _STEP_FUNCTIONS: dict[str, Callable] = {
     "ingest": _ingest,
     "labels": _labels,
@@ -165,6 +187,7 @@ _STEP_FUNCTIONS: dict[str, Callable] = {
     "crops": _crops,
     "train_schmorl": _train("schmorl"),
     "promote_schmorl": _promote("schmorl"),
+    "score": _score,
 }
 
 
@@ -217,9 +240,9 @@ def run_pipeline(
 
 
 def _run_step(name, spark, config, state, experiment_id):
-    """Run one step as a child run (training steps: the training run is the child)."""
+    """Run one step as a child run (training and scoring steps: their own run is the child)."""
     client = mlflow.MlflowClient()
-    if name.startswith("train_"):
+    if name in _OWN_RUN:
         step_inputs, outputs, details = _STEP_FUNCTIONS[name](spark, config, state)
         run_id = details["run_id"]
     else:
