@@ -278,6 +278,10 @@ def test_private_tags_are_removed_and_descriptors_optional():
     out = Deidentifier(KEY, retain_descriptors=False).deidentify(ds)
     assert "SeriesDescription" not in out and "ProtocolName" not in out
     assert "SeriesDescription" not in Deidentifier(KEY, retain_descriptors=False).method
+    # DeidentificationMethod is LO (64 characters at most per value), VM 1-n
+    values = Deidentifier(KEY, retain_descriptors=True).method_values
+    assert len(values) > 1 and all(0 < len(v) <= 64 for v in values)
+    assert list(out.DeidentificationMethod) == Deidentifier(KEY, retain_descriptors=False).method_values
 
 
 def test_keys_and_environment(monkeypatch):

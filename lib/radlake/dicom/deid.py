@@ -417,6 +417,11 @@ class Deidentifier:
             f"{descriptors}; PatientID/AccessionNumber HMAC-SHA256 pseudonyms; private tags removed"
         )
 
+    @property
+    def method_values(self) -> list[str]:
+        """:attr:`method` as DeidentificationMethod's values: one per clause, each within LO's 64 characters."""
+        return [part.strip() for part in self.method.split(";")]
+
     def pseudonym(self, value: str, *, digits: int = PATIENT_ID_HEX_DIGITS) -> str:
         """Keyed pseudonym of an identifier: HMAC-SHA256(key, value), first ``digits`` hex digits.
 
@@ -454,7 +459,7 @@ class Deidentifier:
         offset = self.date_offset_days(patient_id) if self.shift_dates else 0
         self._clean(ds, offset)
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self.method
+        ds.DeidentificationMethod = self.method_values
         ds.DeidentificationMethodCodeSequence = Sequence([_code(*c) for c in self._codes()])
         ds.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift_dates else "UNMODIFIED"
         meta = getattr(ds, "file_meta", None)
