@@ -1,8 +1,10 @@
 """``make demo``: every stage that exists, end to end, on a synthetic archive and the local default.
 
-Now: synthetic archive, then :func:`radlake.workflow.pipeline.run_pipeline` (ingest → labels
+Synthetic archive, then :func:`radlake.workflow.pipeline.run_pipeline` (ingest → labels
 and the study split → train, register and promote the vertebra detector → vertebra crops →
-train, register and promote the Schmorl's-node detector). Each later stage adds its step.
+train, register and promote the Schmorl's-node detector → score the whole archive with both
+champions), then the held-out end-to-end check, the findings summary, DICOM SR export of every
+scored study and review PNGs of the study with the strongest finding.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> Non
     )
     print(f"[demo] pipeline parent run {result.parent_run_id} (experiment {config.mlflow.experiment})")
     _held_out_check(spark, config, out, result, workers=workers)
+    _findings(spark, config, steps["score"]["details"]["score"])
     print("[demo] tables:")
     for status in list_tables(spark, config):
         print(f"    {status.table:<14} version {status.version!s:>4}  rows {status.rows!s:>7}  {status.location}")
@@ -140,6 +143,28 @@ def _held_out_check(spark, config: RadlakeConfig, out: Path, result, *, workers:
     reached = metrics.get(key)
     verdict = "meets" if reached is not None and reached >= bar else "misses"
     print(f"[demo]   {key} = {reached if reached is None else round(reached, 3)}: {verdict} the bar of {bar}")
+
+
+def _findings(spark, config: RadlakeConfig, score: dict) -> None:
+    """The scoring run's findings summary, the SR export of every scored study, review PNGs of the top one."""
+    from radlake.score.job import ScoreSummary, format_summary
+    from radlake.score.review import write_review
+    from radlake.score.sr import export_sr
+
+    summary = ScoreSummary(**score)
+    print("[demo] findings:")
+    for line in format_summary(summary).splitlines():
+        print(f"[demo]   {line}")
+    pair = (summary.vertebra_model["uri"], summary.schmorl_model["uri"])
+    sr = export_sr(spark, config, model_pair=pair)
+    print(
+        f"[demo] DICOM SR (TID 1500): {len(sr.files)} files ({sr.measurement_groups} measurement groups) in {sr.out_dir}"
+    )
+    if summary.findings:
+        study = summary.findings[0]["study_instance_uid"]
+        out = config.storage.work_dir / "review" / study
+        review = write_review(spark, config, study_uid=study, out_dir=out, model_pair=pair)
+        print(f"[demo] review PNGs of study {study} (strongest finding): {len(review.files)} slices in {out}")
 
 
 def _brief(summary: dict, limit: int = 5) -> dict:
