@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["synth", "ingest", "loader"]
+BENCHMARKS = ["synth", "ingest", "loader", "score"]
 
 
 def main(argv: list[str]) -> int:
