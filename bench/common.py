@@ -103,3 +103,19 @@ class Timer:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def synthetic_archive(config, name: str) -> Path:
+    """``WORK/<name>``: the synthetic archive of ``config`` (a ``SynthConfig``), generated once and reused."""
+    import shutil
+
+    from radlake.synth import generate_archive
+
+    out = WORK / name
+    labels = out / "labels.json"
+    if labels.is_file() and json.loads(labels.read_text()).get("config") == config.model_dump(mode="json"):
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    generate_archive(out, config, workers=os.cpu_count() or 2)
+    return out

@@ -27,24 +27,17 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import WORK, Timer, TreeMemory, write_result
+from bench.common import WORK, Timer, TreeMemory, synthetic_archive, write_result
 
 FILES_PER_STUDY = 22  # 15 sagittal + 4 axial + 3 coronal slices with the default SynthConfig
 
 
 def ensure_archive(studies: int, *, image_size: int = 384) -> Path:
     """The benchmark archive for ``studies`` studies, generated once and reused."""
-    from radlake.synth import SynthConfig, generate_archive
+    from radlake.synth import SynthConfig
 
     config = SynthConfig(studies=studies, seed=2024, image_size=image_size, zip_fraction=0.0)
-    out = WORK / f"ingest-archive-{studies}x{image_size}"
-    labels = out / "labels.json"
-    if labels.is_file() and json.loads(labels.read_text()).get("config") == config.model_dump(mode="json"):
-        return out
-    if out.exists():
-        shutil.rmtree(out)
-    generate_archive(out, config, workers=os.cpu_count() or 2)
-    return out
+    return synthetic_archive(config, f"ingest-archive-{studies}x{image_size}")
 
 
 def _limit_worker(paths: list[str], out_file: str) -> int:

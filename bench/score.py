@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import WORK, Timer, TreeMemory, _rss_bytes, write_result
+from bench.common import WORK, Timer, TreeMemory, _rss_bytes, synthetic_archive, write_result
 
 SAGITTAL_SLICES = 20
 IMAGE_SIZE = 384
@@ -54,7 +54,7 @@ SAGITTAL = "plane = 'SAGITTAL'"
 
 def ensure_sagittal_archive(images: int) -> Path:
     """A synthetic archive with at least ``images`` sagittal 384x384 frames, generated once and reused."""
-    from radlake.synth import SynthConfig, generate_archive
+    from radlake.synth import SynthConfig
 
     studies = math.ceil(images / SAGITTAL_SLICES)
     config = SynthConfig(
@@ -66,14 +66,7 @@ def ensure_sagittal_archive(images: int) -> Path:
         coronal_slices=1,
         zip_fraction=0.0,
     )
-    out = WORK / f"score-archive-{studies}x{IMAGE_SIZE}"
-    labels = out / "labels.json"
-    if labels.is_file() and json.loads(labels.read_text()).get("config") == config.model_dump(mode="json"):
-        return out
-    if out.exists():
-        shutil.rmtree(out)
-    generate_archive(out, config, workers=os.cpu_count() or 2)
-    return out
+    return synthetic_archive(config, f"score-archive-{studies}x{IMAGE_SIZE}")
 
 
 def _spark(root: Path, *, arrow_batch_size: int):
