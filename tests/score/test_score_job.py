@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -249,3 +253,42 @@ def test_finish_merges_a_node_found_in_two_crops_and_names_its_endplate():
     # rows run head to feet (IOP[5] = -1): y grows towards the feet, x towards the patient's posterior
     assert node["center_patient_mm"] == pytest.approx([0.0, (33 - 0.5) * 0.25, -(38.5 - 0.5) * 0.5])
     assert row["max_schmorl_score"] == 0.7
+
+
+def test_a_detector_logged_without_params_is_held_to_the_threshold(spark, scored):
+    from mlflow.models import ModelSignature
+
+    from radlake.models.pyfunc import DetectorModel, _signature, check_detector_signature
+
+    cfg, first = scored
+    # the fixture's first vertebra model had this seed and spec: the same weights
+    seen = sorted(
+        v.score
+        for r in _predictions(spark, cfg).where(F.col("score_run_id") == first.run_id).collect()
+        for v in r.vertebrae
+    )
+    threshold = seen[len(seen) // 2]
+    spec = vertebra_spec(image_size=128, score_threshold=0.0, detections_per_image=6)
+    torch.manual_seed(1)
+    model = build_detector(spec)
+    torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
+    configure_mlflow(cfg)
+    # as logged before the signature had params
+    with_params = _signature(spec)
+    with mlflow.start_run(run_name="detector-without-params"), tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), f"{tmp}/weights.pt")
+        Path(tmp, "spec.json").write_text(json.dumps(spec.as_dict()))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=DetectorModel(),
+            artifacts={"weights": f"{tmp}/weights.pt", "spec": f"{tmp}/spec.json"},
+            signature=ModelSignature(inputs=with_params.inputs, outputs=with_params.outputs),
+        )
+    assert check_detector_signature(info.model_uri) == ()
+    strict = cfg.model_copy(update={"score": cfg.score.model_copy(update={"vertebra_threshold": threshold})})
+    summary = score_archive(spark, strict, vertebra_model=info.model_uri)
+    assert summary.frames_scored == summary.frames_in_images
+    rows = _predictions(spark, cfg).where(F.col("score_run_id") == summary.run_id).collect()
+    scores = [v.score for r in rows for v in r.vertebrae]
+    assert scores and min(scores) >= threshold and len(scores) < len(seen)
+    assert {r.vertebra_threshold for r in rows} == {threshold}

@@ -72,16 +72,18 @@ class ModelSignatureError(RadlakeError):
     """A model's pyfunc signature is not the detector's (inputs, ``detections`` output, params)."""
 
 
-def check_detector_signature(model_uri: str) -> None:
+def check_detector_signature(model_uri: str) -> tuple[str, ...]:
     """Check that ``model_uri`` is a detector pyfunc that :func:`detections_column` can run.
 
-    Reads only the model's ``MLmodel`` metadata (no weights).
+    Reads only the model's ``MLmodel`` metadata (no weights). Returns the names of the
+    inference params the model's signature declares (:data:`PARAMS`; a detector logged
+    before params existed declares none, and callers then filter its output themselves).
 
     Raises
     ------
     ModelSignatureError
-        If the model has no signature, lacks an input of :data:`INPUT_COLUMNS`, has no
-        ``detections`` output, or no ``score_threshold`` param; or if no model is at the URI.
+        If the model has no signature, lacks an input of :data:`INPUT_COLUMNS` or has no
+        ``detections`` output; or if no model is at the URI.
     """
     from mlflow.exceptions import MlflowException
 
@@ -100,11 +102,9 @@ def check_detector_signature(model_uri: str) -> None:
             problems.append(f"inputs {missing} missing (has {signature.inputs.input_names()})")
         if signature.outputs is None or "detections" not in signature.outputs.input_names():
             problems.append("no 'detections' output")
-        params = [p.name for p in signature.params.params] if signature.params else []
-        if "score_threshold" not in params:
-            problems.append(f"no 'score_threshold' param (has {params})")
     if problems:
         raise ModelSignatureError(f"Model {model_uri!r} is not a radlake detector pyfunc: " + "; ".join(problems) + ".")
+    return tuple(p.name for p in signature.params.params if p.name in PARAMS) if signature.params else ()
 
 
 def detections_column(spark, model_uri: str, params: dict[str, Any] | None = None):

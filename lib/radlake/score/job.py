@@ -342,7 +342,15 @@ def _level_sort(array_col: str, key: str | None = None) -> Any:
     )
 
 
-def check_models(vertebra_uri: str, schmorl_uri: str) -> tuple[ResolvedModel, ResolvedModel]:
+@dataclass(frozen=True)
+class CheckedModel:
+    """A model resolved to a concrete version, with the inference params its signature declares."""
+
+    model: ResolvedModel
+    params: tuple[str, ...]
+
+
+def check_models(vertebra_uri: str, schmorl_uri: str) -> tuple[CheckedModel, CheckedModel]:
     """Resolve both URIs to concrete versions and check their pyfunc signatures (before any scan).
 
     Raises
@@ -358,9 +366,22 @@ def check_models(vertebra_uri: str, schmorl_uri: str) -> tuple[ResolvedModel, Re
     models = []
     for uri in (vertebra_uri, schmorl_uri):
         model = resolve_model_uri(uri)
-        check_detector_signature(model.uri)
-        models.append(model)
+        models.append(CheckedModel(model, check_detector_signature(model.uri)))
     return models[0], models[1]
+
+
+def _detections(spark: SparkSession, checked: CheckedModel, threshold: float, batch_size: int):
+    """The model's detections at or above ``threshold``, as a Spark column.
+
+    The threshold goes to the model as a pyfunc param where its signature declares one; the
+    output is also filtered in Spark, so a detector logged before params existed is held to
+    the same threshold (it cannot go below the threshold it was logged with).
+    """
+    from radlake.models.pyfunc import detections_column
+
+    params = {k: v for k, v in (("score_threshold", threshold), ("batch_size", batch_size)) if k in checked.params}
+    found = detections_column(spark, checked.model.uri, params)
+    return F.filter(found, lambda d: d["score"] >= F.lit(float(threshold)))
 
 
 def score_archive(
@@ -389,7 +410,8 @@ def score_archive(
     sc = config.score
     experiment_id = configure_mlflow(config)
     default_vertebra, default_schmorl = sc.model_uris(config.models)
-    vertebra, schmorl = check_models(vertebra_model or default_vertebra, schmorl_model or default_schmorl)
+    checked = check_models(vertebra_model or default_vertebra, schmorl_model or default_schmorl)
+    vertebra, schmorl = checked[0].model, checked[1].model
     images_ref = table_ref(config, Table.IMAGES)
     if not images_ref.exists(spark):
         raise NothingToScoreError(
@@ -440,7 +462,7 @@ def score_archive(
                 skipped["pixels_failed_at_ingest"] = failed
 
         if by_reason.get("ok"):
-            _score_frames(spark, config, todo, vertebra, schmorl, run_id)
+            _score_frames(spark, config, todo, *checked, run_id)
 
         written = (
             predictions_ref.read(spark).where(F.col("score_run_id") == run_id).persist(StorageLevel.MEMORY_AND_DISK)
@@ -500,15 +522,14 @@ def _score_frames(
     spark: SparkSession,
     config: RadlakeConfig,
     todo: DataFrame,
-    vertebra: ResolvedModel,
-    schmorl: ResolvedModel,
+    vertebra_checked: CheckedModel,
+    schmorl_checked: CheckedModel,
     run_id: str,
 ) -> None:
     """Steps 3 to 6 of the module docstring for the frames ``todo``: one Delta append to ``predictions``."""
-    from radlake.models.pyfunc import detections_column
-
     sc = config.score
     predictions_ref = table_ref(config, Table.PREDICTIONS)
+    vertebra, schmorl = vertebra_checked.model, schmorl_checked.model
 
     # Stage 1 on every frame, then crops of its vertebrae, then stage 2 on every crop.
     stage1 = todo.select(
@@ -518,9 +539,7 @@ def _score_frames(
         "height",
         "width",
         "pixel_spacing",
-        detections_column(
-            spark, vertebra.uri, {"score_threshold": sc.vertebra_threshold, "batch_size": sc.batch_size}
-        ).alias("vertebrae"),
+        _detections(spark, vertebra_checked, sc.vertebra_threshold, sc.batch_size).alias("vertebrae"),
     )
     cut = partial(cut_scoring_crops, margin_fraction=config.crops.margin_fraction, size=config.crops.size)
     crops = stage1.mapInArrow(cut, SCORE_CROP)
@@ -531,9 +550,7 @@ def _score_frames(
         "box",
         "crop_box",
         "crop_scale",
-        detections_column(
-            spark, schmorl.uri, {"score_threshold": sc.schmorl_threshold, "batch_size": sc.batch_size}
-        ).alias("d"),
+        _detections(spark, schmorl_checked, sc.schmorl_threshold, sc.batch_size).alias("d"),
     )
     to_frame = (
         "transform(d, x -> struct(level AS parent_level, box AS vertebra_box, crop_box, x.score AS score, array("
