@@ -42,6 +42,7 @@ import mlflow
 from radlake.config import RadlakeConfig
 from radlake.errors import ConfigError
 from radlake.tables import Table, table_ref
+from radlake.workflow.task_values import publish
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -228,6 +229,7 @@ def run_pipeline(
             log(f"[pipeline] step {name} ...")
             step_inputs, outputs, details = _run_step(name, spark, config, state, experiment_id)
             state.update(outputs)
+            publish(outputs)  # Databricks job: task values for the next task; a no-op elsewhere
             seconds = round(time.perf_counter() - started, 1)
             result.steps.append(
                 {"step": name, "inputs": step_inputs, "outputs": outputs, "seconds": seconds, "details": details}

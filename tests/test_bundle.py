@@ -1,0 +1,540 @@
+"""Offline checks of databricks.yml, the Databricks Asset Bundle (no workspace, no Spark).
+
+``databricks bundle validate`` always calls a workspace, so what can be checked here is checked
+here: the bundle JSON schema (when /work/shared/databricks/bundle_schema.json or
+$RADLAKE_BUNDLE_SCHEMA is present), every job through ``databricks.bundles.jobs.Job.from_dict``
+with the variables of each target substituted, and what the schema cannot see: files that tasks
+name, ``depends_on`` / ``job_cluster_key`` / task-value references, undefined ``${var.*}``,
+duplicate task keys, target modes, and every task's arguments against radlake's own command line
+and configuration schema. Each checker returns a list of problems; the negative tests feed it a
+broken copy of the bundle and expect the problem to be named.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE_FILE = REPO / "databricks.yml"
+SCHEMA_FILE = Path(os.environ.get("RADLAKE_BUNDLE_SCHEMA", "/work/shared/databricks/bundle_schema.json"))
+
+VAR_REF = re.compile(r"\$\{var\.([A-Za-z0-9_-]+)\}")
+ANY_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.\-\[\]]*)\}")
+TASK_VALUE_REF = re.compile(r"\{\{\s*tasks\.([A-Za-z0-9_-]+)\.values\.([A-Za-z0-9_-]+)\s*\}\}")
+#: Namespaces a ``${...}`` reference may use in this bundle.
+REF_NAMESPACES = ("var", "bundle", "workspace", "resources", "artifacts")
+MODES = ("development", "production")
+#: What each pipeline step publishes (the outputs column of radlake.workflow.pipeline's table).
+STEP_OUTPUTS = {
+    "ingest": {"instances_version", "series_version", "images_version", "quarantine_version"},
+    "labels": {"annotations_version", "splits_version"},
+    "train_vertebra": {"vertebra_run_id", "vertebra_run_model_uri"},
+    "promote_vertebra": {"vertebra_model", "vertebra_version", "vertebra_promoted"},
+    "crops": {"vertebra_crops_version", "vertebra_model"},
+    "train_schmorl": {"schmorl_run_id", "schmorl_run_model_uri"},
+    "promote_schmorl": {"schmorl_model", "schmorl_version", "schmorl_promoted"},
+    "score": {"predictions_version", "study_findings_version", "score_run_id"},
+}
+#: Stand-ins for what only a deployment knows.
+DEPLOY_VALUES = {
+    "bundle.name": "radlake",
+    "workspace.file_path": "/Workspace/Users/someone@example.com/.bundle/radlake/dev/files",
+    "workspace.root_path": "/Workspace/Users/someone@example.com/.bundle/radlake/dev",
+    "workspace.current_user.userName": "someone@example.com",
+}
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def load_bundle(path: Path = BUNDLE_FILE) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def walk_strings(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in ``node`` with its dotted location."""
+    if isinstance(node, str):
+        yield where, node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from walk_strings(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from walk_strings(value, f"{where}[{i}]")
+
+
+def jobs_of(bundle: Mapping) -> dict[str, dict]:
+    return dict((bundle.get("resources") or {}).get("jobs") or {})
+
+
+def target_variables(bundle: Mapping, target: str) -> dict[str, Any]:
+    """Variable values in ``target``: the defaults, overridden by the target's ``variables``."""
+    values = {name: spec.get("default") for name, spec in (bundle.get("variables") or {}).items()}
+    for name, value in (((bundle.get("targets") or {}).get(target) or {}).get("variables") or {}).items():
+        values[name] = value.get("default") if isinstance(value, Mapping) else value
+    return values
+
+
+def substitute(node: Any, values: Mapping[str, Any]) -> Any:
+    """``node`` with every ``${name}`` in ``values`` replaced (a whole-string reference keeps the type)."""
+    if isinstance(node, str):
+        whole = ANY_REF.fullmatch(node)
+        if whole and whole.group(1) in values:
+            return values[whole.group(1)]
+        return ANY_REF.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), node)
+    if isinstance(node, Mapping):
+        return {k: substitute(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute(v, values) for v in node]
+    return node
+
+
+def resolved_values(bundle: Mapping, target: str) -> dict[str, Any]:
+    values = {f"var.{k}": v for k, v in target_variables(bundle, target).items()}
+    values.update(DEPLOY_VALUES)
+    values["bundle.target"] = target
+    return values
+
+
+def task_arguments(task: Mapping) -> list[str]:
+    spt = task.get("spark_python_task") or task.get("python_wheel_task") or {}
+    return [str(p) for p in spt.get("parameters") or []]
+
+
+def option_values(args: list[str], option: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == option]
+
+
+def upstream(tasks_by_key: Mapping[str, Mapping], key: str) -> set[str]:
+    """Every task that ``key`` depends on, directly or not."""
+    seen: set[str] = set()
+    todo = [d.get("task_key") for d in tasks_by_key.get(key, {}).get("depends_on") or []]
+    while todo:
+        k = todo.pop()
+        if k in seen or k not in tasks_by_key:
+            continue
+        seen.add(k)
+        todo.extend(d.get("task_key") for d in tasks_by_key[k].get("depends_on") or [])
+    return seen
+
+
+def job_file_command(path: Path) -> list[str]:
+    """The constant subcommand a jobs/*.py file puts before ``sys.argv[1:]`` (``main(["train", "vertebra", *...])``)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "main" and node.args:
+            arg = node.args[0]
+            if isinstance(arg, ast.List):
+                return [e.value for e in arg.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return []
+
+
+# -------------------------------------------------------------------------------------- checkers
+
+
+def check_structure(bundle: Mapping, root: Path = REPO) -> list[str]:
+    """Task keys, depends_on, job clusters, task files, wheel libraries and task-value references."""
+    problems: list[str] = []
+    artifacts = bundle.get("artifacts") or {}
+    wheel_dirs = [
+        os.path.normpath(a.get("path", "."))
+        for a in artifacts.values()
+        if isinstance(a, Mapping) and a.get("type") == "whl"
+    ]
+    if not wheel_dirs:
+        problems.append("artifacts: no `type: whl` artifact")
+    for job_name, job in jobs_of(bundle).items():
+        tasks = job.get("tasks") or []
+        keys = [t.get("task_key") for t in tasks]
+        for key in sorted({k for k in keys if keys.count(k) > 1}):
+            problems.append(f"{job_name}: duplicate task_key '{key}'")
+        by_key = {t.get("task_key"): t for t in tasks}
+        clusters = [c.get("job_cluster_key") for c in job.get("job_clusters") or []]
+        for key in sorted({k for k in clusters if clusters.count(k) > 1}):
+            problems.append(f"{job_name}: duplicate job_cluster_key '{key}'")
+        for task in tasks:
+            key = task.get("task_key")
+            for dep in task.get("depends_on") or []:
+                if dep.get("task_key") not in by_key:
+                    problems.append(f"{job_name}.{key}: depends_on unknown task '{dep.get('task_key')}'")
+            if key in upstream(by_key, key):
+                problems.append(f"{job_name}.{key}: depends on itself (cycle)")
+            cluster = task.get("job_cluster_key")
+            if cluster is not None and cluster not in clusters:
+                problems.append(f"{job_name}.{key}: job_cluster_key '{cluster}' is not in job_clusters")
+            conf = option_values(task_arguments(task), "--conf")
+            if conf and not conf[0].endswith((".yml", ".yaml")) and cluster in clusters:
+                # a configuration by name is looked up in $RADLAKE_CONF_DIR, else ./conf of an unknown cwd
+                spec = (job.get("job_clusters") or [])[clusters.index(cluster)].get("new_cluster") or {}
+                if "RADLAKE_CONF_DIR" not in (spec.get("spark_env_vars") or {}):
+                    problems.append(
+                        f"{job_name}.{key}: --conf {conf[0]} but job cluster '{cluster}' sets no RADLAKE_CONF_DIR"
+                    )
+            spt = task.get("spark_python_task")
+            if spt is not None:
+                file = root / spt.get("python_file", "")
+                if not spt.get("python_file") or not file.is_file():
+                    problems.append(f"{job_name}.{key}: python_file '{spt.get('python_file')}' does not exist")
+            if spt is not None or task.get("python_wheel_task") is not None:
+                wheels = [
+                    lib["whl"] for lib in task.get("libraries") or [] if isinstance(lib, Mapping) and "whl" in lib
+                ]
+                if not wheels:
+                    problems.append(f"{job_name}.{key}: no wheel library (radlake would not be installed)")
+                for whl in wheels:
+                    if not any(
+                        os.path.normpath(whl).startswith(os.path.normpath(os.path.join(d, "dist"))) for d in wheel_dirs
+                    ):
+                        problems.append(f"{job_name}.{key}: wheel '{whl}' is not under an artifact's dist/")
+            ups = upstream(by_key, key)
+            for where, text in walk_strings(task):
+                for ref_task, value in TASK_VALUE_REF.findall(text):
+                    if ref_task not in ups:
+                        problems.append(f"{job_name}.{key}: {where} reads task values of '{ref_task}', not upstream")
+                        continue
+                    steps = option_values(task_arguments(by_key[ref_task]), "--steps")
+                    published = set().union(*(STEP_OUTPUTS.get(s, set()) for s in ",".join(steps).split(",")))
+                    if value not in published:
+                        problems.append(
+                            f"{job_name}.{key}: {where} reads '{value}', which '{ref_task}' does not publish"
+                        )
+    return problems
+
+
+def check_references(bundle: Mapping) -> list[str]:
+    """Every ``${var.X}`` is a defined variable; every ``${...}`` uses a known namespace."""
+    problems: list[str] = []
+    defined = set(bundle.get("variables") or {})
+    for where, text in walk_strings(bundle):
+        for name in VAR_REF.findall(text):
+            if name not in defined:
+                problems.append(f"{where}: ${{var.{name}}} is not defined in variables")
+        for ref in ANY_REF.findall(text):
+            if ref.split(".")[0] not in REF_NAMESPACES:
+                problems.append(f"{where}: unknown reference ${{{ref}}}")
+    return problems
+
+
+def check_targets(
+    bundle: Mapping, root: Path = REPO, *, given_at_deploy: Mapping[str, set[str]] | None = None
+) -> list[str]:
+    """Target modes, one default target, a conf/<target>.yml each, every variable given a value.
+
+    ``given_at_deploy`` names, per target, the variables that deployment passes
+    (``--var name=value`` or ``BUNDLE_VAR_name``) rather than the file.
+    """
+    problems: list[str] = []
+    targets = bundle.get("targets") or {}
+    if not targets:
+        problems.append("targets: none defined")
+    defaults = [name for name, t in targets.items() if (t or {}).get("default")]
+    if len(defaults) != 1:
+        problems.append(f"targets: exactly one default target expected, got {defaults}")
+    defined = set(bundle.get("variables") or {})
+    for name, target in targets.items():
+        target = target or {}
+        if target.get("mode") not in MODES:
+            problems.append(f"targets.{name}: mode '{target.get('mode')}' is not one of {MODES}")
+        if not (root / "conf" / f"{name}.yml").is_file():
+            problems.append(f"targets.{name}: no conf/{name}.yml for `--conf ${{bundle.target}}`")
+        for var in target.get("variables") or {}:
+            if var not in defined:
+                problems.append(f"targets.{name}.variables: '{var}' is not defined in variables")
+        values = target_variables(bundle, name)
+        for var in sorted(defined):
+            if values.get(var) is None and var not in (given_at_deploy or {}).get(name, set()):
+                problems.append(f"targets.{name}: variable '{var}' has no value (no default, not set by the target)")
+    return problems
+
+
+def check_jobs_parse(bundle: Mapping) -> list[str]:
+    """``databricks.bundles.jobs.Job.from_dict`` accepts every job of every target, variables substituted."""
+    from databricks.bundles.jobs import Job
+
+    problems: list[str] = []
+    for target in bundle.get("targets") or {"default": {}}:
+        values = resolved_values(bundle, target)
+        for job_name, job in jobs_of(bundle).items():
+            resolved = substitute(job, values)
+            leftover = [t for _, t in walk_strings(resolved) if "${" in t]
+            if leftover:
+                problems.append(f"{target}/{job_name}: unresolved references {leftover[:3]}")
+            try:
+                Job.from_dict(resolved)
+            except Exception as exc:  # the library raises ValueError, TypeError, KeyError ...
+                problems.append(f"{target}/{job_name}: Job.from_dict rejected it: {type(exc).__name__}: {exc}")
+    return problems
+
+
+def check_task_arguments(bundle: Mapping, root: Path = REPO) -> list[str]:
+    """Each spark_python_task's file + parameters parse with radlake's CLI and its --conf/--set load."""
+    from radlake.cli import get_args_parser
+    from radlake.config import load_config
+    from radlake.errors import RadlakeError
+    from radlake.workflow.pipeline import parse_steps
+
+    problems: list[str] = []
+    parser = get_args_parser()
+    for target in bundle.get("targets") or {}:
+        values = resolved_values(bundle, target)
+        for job_name, job in jobs_of(bundle).items():
+            for task in job.get("tasks") or []:
+                spt = task.get("spark_python_task")
+                if spt is None or not (root / spt.get("python_file", "")).is_file():
+                    continue  # check_structure reports it
+                where = f"{target}/{job_name}.{task.get('task_key')}"
+                args = [TASK_VALUE_REF.sub("value-from-upstream", a) for a in substitute(task_arguments(task), values)]
+                command = job_file_command(root / spt["python_file"])
+                try:
+                    ns = parser.parse_args([*command, *args])
+                except SystemExit:
+                    problems.append(f"{where}: `radlake {' '.join(command)}` rejects its parameters {args}")
+                    continue
+                try:
+                    if getattr(ns, "steps", None):
+                        parse_steps(ns.steps)
+                    conf = root / "conf" / f"{ns.conf}.yml"  # where RADLAKE_CONF_DIR points on the cluster
+                    load_config(conf if conf.is_file() else ns.conf, overrides=ns.overrides)
+                except RadlakeError as exc:
+                    problems.append(f"{where}: {exc}")
+    return problems
+
+
+def schema_validator():
+    """A jsonschema validator of the bundle schema whose ``pattern`` uses the ``regex`` package."""
+    import jsonschema
+    import regex
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+
+    def pattern(validator, patrn, instance, schema):
+        if validator.is_type(instance, "string") and not regex.search(patrn, instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern})
+    return cls(schema)
+
+
+def _leaves(error) -> list:
+    if not error.context:
+        return [error]
+    return [leaf for sub in error.context for leaf in _leaves(sub)]
+
+
+def check_schema(bundle: Mapping, validator) -> list[str]:
+    """Schema errors, each as its deepest location and messages (a oneOf error hides them in its context)."""
+    problems = []
+    for error in validator.iter_errors(bundle):
+        leaves = _leaves(error)
+        depth = max(len(e.absolute_path) for e in leaves)
+        deepest = [e for e in leaves if len(e.absolute_path) == depth]
+        path = "/".join(str(p) for p in deepest[0].absolute_path)
+        problems.append(f"{path}: {'; '.join(sorted({e.message[:200] for e in deepest})[:3])}")
+    return problems
+
+
+# ------------------------------------------------------------------------------------ the bundle
+
+
+@pytest.fixture(scope="module")
+def bundle() -> dict:
+    return load_bundle()
+
+
+@pytest.fixture(scope="module")
+def validator():
+    if not SCHEMA_FILE.is_file():
+        pytest.skip(f"bundle JSON schema not found at {SCHEMA_FILE} (set RADLAKE_BUNDLE_SCHEMA)")
+    return schema_validator()
+
+
+def test_bundle_structure(bundle):
+    assert check_structure(bundle) == []
+
+
+def test_bundle_references(bundle):
+    assert check_references(bundle) == []
+
+
+#: Variables the production deployment passes (CI: BUNDLE_VAR_service_principal=<application id>).
+GIVEN_AT_DEPLOY = {"prod": {"service_principal"}}
+
+
+def test_bundle_targets(bundle):
+    assert check_targets(bundle, given_at_deploy=GIVEN_AT_DEPLOY) == []
+    assert bundle["variables"]["service_principal"].get("default") is None  # never a built-in identity
+    assert bundle["targets"]["dev"]["mode"] == "development" and bundle["targets"]["dev"]["default"] is True
+    assert bundle["targets"]["prod"]["mode"] == "production"
+
+
+def test_bundle_jobs_parse_with_databricks_bundles(bundle):
+    assert check_jobs_parse(bundle) == []
+
+
+def test_bundle_task_arguments_parse_with_radlake_cli(bundle):
+    assert check_task_arguments(bundle) == []
+
+
+def test_bundle_matches_json_schema(bundle, validator):
+    assert check_schema(bundle, validator) == []
+
+
+def test_bundle_shape(bundle):
+    """The jobs, clusters and triggers this bundle promises."""
+    jobs = jobs_of(bundle)
+    assert set(jobs) >= {"radlake_ingest", "radlake_train", "radlake_score"}
+    train = [t["task_key"] for t in jobs["radlake_train"]["tasks"]]
+    assert train == ["labels", "train_vertebra", "promote_vertebra", "crops", "train_schmorl", "promote_schmorl"]
+    for task in jobs["radlake_train"]["tasks"]:
+        assert option_values(task_arguments(task), "--steps") == [task["task_key"]]
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in jobs["radlake_train"]["job_clusters"]}
+    assert "gpu" in clusters["gpu"]["spark_version"] or "gpu" in str(
+        bundle["variables"][VAR_REF.search(clusters["gpu"]["spark_version"]).group(1)]["default"]
+    )
+    for name in ("train_vertebra", "train_schmorl"):
+        assert next(t for t in jobs["radlake_train"]["tasks"] if t["task_key"] == name)["job_cluster_key"] == "gpu"
+    for job in ("radlake_ingest", "radlake_score"):
+        assert {t["job_cluster_key"] for t in jobs[job]["tasks"]} == {"cpu"}
+        cron = jobs[job]["schedule"]["quartz_cron_expression"].split()
+        assert len(cron) in (6, 7), cron
+    for spec in bundle["variables"].values():
+        assert spec.get("description"), spec
+    assert bundle["targets"]["prod"]["run_as"]["service_principal_name"] == "${var.service_principal}"
+    assert bundle["targets"]["prod"]["presets"]["trigger_pause_status"] == "UNPAUSED"
+    assert bundle["targets"]["dev"]["presets"]["trigger_pause_status"] == "PAUSED"
+    for version in (
+        target_variables(bundle, "prod")["spark_version"],
+        target_variables(bundle, "prod")["gpu_spark_version"],
+    ):
+        major, minor = (int(x) for x in version.split(".")[:2])
+        assert (major, minor) >= (17, 3) and "-ml-" in version, version
+
+
+# ----------------------------------------------------------------- each check can fail (negatives)
+
+
+def _task(bundle: dict, job: str, key: str) -> dict:
+    return next(t for t in bundle["resources"]["jobs"][job]["tasks"] if t["task_key"] == key)
+
+
+def test_dangling_depends_on_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    _task(broken, "radlake_train", "crops")["depends_on"] = [{"task_key": "promote_vertebrae"}]
+    assert any("depends_on unknown task 'promote_vertebrae'" in p for p in check_structure(broken))
+
+
+def test_dependency_cycle_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    _task(broken, "radlake_train", "labels")["depends_on"] = [{"task_key": "promote_schmorl"}]
+    assert any("cycle" in p for p in check_structure(broken))
+
+
+def test_unknown_job_cluster_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    _task(broken, "radlake_train", "train_vertebra")["job_cluster_key"] = "gpus"
+    assert any("job_cluster_key 'gpus'" in p for p in check_structure(broken))
+
+
+def test_duplicate_task_key_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    _task(broken, "radlake_train", "crops")["task_key"] = "labels"
+    assert any("duplicate task_key 'labels'" in p for p in check_structure(broken))
+
+
+def test_missing_task_file_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    _task(broken, "radlake_score", "score")["spark_python_task"]["python_file"] = "./jobs/scoring.py"
+    assert any("./jobs/scoring.py" in p for p in check_structure(broken))
+
+
+def test_conf_by_name_without_conf_dir_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    del broken["resources"]["jobs"]["radlake_score"]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    assert any("radlake_score.score" in p and "RADLAKE_CONF_DIR" in p for p in check_structure(broken))
+
+
+def test_missing_wheel_library_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    del _task(broken, "radlake_ingest", "ingest")["libraries"]
+    assert any("no wheel library" in p for p in check_structure(broken))
+
+
+def test_task_value_from_a_task_not_upstream_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    params = _task(broken, "radlake_train", "promote_vertebra")["spark_python_task"]["parameters"]
+    params[params.index("{{tasks.train_vertebra.values.vertebra_run_id}}")] = "{{tasks.crops.values.vertebra_run_id}}"
+    assert any("'crops', not upstream" in p for p in check_structure(broken))
+
+
+def test_task_value_the_step_does_not_publish_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    params = _task(broken, "radlake_train", "promote_schmorl")["spark_python_task"]["parameters"]
+    params[params.index("{{tasks.train_schmorl.values.schmorl_run_id}}")] = "{{tasks.train_schmorl.values.run_id}}"
+    assert any("reads 'run_id'" in p for p in check_structure(broken))
+
+
+def test_undefined_variable_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    _task(broken, "radlake_score", "score")["spark_python_task"]["parameters"].append("storage.schema=${var.shema}")
+    assert any("${var.shema}" in p for p in check_references(broken))
+    broken["resources"]["jobs"]["radlake_score"]["description"] = "${bundel.target}"
+    assert any("unknown reference ${bundel.target}" in p for p in check_references(broken))
+
+
+def test_bad_target_mode_and_missing_variable_value_are_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    broken["targets"]["prod"]["mode"] = "prod"
+    broken["targets"]["staging"] = {"mode": "production"}  # no conf/staging.yml, no service_principal
+    problems = check_targets(broken, given_at_deploy=GIVEN_AT_DEPLOY)
+    assert any("targets.prod: mode 'prod'" in p for p in problems)
+    assert any("no conf/staging.yml" in p for p in problems)
+    assert any("targets.staging: variable 'service_principal' has no value" in p for p in problems)
+
+
+def test_job_from_dict_rejects_a_wrong_job(bundle):
+    broken = copy.deepcopy(bundle)
+    _task(broken, "radlake_ingest", "ingest")["spark_python_taks"] = _task(broken, "radlake_ingest", "ingest").pop(
+        "spark_python_task"
+    )
+    broken["variables"]["cpu_workers"]["default"] = "two"
+    problems = check_jobs_parse(broken)
+    assert any("radlake_ingest: Job.from_dict rejected it" in p and "spark_python_taks" in p for p in problems)
+    assert any("radlake_score: Job.from_dict rejected it" in p for p in problems)  # num_workers: "two"
+
+
+def test_task_arguments_unknown_to_radlake_are_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    params = _task(broken, "radlake_train", "labels")["spark_python_task"]["parameters"]
+    params[params.index("storage.schema=${var.schema}")] = "storage.shema=${var.schema}"
+    _task(broken, "radlake_train", "crops")["spark_python_task"]["parameters"].append("--vertebra-run")
+    _task(broken, "radlake_train", "train_schmorl")["spark_python_task"]["parameters"][3] = "train_schmorls"
+    problems = check_task_arguments(broken)
+    assert any("radlake_train.labels" in p and "storage.shema" in p for p in problems)
+    assert any("radlake_train.crops" in p and "rejects its parameters" in p for p in problems)
+    assert any("radlake_train.train_schmorl" in p and "train_schmorls" in p for p in problems)
+
+
+def test_json_schema_rejects_a_wrong_bundle(bundle, validator):
+    broken = copy.deepcopy(bundle)
+    broken["resources"]["jobs"]["radlake_train"]["max_concurrent_runs"] = "one"
+    broken["artifacts"]["radlake_wheel"]["kind"] = "whl"
+    problems = check_schema(broken, validator)
+    assert any("radlake_train/max_concurrent_runs" in p for p in problems)
+    assert any("artifacts/radlake_wheel" in p and "kind" in p for p in problems)
+    # and the swapped `pattern` really runs: a \p{L} interpolation passes, a malformed one does not
+    ok, bad = copy.deepcopy(bundle), copy.deepcopy(bundle)
+    ok["resources"]["jobs"]["radlake_train"]["max_concurrent_runs"] = "${var.gpu_workers}"
+    bad["resources"]["jobs"]["radlake_train"]["max_concurrent_runs"] = "${var.9}"
+    assert check_schema(ok, validator) == []
+    assert any("radlake_train/max_concurrent_runs" in p for p in check_schema(bad, validator))
