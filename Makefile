@@ -25,7 +25,7 @@ check-prereqs:
 $(VENV)/.radlake-installed: constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" -c constraints.txt
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[local,test]'
 	@touch $@
 
 # Delta Lake jars for the installed pyspark/delta-spark, from ~/.m2 or Maven Central (once).
