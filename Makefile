@@ -42,7 +42,7 @@ bench: setup
 	$(BIN)/python -m bench
 
 lint: setup
-	$(BIN)/python -m ruff check lib tests jobs bench
+	$(BIN)/python -m ruff check lib tests jobs bench notebooks
 
 clean:
 	rm -rf .radlake .pytest_cache

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
+import yaml
 
 from radlake.config import RadlakeConfig, load_config
 from radlake.tables import Table, table_ref
@@ -138,3 +143,77 @@ def add_images(spark) -> Callable[[RadlakeConfig, Sequence[Frame]], None]:
 def make_config() -> Callable[..., RadlakeConfig]:
     """:func:`data_config` as a fixture: ``make_config(root, "labels.split_seed=1", ...)``."""
     return data_config
+
+
+# The whole pipeline through its MLflow Projects entry point, once per session: the pipeline
+# tests check its runs and tables, the notebook tests run the notebooks over a copy of its store.
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Tiny training settings for the pipeline run (what is checked is traceability, not model quality).
+PIPELINE_SETTINGS = {
+    "environment": "test",
+    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g"},
+    "loader": {"num_workers": 0},
+    "train": {
+        "vertebra": {
+            "epochs": 2,
+            "image_size": 128,
+            "batch_size": 2,
+            "max_train_minutes": 4,
+            "val_images_logged": 1,
+            "score_threshold": 0.05,  # an undertrained model still gives boxes to crop
+        },
+        "schmorl": {"epochs": 1, "image_size": 64, "batch_size": 8, "max_train_minutes": 4, "val_images_logged": 1},
+    },
+    "crops": {"size": 64, "source": "both", "min_score": 0.05},
+}
+
+
+@pytest.fixture(scope="session")
+def project_run(spark, labelled_archive, tmp_path_factory):
+    """Run the MLproject's ``main`` entry point in a subprocess, in a storage root of its own.
+
+    Returns ``(config, parent_run)``; the configuration file is ``<storage.root>/../conf.yml``.
+    """
+    from radlake.tracking import configure_mlflow
+
+    root = tmp_path_factory.mktemp("pipeline")
+    conf = root / "conf.yml"
+    conf.write_text(yaml.safe_dump({**PIPELINE_SETTINGS, "storage": {"root": str(root / "radlake")}}))
+    cfg = load_config(str(conf))
+    configure_mlflow(cfg)  # the experiment, with its artifact root under storage.root
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+    }
+    env = {
+        **inherited,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+    }
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "run",
+        str(REPO),
+        "-e",
+        "main",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        cfg.mlflow.experiment,
+        "-P",
+        f"conf={conf}",
+        "-P",
+        f"archive={labelled_archive.archive}",
+        "-P",
+        f"labels={labelled_archive.labels_path}",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500, cwd=root)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
+    configure_mlflow(cfg)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    [parent] = client.search_runs([experiment.experiment_id], "tags.`radlake.pipeline_steps` != ''")
+    return cfg, parent

@@ -61,6 +61,7 @@ __all__ = [
     "REVIEW_RESULT",
     "VERTEBRA_COLOUR",
     "ReviewSummary",
+    "central_slices",
     "render_frame",
     "render_frames",
     "review_file_name",
@@ -336,7 +337,7 @@ def render_frames(batches: Iterator[pa.RecordBatch], *, min_size: int = MIN_SIZE
             yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
 
-def _central(frames: DataFrame, max_slices: int) -> DataFrame:
+def central_slices(frames: DataFrame, max_slices: int) -> DataFrame:
     """The ``max_slices`` central frames (by ``slice_index``) of each series stack."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -449,7 +450,7 @@ def write_review(
         .dropDuplicates(["sop_instance_uid"])
     )
     if max_slices is not None:
-        frames = _central(frames, int(max_slices))
+        frames = central_slices(frames, int(max_slices))
     work = frames.join(boxes, keys, "left").join(series_numbers, "sop_instance_uid", "left")
     rendered = work.mapInArrow(partial(render_frames, min_size=int(min_size)), REVIEW_RESULT)
 

@@ -18,17 +18,13 @@ False
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
+from radlake.spark import on_databricks
+
 #: Databricks limits a task value to 48 KiB of JSON; a longer output would fail the task.
 MAX_VALUE_BYTES = 48 * 1024
-
-
-def on_databricks() -> bool:
-    """True inside a Databricks runtime (the same test as :func:`radlake.spark.on_databricks`)."""
-    return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
 def get_dbutils() -> Any | None:
