@@ -196,39 +196,60 @@ def cache_dir(config: RadlakeConfig) -> Path:
     return Path(config.loader.cache_dir) if config.loader.cache_dir else config.storage.work_dir / "cache" / "loader"
 
 
-def train_detector(
+@dataclass(frozen=True)
+class TrainingData:
+    """The pinned, cached inputs of a training run (what :func:`prepare_training_data` built)."""
+
+    detector: str
+    #: The configuration to train with (after the stage's ``prepare``: pinned upstream models).
+    config: RadlakeConfig
+    #: Tags that record the stage's upstream inputs (e.g. the vertebra model behind the crops).
+    stage_tags: dict[str, str]
+    #: Delta version of each table the view reads.
+    pinned: dict[str, int]
+    #: Split name → Parquet cache folder.
+    caches: dict[str, str]
+    #: Split name → rows in the cache.
+    sizes: dict[str, int]
+    #: sha256 of the test split's frame keys (:func:`split_digest`).
+    test_digest: str
+
+    def tags(self) -> dict[str, str]:
+        """The run tags every training run of these data carries (the promotion gate reads the digest)."""
+        return {
+            "radlake.detector": self.detector,
+            "radlake.version": radlake.__version__,
+            "radlake.git_commit": git_commit() or "unknown",
+            "radlake.data_versions": json.dumps(self.pinned, sort_keys=True),
+            "radlake.test_split_digest": self.test_digest,
+            "radlake.test_cache": self.caches["test"],
+            **self.stage_tags,
+        }
+
+
+def prepare_training_data(
     spark: SparkSession,
     config: RadlakeConfig,
     detector: str = "vertebra",
     *,
     versions: Mapping[str, int] | None = None,
-    run_name: str | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> TrainResult:
-    """Train ``detector`` (see the module docstring) and return the run read back from MLflow.
+) -> TrainingData:
+    """Pin the table versions, materialise the train / val / test views into the Parquet cache.
 
     Raises
     ------
     ConfigError
         For an unknown detector.
     NoTrainingDataError
-        If a table is missing or the train or validation split has no frames.
+        If a table is missing or a split has no frames.
     """
-    from pyspark.ml.torch.distributor import TorchDistributor
-
     from radlake.data.converter import make_spark_converter
 
     stage = get_stage(detector)
-    parent = mlflow.active_run()
-    # Under a pipeline's parent run the training run is its child, in the parent's experiment.
-    experiment_id = (
-        parent.info.experiment_id if parent else configure_mlflow(config, detector_experiment(config, detector))
-    )
     stage_tags: dict[str, str] = {}
     if stage.prepare is not None:
         config, stage_tags = stage.prepare(config)
     settings = getattr(config.train, detector)
-    spec = stage.spec(config)
     pinned = pin_versions(spark, config, stage.tables, versions)
     view = stage.view(spark, config, pinned).select(*CACHE_COLUMNS, "split")
     caches = {}
@@ -250,50 +271,89 @@ def train_detector(
                 f"The {split} split of the {detector} view is empty (tables at versions {pinned}): "
                 "import labels for more studies (`radlake labels import`) or change labels.*_fraction."
             )
-    test_digest = split_digest(view, "test")
+    return TrainingData(
+        detector=detector,
+        config=config,
+        stage_tags=stage_tags,
+        pinned=dict(pinned),
+        caches=caches,
+        sizes=sizes,
+        test_digest=split_digest(view, "test"),
+    )
+
+
+def worker_settings(config: RadlakeConfig, data: TrainingData, run_id: str) -> dict[str, Any]:
+    """The picklable ``settings`` of :func:`radlake.train.worker.train_worker` for one run of ``data``."""
+    stage = get_stage(data.detector)
+    settings = getattr(config.train, data.detector)
+    return {
+        "spec": stage.spec(config).as_dict(),
+        "caches": data.caches,
+        "run_id": run_id,
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "registry_uri": mlflow.get_registry_uri(),
+        "seed": settings.seed,
+        "batch_size": settings.batch_size,
+        "epochs": settings.epochs,
+        "learning_rate": settings.learning_rate,
+        "weight_decay": settings.weight_decay,
+        "max_train_seconds": settings.max_train_minutes * 60 if settings.max_train_minutes else None,
+        "num_workers": config.loader.num_workers,
+        "use_gpu": settings.use_gpu,
+        "weights": str(settings.weights) if settings.weights else None,
+        "augment": settings.augment.model_dump(),
+        "val_images_logged": settings.val_images_logged,
+    }
+
+
+def log_run_config(config: RadlakeConfig, data: TrainingData, tags: Mapping[str, str] | None = None) -> None:
+    """Into the active run: the flattened config as params, cache sizes, the data tags, the config file."""
+    mlflow.log_params(flatten({"config": config.model_dump(mode="json", by_alias=True)}))
+    mlflow.log_params({"data.rows." + k: v for k, v in data.sizes.items()})
+    mlflow.set_tags({**data.tags(), **(tags or {})})
+    mlflow.log_text(config_as_yaml(config), "config/config.yml")
+
+
+def train_detector(
+    spark: SparkSession,
+    config: RadlakeConfig,
+    detector: str = "vertebra",
+    *,
+    versions: Mapping[str, int] | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> TrainResult:
+    """Train ``detector`` (see the module docstring) and return the run read back from MLflow.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown detector.
+    NoTrainingDataError
+        If a table is missing or the train or validation split has no frames.
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    stage = get_stage(detector)
+    parent = mlflow.active_run()
+    # Under a pipeline's parent run the training run is its child, in the parent's experiment.
+    experiment_id = (
+        parent.info.experiment_id if parent else configure_mlflow(config, detector_experiment(config, detector))
+    )
+    data = prepare_training_data(spark, config, detector, versions=versions)
+    config, pinned = data.config, data.pinned
+    settings = getattr(config.train, detector)
     with mlflow.start_run(
         run_name=run_name or f"train-{detector}", nested=parent is not None, experiment_id=experiment_id
     ) as run:
-        mlflow.log_params(flatten({"config": config.model_dump(mode="json", by_alias=True)}))
-        mlflow.log_params({"data.rows." + k: v for k, v in sizes.items()})
-        mlflow.set_tags(
-            {
-                "radlake.detector": detector,
-                "radlake.version": radlake.__version__,
-                "radlake.git_commit": git_commit() or "unknown",
-                "radlake.data_versions": json.dumps(pinned, sort_keys=True),
-                "radlake.test_split_digest": test_digest,
-                "radlake.test_cache": caches["test"],
-                **stage_tags,
-                **(tags or {}),
-            }
-        )
-        mlflow.log_text(config_as_yaml(config), "config/config.yml")
+        log_run_config(config, data, tags)
         _log_dataset_inputs(spark, config, stage, pinned)
-        worker_settings = {
-            "spec": spec.as_dict(),
-            "caches": caches,
-            "run_id": run.info.run_id,
-            "tracking_uri": mlflow.get_tracking_uri(),
-            "registry_uri": mlflow.get_registry_uri(),
-            "seed": settings.seed,
-            "batch_size": settings.batch_size,
-            "epochs": settings.epochs,
-            "learning_rate": settings.learning_rate,
-            "weight_decay": settings.weight_decay,
-            "max_train_seconds": settings.max_train_minutes * 60 if settings.max_train_minutes else None,
-            "num_workers": config.loader.num_workers,
-            "use_gpu": settings.use_gpu,
-            "weights": str(settings.weights) if settings.weights else None,
-            "augment": settings.augment.model_dump(),
-            "val_images_logged": settings.val_images_logged,
-        }
         from radlake.train.worker import train_worker
 
         distributor = TorchDistributor(
             num_processes=settings.num_processes, local_mode=settings.local_mode, use_gpu=settings.use_gpu
         )
-        distributor.run(train_worker, worker_settings)
+        distributor.run(train_worker, worker_settings(config, data, run.info.run_id))
         run_id = run.info.run_id
         if "test_map_50" not in mlflow.MlflowClient().get_run(run_id).data.metrics:
             raise RuntimeError(

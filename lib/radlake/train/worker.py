@@ -10,6 +10,11 @@ rank waits forever on a collective. Rank 0 evaluates on the validation
 cache after each epoch and on the frozen test cache at the end, and logs metrics,
 figures and the pyfunc model to the driver's MLflow run (``TorchDistributor``'s return
 value is not used: in local mode it is whichever rank finished last).
+
+A sweep trial (:mod:`radlake.train.sweep`) calls :func:`train_worker` in one process
+(world size 1) with ``on_epoch``: it receives each epoch's validation metrics and may
+raise (``optuna.TrialPruned``) to stop the trial; its MLflow run is then left RUNNING
+for the caller (settings ``end_run=False``), whose Optuna storage owns the run's status.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 #: Fraction of the schedule spent warming the learning rate up linearly.
@@ -29,8 +35,20 @@ def _cosine(progress: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - WARMUP) / (1 - WARMUP))))
 
 
-def train_worker(settings: dict[str, Any]) -> None:
-    """Train one detector; see the module docstring. Keys of ``settings`` are set by :mod:`radlake.train.run`."""
+def train_worker(settings: dict[str, Any], *, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
+    """Train one detector; see the module docstring. Keys of ``settings`` are set by :mod:`radlake.train.run`.
+
+    Parameters
+    ----------
+    settings
+        From :func:`radlake.train.run.worker_settings`; optional extras: ``threads`` (torch
+        CPU threads of this process) and ``end_run`` (default True: ``False`` leaves the
+        MLflow run RUNNING after the model is logged).
+    on_epoch
+        Called on rank 0 after each epoch's metrics are logged, with the epoch (0-based)
+        and its row (``train_*`` losses, ``val_*`` metrics). Only for world size 1: an
+        exception it raises stops training there, before the test evaluation and the model.
+    """
     import torch
     import torch.distributed as dist
 
@@ -44,10 +62,14 @@ def train_worker(settings: dict[str, Any]) -> None:
     rank = int(os.environ.get("RANK", "0"))
     use_gpu = bool(settings["use_gpu"]) and torch.cuda.is_available()
     distributed = world > 1
+    if distributed and on_epoch is not None:
+        raise ValueError(f"Argument 'on_epoch' is only supported at world size 1, got WORLD_SIZE={world}.")
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if use_gpu else "gloo")
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
-    if not use_gpu:
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings["threads"]))
+    elif not use_gpu:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world)))))
 
     spec = DetectorSpec.from_dict(settings["spec"])
@@ -112,6 +134,8 @@ def train_worker(settings: dict[str, Any]) -> None:
         if logger is not None:
             row.update(logger.validate(model, spec, device, epoch))
             logger.log_epoch(row, epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, row)
         history.append(row)
         if state["progress"] >= 1.0:
             break
@@ -179,7 +203,10 @@ class _RankZeroLogger:
         from radlake.train import plots
         from radlake.train.metrics import coco_ap
 
-        with mlflow.start_run(run_id=self.run_id):
+        # A sweep's Optuna storage sets its trial runs' final status itself: end_run=False leaves them RUNNING.
+        end = bool(self.settings.get("end_run", True))
+        mlflow.start_run(run_id=self.run_id)
+        try:
             results, metrics = self.evaluate(model, spec, device, "test")
             mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
             mlflow.log_metrics({"train_seconds_total": elapsed_s, "epochs_completed": float(len(history))})
@@ -196,6 +223,10 @@ class _RankZeroLogger:
             example = pq.ParquetDataset(self.settings["caches"]["val"]).read(columns=list(INPUT_COLUMNS)).slice(0, 1)
             log_detector(model, spec, input_example=example.to_pandas())
             mlflow.log_dict({"history": history, "test": metrics}, "metrics/history.json")
+        except BaseException:
+            mlflow.end_run("FAILED" if end else "RUNNING")
+            raise
+        mlflow.end_run("FINISHED" if end else "RUNNING")
 
     def _log_examples(self, model, spec, device) -> None:
         import matplotlib.pyplot as plt
