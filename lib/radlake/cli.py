@@ -129,6 +129,52 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="hyperparameter sweep: an Optuna study, trials P at a time as nested MLflow runs, best one registered",
+        description="Run (or continue, by --name) an Optuna study over the search space: every trial trains on the "
+        "same pinned Parquet caches, reports val_<metric> each epoch and is pruned when it falls behind (run KILLED, "
+        "tag radlake.pruned_reason); a crash ends its run FAILED (tag radlake.error) and the sweep goes on. The best "
+        "complete trial is registered as challenger and goes through the promotion gate; the parent run holds "
+        "leaderboard/leaderboard.csv and .png.",
+    )
+    p.add_argument("detector", help="which detector: vertebra or schmorl")
+    p.add_argument("--trials", type=int, required=True, help="total trials the study should hold (resumes count)")
+    p.add_argument("--parallel", type=int, default=2, help="trials at a time: local processes or Spark tasks")
+    p.add_argument("--space", metavar="FILE", help="search-space YAML (default conf/sweep/<detector>.yml)")
+    p.add_argument("--metric", help="base metric, e.g. map_50 (default the space's, else the detector's primary)")
+    p.add_argument("--timeout", type=float, metavar="S", help="no new trial starts after this many seconds")
+    p.add_argument("--name", help="study name (default <detector>-sweep); the same name continues the study")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--on-executors",
+        dest="on_executors",
+        action="store_true",
+        default=None,
+        help="trials as Spark tasks on the executors (default on dev/prod)",
+    )
+    where.add_argument(
+        "--local-processes",
+        dest="on_executors",
+        action="store_false",
+        help="trials in local processes (default locally)",
+    )
+    p.add_argument("--no-register", action="store_true", help="do not register or promote the best trial")
+    p.add_argument("--summary-json", help="also write the sweep summary as JSON to this file")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "runs",
+        parents=[common],
+        help="leaderboard of an experiment's runs: status, key params, metrics, registered version",
+    )
+    p.add_argument("--experiment", required=True, help="MLflow experiment name, e.g. radlake-vertebra")
+    p.add_argument("--metric", help="full metric name to rank by (default test_<primary metric of the detector>)")
+    p.add_argument("--top", type=int, help="only the K best runs")
+    p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    p.set_defaults(func=_cmd_runs)
+
+    p = sub.add_parser(
         "reproduce",
         parents=[common],
         help="retrain a logged run from its config and data versions and compare the metrics",
@@ -343,6 +389,47 @@ def _cmd_train(args: argparse.Namespace, config: RadlakeConfig) -> int:
     print(json.dumps(summary, indent=2))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from pathlib import Path
+
+    from radlake.spark import get_spark
+    from radlake.train.run import get_stage
+    from radlake.train.space import default_space_path, load_space
+    from radlake.train.sweep import run_sweep
+
+    stage = get_stage(args.detector)
+    load_space(args.space or default_space_path(stage.name))  # a bad space file fails before Spark starts
+    result = run_sweep(
+        get_spark(config),
+        config,
+        stage.name,
+        trials=args.trials,
+        parallel=args.parallel,
+        space=args.space,
+        metric=args.metric,
+        timeout=args.timeout,
+        name=args.name,
+        on_executors=args.on_executors,
+        register=not args.no_register,
+    )
+    summary = {k: v for k, v in result.as_dict().items() if k != "leaderboard"}
+    print(json.dumps(summary, indent=2))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from radlake.registry.leaderboard import experiment_leaderboard, format_leaderboard
+
+    frame, metric = experiment_leaderboard(config, args.experiment, metric=args.metric, top=args.top)
+    if args.json:
+        print(frame.to_json(orient="records", indent=2))
+    else:
+        print(format_leaderboard(frame, metric))
     return 0
 
 
