@@ -152,6 +152,8 @@ def format_leaderboard(frame: pd.DataFrame, metric: str, *, max_width: int = 64)
     shown = frame.copy()
     shown["run_id"] = shown["run_id"].str.slice(0, 8)
     shown = shown.drop(columns=[c for c in ("trial",) if c in shown and shown[c].isna().all()])
+    if "trial" in shown:  # trial numbers: whole numbers (NaN for runs that are not trials made the column float)
+        shown["trial"] = shown["trial"].map(lambda t: None if t is None or t != t else str(int(t)))
 
     def cell(value) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
