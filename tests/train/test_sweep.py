@@ -251,3 +251,81 @@ def test_prune_reason_names_the_median_of_completed_trials():
     assert trial.should_prune()
     reason = prune_reason(trial, "val_map_50", 0.1, 1)
     assert reason == "val_map_50 0.1000 at epoch 1 fell behind the median 0.5000 of 2 completed trials (MedianPruner)"
+
+
+def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(spark, sweep, tmp_path):
+    """SIGKILL the whole sweep (driver and trial processes) while a trial trains, then start it again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg, first, _, _ = sweep
+    space = tmp_path / "space.yml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "direction": "maximize",
+                "metric": "map_50",
+                "pruner": {"type": "none"},
+                "sampler": {"type": "random", "seed": 1},
+                "params": {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 5.0e-3, "log": True}},
+            }
+        )
+    )
+    overrides = [*_overrides(cfg.storage.root_dir, cfg.storage.warehouse_dir), "train.vertebra.image_size=64"]
+    overrides.append("train.vertebra.epochs=2")
+    args = ["sweep", "vertebra", "--trials", "3", "--parallel", "2", "--space", str(space), "--name", "killed"]
+    args += ["--no-register", *[x for item in overrides for x in ("--set", item)]]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radlake", *args],
+        start_new_session=True,  # its own process group: the kill takes the spawned trial processes too
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment(first.experiment_id)
+    training = None
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None and training is None:
+            time.sleep(2)
+            running = client.search_runs(
+                [experiment.experiment_id],
+                "tags.`radlake.sweep` = 'killed' and attributes.status = 'RUNNING'",
+            )
+            training = next((r for r in running if any(k.startswith("val_") for k in r.data.metrics)), None)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert training is not None, "no trial of the sweep was seen training before the deadline"
+
+    from radlake.train.sweep import run_sweep
+
+    interrupted = {
+        r.info.run_id
+        for r in client.search_runs(
+            [experiment.experiment_id], "tags.`radlake.sweep` = 'killed' and attributes.status = 'RUNNING'"
+        )
+        if "radlake.trial_number" in r.data.tags
+    }
+    assert training.info.run_id in interrupted
+    result = run_sweep(
+        spark,
+        load_config("local", overrides=overrides),
+        "vertebra",
+        trials=3,
+        parallel=2,
+        space=space,
+        name="killed",
+        register=False,
+    )
+    assert result.resumed and sum(result.states.values()) == 3, result.states
+    assert result.states["FAIL"] == len(interrupted) and result.states.get("COMPLETE", 0) == 3 - len(interrupted)
+    trials = _children(result.parent_run_id, result.experiment_id)
+    assert len(trials) == 3 and all(r.info.status in {"FINISHED", "FAILED"} for r in trials.values())
+    for run_id in interrupted:
+        killed = client.get_run(run_id)
+        assert killed.info.status == "FAILED" and killed.data.tags["radlake.error"].startswith("interrupted:")
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
