@@ -275,14 +275,16 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(spark, sweep, t
         )
     )
     overrides = [*_overrides(cfg.storage.root_dir, cfg.storage.warehouse_dir), "train.vertebra.image_size=64"]
-    overrides.append("train.vertebra.epochs=2")
+    # Long trials, so that one is surely caught training (a 2-epoch trial can end between two polls);
+    # the resumed sweep below trains its trials for 2 epochs.
+    overrides.append("train.vertebra.epochs=200")
     args = ["sweep", "vertebra", "--trials", "3", "--parallel", "2", "--space", str(space), "--name", "killed"]
     args += ["--no-register", *[x for item in overrides for x in ("--set", item)]]
     proc = subprocess.Popen(
         [sys.executable, "-m", "radlake", *args],
         start_new_session=True,  # its own process group: the kill takes the spawned trial processes too
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "killed.log").open("w"),
     )
     client = mlflow.MlflowClient()
     experiment = client.get_experiment(first.experiment_id)
@@ -290,7 +292,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(spark, sweep, t
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None and training is None:
-            time.sleep(2)
+            time.sleep(1)
             running = client.search_runs(
                 [experiment.experiment_id],
                 "tags.`radlake.sweep` = 'killed' and attributes.status = 'RUNNING'",
@@ -299,7 +301,8 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(spark, sweep, t
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    assert training is not None, "no trial of the sweep was seen training before the deadline"
+    log = (tmp_path / "killed.log").read_text()[-3000:]
+    assert training is not None, f"no trial of the sweep was seen training (exit {proc.returncode}):\n{log}"
 
     from radlake.train.sweep import run_sweep
 
@@ -313,7 +316,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(spark, sweep, t
     assert training.info.run_id in interrupted
     result = run_sweep(
         spark,
-        load_config("local", overrides=overrides),
+        load_config("local", overrides=[*overrides[:-1], "train.vertebra.epochs=2"]),
         "vertebra",
         trials=3,
         parallel=2,
