@@ -120,8 +120,11 @@ class IngestConfig(_Section):
     max_decoded_bytes: int = Field(1 << 30, ge=1, description="A file whose decoded pixels exceed this is quarantined.")
     max_member_bytes: int = Field(2 << 30, ge=1, description="Largest archive member read into memory.")
     max_header_json_bytes: int = Field(65536, ge=1024, description="Cap of the header DICOM JSON per instance.")
-    partition_bytes: int = Field(64 << 20, ge=1 << 20, description="Target stored bytes per Spark task.")
+    partition_bytes: int = Field(256 << 20, ge=1 << 20, description="Target stored bytes per Spark task.")
     partition_files: int = Field(2000, ge=1, description="Most files per Spark task.")
+    images_compression: Literal["none", "snappy", "lz4_raw", "zstd"] = Field(
+        "snappy", description="Parquet codec of the images table's files (decoded pixels compress little)."
+    )
     deid: DeidConfig = Field(default_factory=DeidConfig)
 
 

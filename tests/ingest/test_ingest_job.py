@@ -17,7 +17,7 @@ from radlake.config import load_config
 from radlake.errors import ConfigError
 from radlake.ingest import job as ingest_job
 from radlake.ingest import run_ingest
-from radlake.ingest.listing import ArchiveNotFoundError, pack_tasks
+from radlake.ingest.listing import ArchiveNotFoundError, ListedFile, list_archive, pack_tasks, unseen_files
 from radlake.synth import SynthConfig, generate_archive
 from radlake.tables import Table, table_ref
 
@@ -58,6 +58,21 @@ def _phi_values(archive: Path) -> set[str]:
     return values
 
 
+def _rle_with_a_cut_frame(index: int) -> bytes:
+    """pydicom-data's 10-frame RLE Enhanced MR with frame ``index`` cut short: earlier frames decode, it fails."""
+    import data_store
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(Path(data_store.__file__).parent / "data" / "emri_small_RLE.dcm")
+    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["radlake-test-frame-cut"])
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    frames[index] = frames[index][:64]
+    ds.PixelData = encapsulate(frames)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     """Synthetic studies plus real pydicom files and hostile inputs."""
@@ -80,6 +95,7 @@ def archive(tmp_path_factory) -> Path:
     buffer = io.BytesIO()
     own.save_as(buffer)
     (bad / "pixels_cut.dcm").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+    (bad / "frame5_cut.dcm").write_bytes(_rle_with_a_cut_frame(5))
     with zipfile.ZipFile(bad / "evil.zip", "w") as zf:
         zf.writestr("../escape.dcm", mr)
         zf.writestr("ok/inside.dcm", (TEST_FILES / "CT_small.dcm").read_bytes())
@@ -108,8 +124,13 @@ def test_every_file_ends_in_exactly_one_table(spark, archive, ingested):
     assert [r.member for r in evil] == ["../escape.dcm"]
     failed_names = {Path(r.path).name for r in quarantine.where("stage = 'header' OR stage = 'source'").collect()}
     assert {"empty.dcm", "notes.txt", "random.dcm", "header_cut.dcm", "labels.json"} <= failed_names
-    pixel_failures = {Path(r.path).name for r in quarantine.where("stage = 'pixels'").collect()}
-    assert pixel_failures == {"pixels_cut.dcm"}
+    pixel_failures = {Path(r.path).name: r for r in quarantine.where("stage = 'pixels'").collect()}
+    assert set(pixel_failures) == {"pixels_cut.dcm", "frame5_cut.dcm"}
+    # A frame that fails ends its instance: the frames before it are kept, the failure names the frame.
+    cut = pixel_failures["frame5_cut.dcm"]
+    assert cut.frame_index == 5
+    kept = _read(spark, cfg, Table.IMAGES).where(F.col("sop_instance_uid") == cut.sop_instance_uid)
+    assert sorted(r.frame_index for r in kept.collect()) == [0, 1, 2, 3, 4]
     ingested_paths = {(r.path, r.member) for r in instances.select("path", "member").collect()}
     quarantined_paths = {(r.path, r.member) for r in quarantine.where("stage <> 'pixels'").collect()}
     assert not ingested_paths & quarantined_paths
@@ -122,7 +143,7 @@ def test_conflicting_duplicate_is_quarantined_not_overwritten(spark, archive, in
     ct_uid = pydicom.dcmread(TEST_FILES / "CT_small.dcm").SOPInstanceUID
     assert instances.where(F.col("sop_instance_uid") == ct_uid).count() == 1
     assert summary.unchanged_instances >= 1
-    assert summary.conflicts == 0 and summary.quarantined == 7  # 6 bad files + the ../ member
+    assert summary.conflicts == 0 and summary.quarantined == 8  # 7 bad files + the ../ member
 
 
 def test_no_phi_reaches_any_table(spark, archive, ingested):
@@ -240,3 +261,35 @@ def test_pack_tasks_balances_bytes():
     assert sorted(load.values()) == [100, 100]
     assert pack_tasks([], partition_bytes=1, partition_files=1, min_tasks=2) == []
     assert len(set(pack_tasks([1] * 10, partition_bytes=10**9, partition_files=3, min_tasks=1))) == 4
+
+
+def test_pack_tasks_balances_cost_and_fills_every_slot():
+    # Three expensive files (e.g. JPEG 2000) and nine cheap ones of the same size.
+    sizes = [100] * 12
+    costs = [18.0] * 3 + [1.0] * 9
+    tasks = pack_tasks(sizes, partition_bytes=10**9, partition_files=100, min_tasks=3, costs=costs, slots=2)
+    assert len(set(tasks)) == 4  # 3 rounded up to a multiple of 2 slots
+    load = {t: sum(c for c, tt in zip(costs, tasks, strict=True) if tt == t) for t in set(tasks)}
+    assert max(load.values()) == 18.0  # each expensive file alone; the cheap ones share the fourth task
+    with pytest.raises(ValueError, match="costs"):
+        pack_tasks(sizes, partition_bytes=1, partition_files=1, min_tasks=1, costs=[1.0])
+
+
+def test_unseen_files_compares_path_size_and_time_with_the_ledger(spark, tmp_path):
+    folder = tmp_path / "listing"
+    (folder / "a").mkdir(parents=True)
+    for name in ("a/one.dcm", "two.dcm", "three.dcm"):
+        (folder / name).write_bytes(b"x" * 10)
+    listed = list_archive(spark, str(folder))
+    assert sorted(Path(f.path.removeprefix("file:")).name for f in listed) == ["one.dcm", "three.dcm", "two.dcm"]
+    assert all(f.path.startswith("file:/") and f.file_size == 10 for f in listed)
+    by_name = {Path(f.path).name: f for f in listed}
+    # The ledger as the job writes it: one.dcm unchanged, two.dcm since modified, three.dcm never seen.
+    changed = by_name["two.dcm"]._replace(modification_time=by_name["two.dcm"].modification_time.replace(year=2001))
+    ledger = spark.createDataFrame(
+        [tuple(by_name["one.dcm"]), tuple(changed)], "path string, file_size long, modification_time timestamp"
+    )
+    unseen = unseen_files(listed, ledger)
+    assert sorted(Path(f.path).name for f in unseen) == ["three.dcm", "two.dcm"]
+    assert isinstance(unseen[0], ListedFile)
+    assert unseen_files([], ledger) == []

@@ -188,9 +188,9 @@ def test_models_notebook_compares_versions_and_moves_the_champion_by_hand(notebo
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(config.models.vertebra, "champion").version) == "1"
     [move] = json.loads(client.get_model_version(config.models.vertebra, "1").tags[HISTORY_TAG])
-    champion_after_training = "2" if json.loads(_section(_output(out, results, "02_train"), "promotion"))[
-        "promoted"
-    ] else before["champion"]
+    champion_after_training = (
+        "2" if json.loads(_section(_output(out, results, "02_train"), "promotion"))["promoted"] else before["champion"]
+    )
     assert move["previous_version"] == champion_after_training
     assert move["reason"] == "test: roll back to version 1" and move["alias"] == "champion"
     versions = model_versions(config, "vertebra")

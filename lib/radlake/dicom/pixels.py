@@ -81,6 +81,45 @@ PREFERRED_DECODERS: dict[str, str] = {
 }
 
 
+#: Decoding time per pixel by transfer syntax, relative to uncompressed data, measured here
+#: on 384x384 16-bit MR frames with the plugins of :data:`PREFERRED_DECODERS` (per frame:
+#: JPEG 2000 lossless 29.6 ms, JPEG-LS 7.5 ms, RLE 2.7 ms, uncompressed 1.6 ms, including
+#: the modality transform and storage encoding). Other compressed syntaxes count as JPEG-LS.
+RELATIVE_DECODE_COST: dict[str, float] = {
+    JPEG2000Lossless: 18.5,
+    JPEG2000: 18.5,
+    JPEGLSLossless: 4.7,
+    JPEGLSNearLossless: 4.7,
+    RLELossless: 1.7,
+}
+_UNCOMPRESSED_NS_PER_PIXEL = 11.0  # 1.6 ms per 384 x 384 frame
+_INSTANCE_OVERHEAD_NS = 1.5e6  # reading, hashing and parsing one instance again
+
+
+def decode_cost(transfer_syntax_uid: str | None, pixel_count: int | None) -> float:
+    """Expected seconds to decode an instance of ``pixel_count`` pixels (all frames) here, one core.
+
+    Used to balance decoding tasks, not as a promise: a JPEG 2000 instance costs far
+    more per byte than an uncompressed one.
+
+    >>> round(decode_cost("1.2.840.10008.1.2.1", 384 * 384), 4)  # Explicit VR Little Endian
+    0.0031
+    >>> round(decode_cost("1.2.840.10008.1.2.4.90", 384 * 384), 4)  # JPEG 2000 lossless
+    0.0315
+    """
+    from pydicom.uid import UID
+
+    syntax = str(transfer_syntax_uid or "")
+    factor = RELATIVE_DECODE_COST.get(syntax)
+    if factor is None:
+        try:
+            compressed = bool(syntax) and UID(syntax).is_compressed
+        except ValueError:  # not a transfer syntax UID: assume the worst common case
+            compressed = True
+        factor = 4.7 if compressed else 1.0
+    return (_INSTANCE_OVERHEAD_NS + factor * _UNCOMPRESSED_NS_PER_PIXEL * max(0, int(pixel_count or 0))) * 1e-9
+
+
 @dataclass(frozen=True)
 class FrameResult:
     """One decoded frame or its failure.

@@ -1,7 +1,10 @@
 """The work that runs on the executors, one Arrow batch at a time (``mapInArrow``).
 
 Two passes, each a plain function of Arrow record batches so that Spark ships it to
-the Python workers and a test can call it without Spark:
+the Python workers and a test can call it without Spark. The job runs them as
+:func:`header_task` and :func:`pixel_task`: a ``spark.range(n_tasks, numPartitions=n_tasks)``
+whose ids index task lists packed on the driver and broadcast, so each Spark task
+gets exactly its files (balanced by expected cost) with no shuffle and no Python RDD:
 
 - :func:`header_pass`: stored file → (archive members →) de-identified header,
   promoted columns and DICOM JSON, or a quarantine record. Reads with
@@ -17,13 +20,16 @@ class and message, so one bad file never fails the job.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from radlake.ingest import schema as S
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
 
 #: Rows buffered before an Arrow batch is yielded (header pass) and bytes (pixel pass).
 HEADER_BATCH_ROWS = 512
@@ -65,18 +71,39 @@ def header_pass(batches: Iterator[pa.RecordBatch], settings: HeaderSettings) -> 
     archive member or file: ``kind`` is ``instance``, ``failure`` or ``skipped``
     (a DICOMDIR, which indexes files but is not an instance).
     """
+    yield from _header_batches((record for batch in batches for record in batch.to_pylist()), settings)
+
+
+def header_task(
+    batches: Iterator[pa.RecordBatch], files: Broadcast, settings: HeaderSettings
+) -> Iterator[pa.RecordBatch]:
+    """:func:`header_pass` over the files of each task id in the input (``spark.range`` ids).
+
+    ``files.value[task]`` is the task's list of ``(path, file_size, modification_time)``,
+    packed on the driver: a ``spark.range(n_tasks, numPartitions=n_tasks)`` then gives
+    each Spark task exactly its files, with no shuffle and no Python RDD in between.
+    """
+    records = (
+        {"path": path, "file_size": size, "modification_time": modified}
+        for batch in batches
+        for task in batch.column(0).to_pylist()
+        for path, size, modified in files.value[task]
+    )
+    yield from _header_batches(records, settings)
+
+
+def _header_batches(records: Iterable[dict[str, Any]], settings: HeaderSettings) -> Iterator[pa.RecordBatch]:
     from radlake.dicom.deid import Deidentifier
 
     _quiet_pydicom()
     out_schema = _arrow_schema(S.HEADER_RESULT)
     deid = Deidentifier(settings.deid_key) if settings.deid_key is not None else None
     rows: list[dict[str, Any]] = []
-    for batch in batches:
-        for record in batch.to_pylist():
-            rows.extend(_header_rows(record, deid, settings))
-            if len(rows) >= HEADER_BATCH_ROWS:
-                yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
-                rows = []
+    for record in records:
+        rows.extend(_header_rows(record, deid, settings))
+        if len(rows) >= HEADER_BATCH_ROWS:
+            yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+            rows = []
     if rows:
         yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
 
@@ -143,12 +170,24 @@ def pixel_pass(batches: Iterator[pa.RecordBatch], settings: PixelSettings) -> It
 
     Yields record batches of :data:`radlake.ingest.schema.PIXEL_RESULT`.
     """
+    yield from _pixel_batches((batch.to_pylist() for batch in batches), settings)
+
+
+def pixel_task(batches: Iterator[pa.RecordBatch], work: Broadcast, settings: PixelSettings) -> Iterator[pa.RecordBatch]:
+    """:func:`pixel_pass` over the instances of each task id in the input (``spark.range`` ids).
+
+    ``work.value[task]`` is the task's list of input records (as :func:`pixel_pass`
+    takes them), packed on the driver by expected decoding cost.
+    """
+    yield from _pixel_batches((work.value[task] for batch in batches for task in batch.column(0).to_pylist()), settings)
+
+
+def _pixel_batches(groups: Iterable[list[dict[str, Any]]], settings: PixelSettings) -> Iterator[pa.RecordBatch]:
     _quiet_pydicom()
     out_schema = _arrow_schema(S.PIXEL_RESULT)
     rows: list[dict[str, Any]] = []
     size = 0
-    for batch in batches:
-        records = batch.to_pylist()
+    for records in groups:
         for row in _pixel_rows(records, settings):
             rows.append(row)
             size += len(row.get("pixels") or b"")

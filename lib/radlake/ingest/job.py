@@ -3,17 +3,17 @@
 Order of work, chosen so that a run killed at any point and started again loses
 nothing and duplicates nothing:
 
-1. list the archive; skip files in the ``ingest_files`` ledger with the same size
-   and modification time;
-2. header pass on the executors (tasks balanced by bytes) → new instances are
+1. list the archive (on the driver: metadata only); skip files in the
+   ``ingest_files`` ledger with the same size and modification time;
+2. header pass on the executors (tasks balanced by bytes and file count) → new instances are
    MERGEd on ``sop_instance_uid`` (insert only), failures and conflicts on
    ``quarantine_id``;
 3. the stacks of every series touched are rebuilt from the whole ``instances``
    table and MERGEd on ``series_key``;
 4. pixel pass over the instances chosen by ``ingest.image_rule`` that have no
    image yet and no pixel failure — taken from the tables, not from this run, so
-   a rerun finishes what a killed run left — MERGEd on (``sop_instance_uid``,
-   ``frame_index``);
+   a rerun finishes what a killed run left — in tasks balanced by expected decoding
+   cost (transfer syntax x pixels), appended in one atomic Delta commit;
 5. the ledger is written last.
 
 Example
@@ -29,7 +29,6 @@ Example
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import uuid
@@ -46,16 +45,22 @@ from pyspark.sql import functions as F
 
 from radlake import __version__
 from radlake.config import RadlakeConfig
+from radlake.dicom.pixels import decode_cost
 from radlake.errors import ConfigError
 from radlake.ingest import schema as S
-from radlake.ingest.executors import HeaderSettings, PixelSettings, header_pass, pixel_pass
-from radlake.ingest.listing import list_archive, pack_tasks
+from radlake.ingest.executors import HeaderSettings, PixelSettings, header_task, pixel_task
+from radlake.ingest.listing import list_archive, normalize_archive, pack_tasks, unseen_files
 from radlake.ingest.series import build_series, series_key_column
 from radlake.spark import on_databricks
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
+    from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
+
+#: Header-pass cost of one stored file beyond its bytes, in byte-equivalents: parsing and
+#: de-identifying a header (~2-3 ms here) costs about as much as reading and hashing 1 MiB.
+HEADER_COST_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -146,9 +151,17 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     if not archive:
         raise ConfigError("No archive given: pass --archive or set ingest.archive.")
     ic = config.ingest
+    phases: dict[str, float] = {}
+    mark = [started]
+
+    def phase(name: str) -> None:
+        now_s = time.perf_counter()
+        phases[name] = round(now_s - mark[0], 2)
+        mark[0] = now_s
+
     check_image_rule(spark, ic.image_rule)
     deid_key = resolve_deid_key(config)
-    listed = list_archive(spark, archive)
+    normalize_archive(archive)  # a missing archive fails before any table is touched
 
     refs = {t: table_ref(config, t) for t in Table}
     for table, struct in (
@@ -162,21 +175,12 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     run_id = uuid.uuid4().hex
     now = datetime.now(UTC)
     run_columns = {"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now), "radlake_version": F.lit(__version__)}
-
-    phases: dict[str, float] = {}
-    mark = [time.perf_counter()]
-
-    def phase(name: str) -> None:
-        now_s = time.perf_counter()
-        phases[name] = round(now_s - mark[0], 2)
-        mark[0] = now_s
-
     phase("setup")
+
     # 1. What is new since the ledger.
-    ledger = refs[Table.INGEST_FILES].read(spark).select("path", "file_size", "modification_time")
-    new_files = listed.join(ledger, ["path", "file_size", "modification_time"], "left_anti")
-    files = new_files.collect()  # metadata only: path, size, time
-    files_seen = listed.count()
+    listed = list_archive(spark, archive)
+    files = unseen_files(listed, refs[Table.INGEST_FILES].read(spark))
+    files_seen = len(listed)
     phase("list")
     if not files:  # the ledger is written last, so a complete ledger means nothing is left to do
         return IngestSummary(
@@ -203,23 +207,23 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         max_header_json_bytes=ic.max_header_json_bytes,
         oblique_tolerance_deg=ic.oblique_tolerance_deg,
     )
-    min_tasks = 2 * spark.sparkContext.defaultParallelism
+    slots = spark.sparkContext.defaultParallelism
     assignment = pack_tasks(
-        [int(r["file_size"]) for r in files],
+        [f.file_size for f in files],
         partition_bytes=ic.partition_bytes,
         partition_files=ic.partition_files,
-        min_tasks=min_tasks,
+        min_tasks=2 * slots,
+        costs=[HEADER_COST_FILE_BYTES + f.file_size for f in files],
+        slots=slots,
     )
-    n_tasks = max(assignment, default=0) + 1
-    groups: list[list] = [[] for _ in range(n_tasks)]
+    n_tasks = max(assignment) + 1
+    groups: list[list[tuple]] = [[] for _ in range(n_tasks)]
     for task, file in zip(assignment, files, strict=True):
-        groups[task].append(file)
-    # One list per slice: each task gets exactly its packed files, without a shuffle.
-    files_rdd = spark.sparkContext.parallelize(groups, n_tasks).flatMap(lambda group: group)
-    file_schema = new_files.schema
+        groups[task].append(tuple(file))
+    task_files = spark.sparkContext.broadcast(groups)
     results = (
-        spark.createDataFrame(files_rdd, file_schema)
-        .mapInArrow(partial(header_pass, settings=header_settings), S.HEADER_RESULT)
+        spark.range(n_tasks, numPartitions=n_tasks)
+        .mapInArrow(partial(header_task, files=task_files, settings=header_settings), S.HEADER_RESULT)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
 
@@ -291,7 +295,8 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         ).alias("error_message"),
     )
     quarantine_new = _quarantine_rows(header_failures.unionByName(conflict_rows), run_id, now)
-    n_quarantined = int(results.where("kind = 'failure'").count()) + n_conflicts
+    kinds = {r["kind"]: r["count"] for r in results.groupBy("kind").count().collect()}
+    n_quarantined = kinds.get("failure", 0) + n_conflicts
     refs[Table.QUARANTINE].merge(spark, quarantine_new, keys=["quarantine_id"])
     refs[Table.INSTANCES].merge(spark, new_instances, keys=["sop_instance_uid"])
     phase("merge_instances_quarantine")
@@ -324,9 +329,10 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         keys=["path", "file_size", "modification_time"],
     )
     phase("ledger")
-    dicomdirs = results.where("kind = 'skipped'").count()
+    dicomdirs = kinds.get("skipped", 0)
     classified.unpersist()
     results.unpersist()
+    task_files.destroy()
     return IngestSummary(
         run_id=run_id,
         archive=str(archive),
@@ -400,44 +406,42 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         "slice_indices",
         "instance_size",
         F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1)).alias("expected_frames"),
+        F.coalesce(
+            F.col("rows").cast("long")
+            * F.col("columns")
+            * F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1)),
+            F.lit(0),
+        ).alias("pixel_count"),
+        "transfer_syntax_uid",
     )
-    stats = work.agg(
-        F.count("*").alias("n"), F.sum("instance_size").alias("bytes"), F.sum("expected_frames").alias("frames")
-    ).first()
-    if not stats["n"]:
+    # The work list is metadata (no pixels), packed into tasks on the driver.
+    records = [row.asDict(recursive=True) for row in work.collect()]
+    if not records:
         return 0, 0
-    n_tasks = max(
-        math.ceil((stats["bytes"] or 0) / ic.partition_bytes),
-        math.ceil(stats["n"] / ic.partition_files),
-        2 * spark.sparkContext.defaultParallelism,
-    )
     settings = PixelSettings(max_member_bytes=ic.max_member_bytes, max_decoded_bytes=ic.max_decoded_bytes)
-    decode = partial(pixel_pass, settings=settings)
-    frames = (
-        work.repartition(min(n_tasks, stats["n"]), "path")
-        .sortWithinPartitions("path", "member")
-        .mapInArrow(decode, S.PIXEL_RESULT)
-    )
+    frames, task_work = _decode_tasks(spark, records, settings, ic)
     # The frames stream straight into one append (decoded pixels are never cached: that cost
     # more than the decoding). An append, not a MERGE: ``todo`` already left out every
     # instance with an image, and a Delta commit is atomic, so a killed run leaves all of
     # these rows or none.
     image_columns = [f.name for f in S.IMAGES.fields]
-    _append(refs[Table.IMAGES], frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns))
-    written = refs[Table.IMAGES].read(spark).where(F.col("ingest_run_id") == run_id).groupBy("sop_instance_uid").count()
-    n_images = int(written.agg(F.sum("count")).first()[0] or 0)
-    if n_images >= int(stats["frames"] or 0):
-        return n_images, 0  # every instance gave all its frames: nothing failed
+    _append(
+        refs[Table.IMAGES],
+        frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns),
+        compression=ic.images_compression,
+    )
+    task_work.destroy()
+    written = refs[Table.IMAGES].read(spark).where(F.col("ingest_run_id") == run_id).groupBy("sop_instance_uid")
+    frames_written = {r[0]: int(r[1]) for r in written.count().collect()}
+    n_images = sum(frames_written.values())
     # Failures were not kept by the write; they are the instances that got fewer frames than
     # they hold (rare), decoded once more to record why.
-    short = (
-        work.join(written, "sop_instance_uid", "left")
-        .where(F.coalesce("count", F.lit(0)) < F.col("expected_frames"))
-        .drop("count")
-    )
+    short = [r for r in records if frames_written.get(r["sop_instance_uid"], 0) < r["expected_frames"]]
+    if not short:
+        return n_images, 0
+    retried, task_work = _decode_tasks(spark, short, settings, ic)
     failures = (
-        short.mapInArrow(decode, S.PIXEL_RESULT)
-        .where("kind = 'failure'")
+        retried.where("kind = 'failure'")
         .join(instances.select("sop_instance_uid", "file_size", "modification_time"), "sop_instance_uid")
         .select(
             "path",
@@ -454,14 +458,49 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         .persist(StorageLevel.MEMORY_AND_DISK)  # small: no pixels
     )
     n_failures = failures.count()
+    task_work.destroy()
     if n_failures:
         refs[Table.QUARANTINE].merge(spark, _quarantine_rows(failures, run_id, now), keys=["quarantine_id"])
     failures.unpersist()
     return n_images, n_failures
 
 
-def _append(ref, df: DataFrame) -> None:
+def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic) -> tuple[DataFrame, Broadcast]:
+    """The pixel pass over ``records`` (metadata rows), packed into tasks of even expected decoding cost.
+
+    A JPEG 2000 frame costs ~18x an uncompressed one (:func:`radlake.dicom.pixels.decode_cost`);
+    the members of one stored file stay in one task, in member order, so that a zip or
+    tar file is opened once. Returns the frames (lazy) and the broadcast task lists, to be
+    destroyed once the frames are written.
+    """
+    by_path: dict[str, list[dict]] = {}
+    for record in records:
+        by_path.setdefault(record["path"], []).append(record)
+    paths = list(by_path)
+    slots = spark.sparkContext.defaultParallelism
+    assignment = pack_tasks(
+        [sum(r["instance_size"] or 0 for r in by_path[p]) for p in paths],
+        partition_bytes=ic.partition_bytes,
+        partition_files=ic.partition_files,
+        min_tasks=2 * slots,
+        costs=[sum(decode_cost(r["transfer_syntax_uid"], r["pixel_count"]) for r in by_path[p]) for p in paths],
+        slots=slots,
+    )
+    n_tasks = max(assignment) + 1
+    groups: list[list[dict]] = [[] for _ in range(n_tasks)]
+    for task, path in zip(assignment, paths, strict=True):
+        groups[task].extend(sorted(by_path[path], key=lambda r: r["member"] or ""))
+    task_work = spark.sparkContext.broadcast(groups)
+    frames = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(
+        partial(pixel_task, work=task_work, settings=settings), S.PIXEL_RESULT
+    )
+    return frames, task_work
+
+
+def _append(ref, df: DataFrame, *, compression: str | None = None) -> None:
     writer = df.write.format("delta").mode("append")
+    if compression:
+        writer = writer.option("compression", compression)
     writer.saveAsTable(ref.name) if ref.name else writer.save(ref.path)
 
 

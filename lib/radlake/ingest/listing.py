@@ -17,7 +17,7 @@ import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from radlake.errors import RadlakeError
 
@@ -49,53 +49,81 @@ def normalize_archive(archive: str) -> str:
     return str(path.resolve())
 
 
-def list_archive(spark: SparkSession, archive: str) -> DataFrame:
-    """Every stored file under ``archive``: ``path`` (URI), ``file_size`` (bytes), ``modification_time``.
+class ListedFile(NamedTuple):
+    """One stored file of the archive: metadata only."""
+
+    path: str
+    """URI (``file:/...`` locally)."""
+    file_size: int
+    """Bytes."""
+    modification_time: datetime
+    """UTC, millisecond precision (as Hadoop's file systems report it)."""
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """(path, size, modification time in epoch milliseconds): what the ledger compares."""
+        return self.path, self.file_size, _epoch_ms(self.modification_time)
+
+
+def list_archive(spark: SparkSession, archive: str) -> list[ListedFile]:
+    """Every stored file under ``archive``, on the driver (metadata only, no content is read).
 
     Local folders (and FUSE mounts such as ``/Volumes``) are walked in Python; URIs go
-    through Hadoop's ``FileSystem.listFiles`` on the driver (metadata only), which works
-    for every file system Spark reads. Unlike the ``binaryFile`` source both keep
-    zero-byte and hidden (``_``/``.``) files, so that those reach the quarantine too.
-    Where the JVM is not reachable (Spark Connect) URIs fall back to ``binaryFile``.
-    """
-    from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+    through Hadoop's ``FileSystem.listFiles`` on the driver, which works for every file
+    system Spark reads. Unlike the ``binaryFile`` source both keep zero-byte and hidden
+    (``_``/``.``) files, so that those reach the quarantine too. Where the JVM is not
+    reachable (Spark Connect) URIs fall back to ``binaryFile``'s listing.
 
+    Raises
+    ------
+    ArchiveNotFoundError
+        If a local archive path does not exist.
+    """
     location = normalize_archive(archive)
-    schema = StructType(
-        [
-            StructField("path", StringType(), False),
-            StructField("file_size", LongType(), False),
-            StructField("modification_time", TimestampType(), False),
-        ]
-    )
     if "://" not in location:  # local folder or FUSE mount (/Volumes): a plain walk, much faster than py4j
-        return spark.createDataFrame(list(_walk_local(location)), schema)
+        return list(_walk_local(location))
     jvm = getattr(spark, "_jvm", None) or getattr(spark.sparkContext, "_jvm", None)
     if jvm is None:  # Spark Connect: no driver JVM access
         reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-        return reader.load(location).selectExpr("path", "length AS file_size", "modificationTime AS modification_time")
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(location if "://" in location else Path(location).as_uri())
+        listed = reader.load(location).select("path", "length", "modificationTime").collect()
+        return [ListedFile(r[0], int(r[1]), _utc(r[2])) for r in listed]
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(location)
     fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     rows = []
     files = fs.listFiles(hadoop_path, True)
     while files.hasNext():
         status = files.next()
         if status.isFile():
-            rows.append(
-                (
-                    status.getPath().toString(),
-                    int(status.getLen()),
-                    datetime.fromtimestamp(status.getModificationTime() / 1000, tz=UTC),
-                )
-            )
-    return spark.createDataFrame(rows, schema)
+            modified = datetime.fromtimestamp(status.getModificationTime() / 1000, tz=UTC)
+            rows.append(ListedFile(status.getPath().toString(), int(status.getLen()), modified))
+    return rows
+
+
+def unseen_files(listed: list[ListedFile], ledger: DataFrame) -> list[ListedFile]:
+    """The files of ``listed`` that the ledger does not hold with the same size and modification time.
+
+    Only the ledger rows under the listed paths' common folder are read (path, size and
+    time: metadata), and the comparison runs on the driver, where the listing already is.
+    """
+    from pyspark.sql import functions as F
+
+    if not listed:
+        return []
+    prefix = os.path.commonprefix([f.path for f in listed])
+    known = {
+        (r[0], int(r[1]), int(r[2]))
+        for r in ledger.where(F.col("path").startswith(prefix))
+        .select("path", "file_size", F.unix_millis("modification_time").alias("ms"))
+        .collect()
+    }
+    return [f for f in listed if f.key not in known]
 
 
 def _walk_local(root: str):
     """(``file:`` URI, size, modification time) of every file below ``root``, links not followed."""
     if os.path.isfile(root):
         stat = os.stat(root)
-        yield f"file:{root}", stat.st_size, _mtime(stat)
+        yield ListedFile(f"file:{root}", stat.st_size, _mtime(stat))
         return
     stack = [root]
     while stack:
@@ -105,7 +133,16 @@ def _walk_local(root: str):
                     stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
                     stat = entry.stat(follow_symlinks=False)
-                    yield f"file:{entry.path}", stat.st_size, _mtime(stat)
+                    yield ListedFile(f"file:{entry.path}", stat.st_size, _mtime(stat))
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return round(_utc(moment).timestamp() * 1000)
+
+
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC datetime; a naive one is taken as the local time (as Spark's collect gives it)."""
+    return moment.astimezone(UTC)
 
 
 def _mtime(stat: os.stat_result) -> datetime:
@@ -113,19 +150,32 @@ def _mtime(stat: os.stat_result) -> datetime:
     return datetime.fromtimestamp((stat.st_mtime_ns // 1_000_000) / 1000, tz=UTC)
 
 
-def pack_tasks(sizes: list[int], *, partition_bytes: int, partition_files: int, min_tasks: int) -> list[int]:
-    """Assign files to tasks balanced by bytes (longest-processing-time-first).
+def pack_tasks(
+    sizes: list[int],
+    *,
+    partition_bytes: int,
+    partition_files: int,
+    min_tasks: int,
+    costs: list[float] | None = None,
+    slots: int = 1,
+) -> list[int]:
+    """Assign files to tasks balanced by cost (longest-processing-time-first).
 
     Parameters
     ----------
     sizes
-        Stored size of each file, bytes.
+        Stored size of each file, bytes: they set how many tasks there are.
     partition_bytes
         Target stored bytes per task.
     partition_files
         Most files per task.
     min_tasks
         At least this many tasks when there are enough files (e.g. 2 x cores).
+    costs
+        Expected work of each file (any unit), balanced across tasks; default ``sizes``.
+    slots
+        Task slots of the cluster: the number of tasks is rounded up to a multiple of
+        it, so that the last wave of tasks keeps every slot busy.
 
     Returns
     -------
@@ -136,16 +186,21 @@ def pack_tasks(sizes: list[int], *, partition_bytes: int, partition_files: int, 
     --------
     >>> pack_tasks([10, 1, 1, 8], partition_bytes=10, partition_files=10, min_tasks=2)
     [0, 1, 1, 1]
+    >>> pack_tasks([10, 1, 1, 8], partition_bytes=10, partition_files=10, min_tasks=2, costs=[1, 5, 5, 1])
+    [0, 0, 1, 1]
     """
     if not sizes:
         return []
+    weights = list(costs) if costs is not None else sizes
+    if len(weights) != len(sizes):
+        raise ValueError(f"Argument 'costs' has {len(weights)} values for {len(sizes)} files.")
     total = sum(sizes)
     n_tasks = max(math.ceil(total / partition_bytes), math.ceil(len(sizes) / partition_files), min_tasks)
-    n_tasks = min(n_tasks, len(sizes))
-    heap = [(0, 0, task) for task in range(n_tasks)]  # (bytes, files, task)
+    n_tasks = min(math.ceil(n_tasks / max(1, slots)) * max(1, slots), len(sizes))
+    heap = [(0.0, 0, task) for task in range(n_tasks)]  # (cost, files, task)
     assignment = [0] * len(sizes)
-    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+    for index in sorted(range(len(sizes)), key=lambda i: -weights[i]):
         load, files, task = heapq.heappop(heap)
         assignment[index] = task
-        heapq.heappush(heap, (load + sizes[index], files + 1, task))
+        heapq.heappush(heap, (load + weights[index], files + 1, task))
     return assignment
