@@ -10,7 +10,10 @@ own process so that start-up and memory are measured cleanly:
   ``mapInPandas`` with ``dcmread(defer_size=1000, stop_before_pixels=True)`` and
   ``to_json_dict()``, appended to a Delta table (headers only, no pixels);
 - ``radlake``: ``run_ingest`` on ``local[2]`` (header + pixels + series + de-identification),
-  then a no-op re-run; and once more on a quarter of the files for the memory scaling.
+  then a no-op re-run; and once more on a quarter of the files for the memory scaling;
+- ``radlake_headers_only``: ``run_ingest`` with an image rule that selects nothing
+  (``1 = 0``): the same work as the peer plus series, de-identification and the ledger,
+  to show how much of the gap to the peer is pixel decoding.
 
 Run: ``python -m bench ingest [--files 10000]``.
 """
@@ -25,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from bench.common import WORK, Timer, TreeMemory, synthetic_archive, write_result
@@ -107,11 +111,13 @@ def _peer_parse(batches):
         yield pd.DataFrame(rows, columns=["path", "meta"])
 
 
-def _spark(root: Path):
+def _spark(root: Path, *overrides: str):
     from radlake.config import load_config
     from radlake.spark import get_spark
 
-    config = load_config(overrides=[f"storage.root={root}", "spark.master=local[2]", "spark.shuffle_partitions=2"])
+    config = load_config(
+        overrides=[f"storage.root={root}", "spark.master=local[2]", "spark.shuffle_partitions=2", *overrides]
+    )
     with Timer() as startup:
         spark = get_spark(config)
         spark.range(1).count()
@@ -137,12 +143,12 @@ def run_peer(archive: Path, root: Path) -> dict:
     }
 
 
-def run_radlake(archive: Path, root: Path) -> dict:
+def run_radlake(archive: Path, root: Path, overrides: tuple[str, ...] = ()) -> dict:
     from radlake.ingest import run_ingest
 
     os.environ.setdefault("RADLAKE_DEID_KEY", "bench-key")
     with TreeMemory() as memory:
-        spark, config, startup = _spark(root)
+        spark, config, startup = _spark(root, *overrides)
         with Timer() as first:
             summary = run_ingest(spark, config, archive=str(archive))
         with Timer() as again:
@@ -175,12 +181,17 @@ def _in_subprocess(mode: str, archive: Path, root: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(prog="bench ingest")
     parser.add_argument("--files", type=int, default=10_000, help="at least this many DICOM files (384x384, 16-bit)")
-    parser.add_argument("--mode", choices=["limit", "peer", "radlake"], help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["limit", "peer", "radlake", "radlake_headers"], help=argparse.SUPPRESS)
     parser.add_argument("--archive", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.mode:  # one measurement, in this fresh process
-        runner = {"limit": run_limit, "peer": run_peer, "radlake": run_radlake}[args.mode]
+        runner = {
+            "limit": run_limit,
+            "peer": run_peer,
+            "radlake": run_radlake,
+            "radlake_headers": partial(run_radlake, overrides=("ingest.image_rule=1 = 0",)),
+        }[args.mode]
         print(json.dumps(runner(Path(args.archive), Path(args.root))))
         return None
 
@@ -193,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     peer = _in_subprocess("peer", archive, WORK / "peer-root")
     ours = _in_subprocess("radlake", archive, WORK / "radlake-root")
     small = _in_subprocess("radlake", quarter, WORK / "radlake-root-quarter")
+    headers = _in_subprocess("radlake_headers", archive, WORK / "radlake-root-headers")
     memory_growth = ours["peak_rss_mb"] / small["peak_rss_mb"] - 1
     result = {
         "files": ours["files"],
@@ -202,11 +214,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         "peer": peer,
         "radlake": ours,
         "radlake_quarter_files": small,
+        "radlake_headers_only": headers,
         "ratios": {
             "radlake_vs_limit_files_per_s": ours["files_per_s"] / limit["files_per_s"],
             "radlake_vs_peer_files_per_s": ours["files_per_s"] / peer["files_per_s"],
             "rerun_vs_first_run_time": ours["rerun_seconds"] / ours["seconds"],
             "peak_memory_growth_4x_files": memory_growth,
+            "radlake_headers_only_vs_peer_files_per_s": headers["files_per_s"] / peer["files_per_s"],
         },
         "targets": {
             "radlake_vs_limit_files_per_s": ">= 0.5",
