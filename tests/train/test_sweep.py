@@ -65,7 +65,7 @@ def sweep(spark, labelled_archive, tmp_path_factory):
     from mlflow.optuna.storage import MlflowStorage
 
     from radlake.cli import main
-    from radlake.train.sweep import run_sweep
+    from radlake.train.sweep import run_sweep, trial_run_id
 
     root = tmp_path_factory.mktemp("sweep")
     warehouse = Path(table_ref(labelled_archive.config, Table.IMAGES).path).parent
@@ -88,7 +88,7 @@ def sweep(spark, labelled_archive, tmp_path_factory):
         args += ["--set", item]
     assert main(args) == 0
     second = json.loads(summary.read_text())
-    return cfg, first, second, str(stale._trial_id)
+    return cfg, first, second, trial_run_id(stale)
 
 
 def _children(parent_run_id: str, experiment_id: str):

@@ -67,3 +67,23 @@ def test_common_widgets_and_overrides(monkeypatch):
     assert split_overrides(" a.b=1; ;c.d=x y ") == ["a.b=1", "c.d=x y"]
     with pytest.raises(ValueError, match="not one of"):
         Widget("detector", "disc", choices=("vertebra",))
+
+
+def test_start_loads_the_conf_and_starts_spark_only_when_used(tmp_path, monkeypatch):
+    import mlflow
+
+    from radlake.workflow.notebook import Notebook
+
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    monkeypatch.setenv("RADLAKE_NOTEBOOK_OUT", str(tmp_path / "out"))
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        nb = Notebook.start("04_models", argv=["--set", f"storage.root={tmp_path}; spark.master=local[1]"])
+    finally:  # start points MLflow at this notebook's stores: give the other tests theirs back
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+    assert nb.config.storage.root_dir == tmp_path and nb.out_dir == tmp_path / "out"
+    assert nb._spark is None  # a notebook reading only MLflow never starts Spark
+    calls = []
+    monkeypatch.setattr("radlake.spark.get_spark", lambda config: calls.append(config) or "session")
+    assert nb.spark == "session" and nb.spark == "session" and calls == [nb.config]

@@ -347,7 +347,7 @@ def train_detector(
         run_name=run_name or f"train-{detector}", nested=parent is not None, experiment_id=experiment_id
     ) as run:
         log_run_config(config, data, tags)
-        _log_dataset_inputs(spark, config, stage, pinned)
+        log_dataset_inputs(spark, config, stage, pinned)
         from radlake.train.worker import train_worker
 
         distributor = TorchDistributor(
@@ -372,7 +372,7 @@ def train_detector(
     )
 
 
-def _log_dataset_inputs(
+def log_dataset_inputs(
     spark: SparkSession, config: RadlakeConfig, stage: DetectorStage, pinned: Mapping[str, int]
 ) -> None:
     """Each table the view reads, at its pinned version, as an MLflow dataset input."""

@@ -49,8 +49,8 @@ from radlake.errors import ConfigError
 from radlake.tracking import configure_mlflow, detector_experiment
 from radlake.train.run import (
     TrainingData,
-    _log_dataset_inputs,
     get_stage,
+    log_dataset_inputs,
     log_run_config,
     prepare_training_data,
     worker_settings,
@@ -69,6 +69,14 @@ PRUNED_REASON_TAG = "radlake.pruned_reason"
 ERROR_TAG = "radlake.error"
 #: Longest error text kept in a tag (MLflow allows 8,000 characters).
 MAX_TAG_CHARS = 4000
+
+
+def trial_run_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> str:
+    """The MLflow run id of a trial: with ``MlflowStorage`` a trial's storage id is its run id.
+
+    Optuna has no public accessor for the storage id, so this reads ``_trial_id`` in one place.
+    """
+    return str(trial._trial_id)
 
 
 @dataclass(frozen=True)
@@ -122,8 +130,7 @@ class TrialObjective:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri)
         client = mlflow.MlflowClient()
-        # With MlflowStorage a trial's id is its MLflow run id (Optuna has no public accessor).
-        run_id = str(trial._trial_id)
+        run_id = trial_run_id(trial)
         client.set_tag(run_id, "mlflow.runName", f"{self.study_name}-trial-{trial.number:03d}")
         client.set_tag(run_id, "radlake.sweep", self.study_name)
         client.set_tag(run_id, "radlake.trial_number", str(trial.number))
@@ -281,12 +288,12 @@ def mark_interrupted(study: optuna.Study, storage) -> list[int]:
     client = mlflow.MlflowClient()
     numbers = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        run_id = str(trial._trial_id)
+        run_id = trial_run_id(trial)
         client.set_tag(
             run_id, ERROR_TAG, "interrupted: the sweep stopped while this trial ran; marked failed on resume"
         )
         client.set_tag(run_id, "radlake.interrupted", "true")
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)  # the storage id itself
         numbers.append(trial.number)
     return numbers
 
@@ -399,7 +406,7 @@ def run_sweep(
                 }
             )
             mlflow.log_text(config_as_yaml(data.config), "config/config.yml")
-            _log_dataset_inputs(spark, data.config, stage, data.pinned)
+            log_dataset_inputs(spark, data.config, stage, data.pinned)
         mlflow.log_text(space_path.read_text(), "sweep/space.yml")
         mlflow.set_tags(
             {
@@ -462,7 +469,7 @@ def _finish(spark, config, data, stage, study, storage, name, metric, register, 
     registry = None
     tags = {"radlake.sweep.states": json.dumps(states, sort_keys=True)}
     if best is not None:
-        best_run = str(best._trial_id)
+        best_run = trial_run_id(best)
         if stage.evaluate is not None:  # the Schmorl's end-to-end metrics need Spark: on the driver
             extra = stage.evaluate(spark, data.config, data.pinned, f"runs:/{best_run}/model")
             now = int(time.time() * 1000)
@@ -503,7 +510,7 @@ def _finish(spark, config, data, stage, study, storage, name, metric, register, 
         resumed=resumed,
         states=states,
         best_trial=best.number if best else None,
-        best_run_id=str(best._trial_id) if best else None,
+        best_run_id=trial_run_id(best) if best else None,
         best_value=float(best.value) if best and not math.isnan(best.value) else None,
         registry=registry.as_dict() if registry else None,
         leaderboard=board,

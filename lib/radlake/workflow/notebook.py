@@ -134,14 +134,27 @@ def _conf_dir_beside_notebooks() -> None:
 
 @dataclass
 class Notebook:
-    """A running notebook: its parameters, configuration, Spark session and output folder."""
+    """A running notebook: its parameters, configuration, Spark session and output folder.
+
+    The Spark session is started on first use of :attr:`spark`: a notebook that only
+    reads MLflow (``04_models``) never starts one.
+    """
 
     name: str
     params: dict[str, str]
     config: RadlakeConfig
-    spark: SparkSession
     out_dir: Path
     figures: list[Path] = field(default_factory=list)
+    _spark: SparkSession | None = field(default=None, repr=False)
+
+    @property
+    def spark(self) -> SparkSession:
+        """The Spark session of :attr:`config` (Databricks' own there), started on first use."""
+        if self._spark is None:
+            from radlake.spark import get_spark
+
+            self._spark = get_spark(self.config)
+        return self._spark
 
     @classmethod
     def start(
@@ -152,23 +165,21 @@ class Notebook:
         argv: Sequence[str] | None = None,
         dbutils: Any | None = None,
     ) -> Notebook:
-        """Read the parameters, load the configuration, get the Spark session and point MLflow at its stores.
+        """Read the parameters, load the configuration and point MLflow at its stores (Spark starts on first use).
 
         Raises
         ------
         ConfigError
             If ``conf`` names no configuration or ``set`` has an unknown key or a bad value.
         """
-        from radlake.spark import get_spark
         from radlake.tracking import configure_mlflow
 
         params = read_widgets([*common_widgets(), *widgets], argv=argv, dbutils=dbutils)
         _conf_dir_beside_notebooks()
         config = load_config(params["conf"], overrides=split_overrides(params["set"]))
-        spark = get_spark(config)
         configure_mlflow(config)
         out_dir = Path(os.environ.get(OUT_DIR_ENV) or config.storage.work_dir / "notebooks" / name)
-        return cls(name=name, params=params, config=config, spark=spark, out_dir=out_dir)
+        return cls(name=name, params=params, config=config, out_dir=out_dir)
 
     def show(self, obj: Any, *, title: str | None = None, rows: int = 20) -> Path | None:
         """Show a table or a figure: ``display`` on Databricks, printed or saved as PNG locally.
