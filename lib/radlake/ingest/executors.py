@@ -1,15 +1,14 @@
 """The work that runs on the executors, one Arrow batch at a time (``mapInArrow``).
 
-Two passes, each a plain function of Arrow record batches so that Spark ships it to
-the Python workers and a test can call it without Spark. The job runs them as
-:func:`header_task` and :func:`pixel_task`: a ``spark.range(n_tasks, numPartitions=n_tasks)``
+Two passes, each a plain function of Arrow record batches that Spark ships to the
+Python workers. The job runs each over a ``spark.range(n_tasks, numPartitions=n_tasks)``
 whose ids index task lists packed on the driver and broadcast, so each Spark task
 gets exactly its files (balanced by expected cost) with no shuffle and no Python RDD:
 
-- :func:`header_pass`: stored file → (archive members →) de-identified header,
+- :func:`header_task`: stored file → (archive members →) de-identified header,
   promoted columns and DICOM JSON, or a quarantine record. Reads with
   ``stop_before_pixels``; nothing is decoded.
-- :func:`pixel_pass`: selected instances → one decoded frame per row, compactly
+- :func:`pixel_task`: selected instances → one decoded frame per row, compactly
   encoded, or a quarantine record. Frames are decoded one at a time and a file
   whose decoded size would exceed the limit is refused before decoding.
 
@@ -64,20 +63,14 @@ def _failure_fields(failure) -> dict[str, Any]:
     return {"stage": str(stage), "error_class": failure.error_class, "error_message": failure.message}
 
 
-def header_pass(batches: Iterator[pa.RecordBatch], settings: HeaderSettings) -> Iterator[pa.RecordBatch]:
-    """Parse every stored file of the input batches (columns ``path``, ``file_size``, ``modification_time``).
+def header_task(
+    batches: Iterator[pa.RecordBatch], files: Broadcast, settings: HeaderSettings
+) -> Iterator[pa.RecordBatch]:
+    """Parse the stored files of each task id in the input (``spark.range`` ids).
 
     Yields record batches of :data:`radlake.ingest.schema.HEADER_RESULT`, one row per
     archive member or file: ``kind`` is ``instance``, ``failure`` or ``skipped``
     (a DICOMDIR, which indexes files but is not an instance).
-    """
-    yield from _header_batches((record for batch in batches for record in batch.to_pylist()), settings)
-
-
-def header_task(
-    batches: Iterator[pa.RecordBatch], files: Broadcast, settings: HeaderSettings
-) -> Iterator[pa.RecordBatch]:
-    """:func:`header_pass` over the files of each task id in the input (``spark.range`` ids).
 
     ``files.value[task]`` is the task's list of ``(path, file_size, modification_time)``,
     packed on the driver: a ``spark.range(n_tasks, numPartitions=n_tasks)`` then gives
@@ -159,25 +152,14 @@ class PixelSettings:
     max_decoded_bytes: int
 
 
-def pixel_pass(batches: Iterator[pa.RecordBatch], settings: PixelSettings) -> Iterator[pa.RecordBatch]:
-    """Decode the selected instances of the input batches into frames.
-
-    Input columns: ``path``, ``member``, ``content_sha256``, ``sop_instance_uid``,
-    ``series_key``, ``study_instance_uid``, ``series_instance_uid``, ``plane``,
-    ``pixel_spacing`` and ``slice_indices`` (slice index in the ordered stack of
-    each frame, by frame index). Rows of one stored file should be adjacent: a
-    zip/tar file is then opened once for all its members.
-
-    Yields record batches of :data:`radlake.ingest.schema.PIXEL_RESULT`.
-    """
-    yield from _pixel_batches((batch.to_pylist() for batch in batches), settings)
-
-
 def pixel_task(batches: Iterator[pa.RecordBatch], work: Broadcast, settings: PixelSettings) -> Iterator[pa.RecordBatch]:
-    """:func:`pixel_pass` over the instances of each task id in the input (``spark.range`` ids).
+    """Decode the instances of each task id in the input (``spark.range`` ids) into frames.
 
-    ``work.value[task]`` is the task's list of input records (as :func:`pixel_pass`
-    takes them), packed on the driver by expected decoding cost.
+    ``work.value[task]`` is the task's list of records (``path``, ``member``,
+    ``content_sha256``, ``sop_instance_uid``, ``series_key``, ``study_instance_uid``,
+    ``series_instance_uid``, ``plane``, ``pixel_spacing``, ``slice_indices``), packed on
+    the driver by expected decoding cost, the members of one stored file adjacent so a
+    zip/tar file is opened once. Yields record batches of :data:`radlake.ingest.schema.PIXEL_RESULT`.
     """
     yield from _pixel_batches((work.value[task] for batch in batches for task in batch.column(0).to_pylist()), settings)
 
