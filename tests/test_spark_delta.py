@@ -77,3 +77,14 @@ def test_mlflow_sqlite_store_logs_and_reads_back(config):
     assert got.data.metrics["m"] == 0.5
     assert str(config.storage.root_dir / "mlartifacts") in got.info.artifact_uri
     assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/note.txt") == "hello"
+
+
+def test_local_driver_runs_with_the_configured_java_options(spark, config):
+    """The driver JVM is launched with ``spark.driver_java_options`` (default: the throughput collector, C1 only)."""
+    jvm = spark.sparkContext._jvm
+    arguments = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert "-XX:+UseParallelGC" in config.spark.driver_java_options.split()
+    for option in config.spark.driver_java_options.split():
+        assert option in arguments
+    collectors = [bean.getName() for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()]
+    assert "PS Scavenge" in collectors, collectors

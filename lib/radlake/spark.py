@@ -197,7 +197,9 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.warehouse.dir", str(config.storage.warehouse_dir))
         .config("spark.driver.memory", sc.driver_memory)
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={root / 'derby'}")
+        .config(
+            "spark.driver.extraJavaOptions", f"-Dderby.system.home={root / 'derby'} {sc.driver_java_options}".strip()
+        )
         .config("spark.local.dir", str(root / "spark-tmp"))
         .config("spark.sql.shuffle.partitions", str(sc.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

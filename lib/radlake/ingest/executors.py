@@ -58,6 +58,14 @@ def _arrow_schema(struct) -> pa.Schema:
     return to_arrow_schema(struct)
 
 
+def _record_batch(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.RecordBatch:
+    """``rows`` as one record batch of ``schema``, built column by column (missing keys are null).
+
+    Same result as ``pa.RecordBatch.from_pylist`` at less than half its cost per row here.
+    """
+    return pa.RecordBatch.from_pydict({name: [row.get(name) for row in rows] for name in schema.names}, schema=schema)
+
+
 def _failure_fields(failure) -> dict[str, Any]:
     stage = getattr(failure.stage, "value", failure.stage)
     return {"stage": str(stage), "error_class": failure.error_class, "error_message": failure.message}
@@ -95,10 +103,10 @@ def _header_batches(records: Iterable[dict[str, Any]], settings: HeaderSettings)
     for record in records:
         rows.extend(_header_rows(record, deid, settings))
         if len(rows) >= HEADER_BATCH_ROWS:
-            yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+            yield _record_batch(rows, out_schema)
             rows = []
     if rows:
-        yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+        yield _record_batch(rows, out_schema)
 
 
 def _header_rows(record: dict[str, Any], deid, settings: HeaderSettings) -> Iterator[dict[str, Any]]:
@@ -174,10 +182,10 @@ def _pixel_batches(groups: Iterable[list[dict[str, Any]]], settings: PixelSettin
             rows.append(row)
             size += len(row.get("pixels") or b"")
             if size >= PIXEL_BATCH_BYTES:
-                yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+                yield _record_batch(rows, out_schema)
                 rows, size = [], 0
     if rows:
-        yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
+        yield _record_batch(rows, out_schema)
 
 
 def _pixel_rows(records: list[dict[str, Any]], settings: PixelSettings) -> Iterator[dict[str, Any]]:

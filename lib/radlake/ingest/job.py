@@ -216,16 +216,15 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         costs=[HEADER_COST_FILE_BYTES + f.file_size for f in files],
         slots=slots,
     )
-    n_tasks = max(assignment) + 1
-    groups: list[list[tuple]] = [[] for _ in range(n_tasks)]
-    for task, file in zip(assignment, files, strict=True):
-        groups[task].append(tuple(file))
-    task_files = spark.sparkContext.broadcast(groups)
-    results = (
-        spark.range(n_tasks, numPartitions=n_tasks)
-        .mapInArrow(partial(header_task, files=task_files, settings=header_settings), S.HEADER_RESULT)
-        .persist(StorageLevel.MEMORY_AND_DISK)
+    results, task_files = _broadcast_tasks(
+        spark,
+        assignment,
+        [[tuple(file)] for file in files],
+        partial(header_task, settings=header_settings),
+        "files",
+        S.HEADER_RESULT,
     )
+    results = results.persist(StorageLevel.MEMORY_AND_DISK)
 
     instance_columns = [f.name for f in S.INSTANCES.fields]
     candidates = (
@@ -486,15 +485,25 @@ def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic) -> tu
         costs=[sum(decode_cost(r["transfer_syntax_uid"], r["pixel_count"]) for r in by_path[p]) for p in paths],
         slots=slots,
     )
+    items = [sorted(by_path[path], key=lambda r: r["member"] or "") for path in paths]
+    return _broadcast_tasks(spark, assignment, items, partial(pixel_task, settings=settings), "work", S.PIXEL_RESULT)
+
+
+def _broadcast_tasks(spark, assignment: list[int], items: list[list], task_fn, argument: str, schema):
+    """Run ``task_fn`` over packed tasks: ``items[i]`` (a list of records) goes to task ``assignment[i]``.
+
+    The task lists are broadcast once and a ``spark.range(n_tasks, numPartitions=n_tasks)``
+    gives each Spark task its id, so every task reads exactly its own list (keyword
+    ``argument`` of ``task_fn``), with no shuffle and no Python RDD. Returns the lazy
+    ``mapInArrow`` result and the broadcast, to be destroyed once the result is consumed.
+    """
     n_tasks = max(assignment) + 1
-    groups: list[list[dict]] = [[] for _ in range(n_tasks)]
-    for task, path in zip(assignment, paths, strict=True):
-        groups[task].extend(sorted(by_path[path], key=lambda r: r["member"] or ""))
-    task_work = spark.sparkContext.broadcast(groups)
-    frames = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(
-        partial(pixel_task, work=task_work, settings=settings), S.PIXEL_RESULT
-    )
-    return frames, task_work
+    groups: list[list] = [[] for _ in range(n_tasks)]
+    for task, records in zip(assignment, items, strict=True):
+        groups[task].extend(records)
+    lists = spark.sparkContext.broadcast(groups)
+    result = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(partial(task_fn, **{argument: lists}), schema)
+    return result, lists
 
 
 def _append(ref, df: DataFrame, *, compression: str | None = None) -> None:

@@ -22,6 +22,7 @@ import mlflow
 import pandas as pd
 
 from radlake.errors import ConfigError
+from radlake.registry.resolve import version_aliases
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -55,10 +56,15 @@ def _registered(client: mlflow.MlflowClient, run_id: str) -> str:
     except mlflow.exceptions.MlflowException:
         return ""
     out = []
+    by_name: dict[str, dict[str, list[str]]] = {}
     for found in sorted(versions, key=lambda v: int(v.version)):
-        mv = client.get_model_version(found.name, found.version)  # search results carry no aliases
-        aliases = f" ({', '.join(sorted(mv.aliases))})" if mv.aliases else ""
-        out.append(f"{mv.name} v{mv.version}{aliases}")
+        if found.name not in by_name:
+            try:
+                by_name[found.name] = version_aliases(client, found.name)
+            except mlflow.exceptions.MlflowException:
+                by_name[found.name] = {}
+        names = by_name[found.name].get(str(found.version))
+        out.append(f"{found.name} v{found.version}" + (f" ({', '.join(names)})" if names else ""))
     return "; ".join(out)
 
 

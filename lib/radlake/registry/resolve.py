@@ -36,6 +36,23 @@ class ResolvedModel:
     run_id: str
 
 
+def version_aliases(client: mlflow.MlflowClient, name: str) -> dict[str, list[str]]:
+    """The aliases of each version of registered model ``name``: ``{"3": ["champion"], ...}`` (sorted).
+
+    Read from the registered model, because version search results do not carry
+    aliases in every registry store.
+
+    Raises
+    ------
+    mlflow.exceptions.MlflowException
+        If the registry has no model of that name.
+    """
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    return {version: sorted(names) for version, names in aliases.items()}
+
+
 _MODELS = re.compile(r"^models:/(?P<name>[^@/]+(?:\.[^@/]+)*)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 _LOGGED = re.compile(r"^models:/(?P<id>m-[0-9a-f]+)$")
 _RUNS = re.compile(r"^runs:/(?P<run>[0-9a-zA-Z]+)/(?P<path>.+)$")

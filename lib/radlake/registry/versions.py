@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from radlake.config import RadlakeConfig
 from radlake.registry.promote import CHAMPION
-from radlake.registry.resolve import ModelNotFoundError
+from radlake.registry.resolve import ModelNotFoundError, version_aliases
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,15 +75,11 @@ def model_versions(config: RadlakeConfig, detector: str, *, metrics: Sequence[st
     name = _model_name(config, detector)
     client = mlflow.MlflowClient()
     try:
-        registered = client.get_registered_model(name)
+        aliases = version_aliases(client, name)
     except MlflowException:
         raise ModelNotFoundError(
             f"No registered model '{name}' (models.{detector}): train and promote a {detector} detector first"
         ) from None
-    # Aliases from the registered model (search results do not carry them in every registry store).
-    aliases: dict[str, list[str]] = {}
-    for alias, version in (registered.aliases or {}).items():
-        aliases.setdefault(str(version), []).append(alias)
     wanted = set(metrics) if metrics is not None else None
     rows = []
     for mv in client.search_model_versions(f"name = '{name}'"):
@@ -94,7 +90,7 @@ def model_versions(config: RadlakeConfig, detector: str, *, metrics: Sequence[st
         rows.append(
             {
                 "version": int(mv.version),
-                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+                "aliases": ",".join(aliases.get(str(mv.version), [])),
                 "run_id": mv.run_id,
                 "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
                 "promoted": mv.tags.get("radlake.promoted", ""),
