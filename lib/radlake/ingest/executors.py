@@ -72,7 +72,7 @@ def _failure_fields(failure) -> dict[str, Any]:
 
 
 def header_task(
-    batches: Iterator[pa.RecordBatch], files: Broadcast, settings: HeaderSettings
+    batches: Iterator[pa.RecordBatch], tasks: Broadcast, settings: HeaderSettings
 ) -> Iterator[pa.RecordBatch]:
     """Parse the stored files of each task id in the input (``spark.range`` ids).
 
@@ -80,7 +80,7 @@ def header_task(
     archive member or file: ``kind`` is ``instance``, ``failure`` or ``skipped``
     (a DICOMDIR, which indexes files but is not an instance).
 
-    ``files.value[task]`` is the task's list of ``(path, file_size, modification_time)``,
+    ``tasks.value[task]`` is the task's list of ``(path, file_size, modification_time)``,
     packed on the driver: a ``spark.range(n_tasks, numPartitions=n_tasks)`` then gives
     each Spark task exactly its files, with no shuffle and no Python RDD in between.
     """
@@ -88,7 +88,7 @@ def header_task(
         {"path": path, "file_size": size, "modification_time": modified}
         for batch in batches
         for task in batch.column(0).to_pylist()
-        for path, size, modified in files.value[task]
+        for path, size, modified in tasks.value[task]
     )
     yield from _header_batches(records, settings)
 
@@ -160,16 +160,20 @@ class PixelSettings:
     max_decoded_bytes: int
 
 
-def pixel_task(batches: Iterator[pa.RecordBatch], work: Broadcast, settings: PixelSettings) -> Iterator[pa.RecordBatch]:
+def pixel_task(
+    batches: Iterator[pa.RecordBatch], tasks: Broadcast, settings: PixelSettings
+) -> Iterator[pa.RecordBatch]:
     """Decode the instances of each task id in the input (``spark.range`` ids) into frames.
 
-    ``work.value[task]`` is the task's list of records (``path``, ``member``,
+    ``tasks.value[task]`` is the task's list of records (``path``, ``member``,
     ``content_sha256``, ``sop_instance_uid``, ``series_key``, ``study_instance_uid``,
     ``series_instance_uid``, ``plane``, ``pixel_spacing``, ``slice_indices``), packed on
     the driver by expected decoding cost, the members of one stored file adjacent so a
     zip/tar file is opened once. Yields record batches of :data:`radlake.ingest.schema.PIXEL_RESULT`.
     """
-    yield from _pixel_batches((work.value[task] for batch in batches for task in batch.column(0).to_pylist()), settings)
+    yield from _pixel_batches(
+        (tasks.value[task] for batch in batches for task in batch.column(0).to_pylist()), settings
+    )
 
 
 def _pixel_batches(groups: Iterable[list[dict[str, Any]]], settings: PixelSettings) -> Iterator[pa.RecordBatch]:

@@ -221,7 +221,6 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         assignment,
         [[tuple(file)] for file in files],
         partial(header_task, settings=header_settings),
-        "files",
         S.HEADER_RESULT,
     )
     results = results.persist(StorageLevel.MEMORY_AND_DISK)
@@ -486,15 +485,15 @@ def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic) -> tu
         slots=slots,
     )
     items = [sorted(by_path[path], key=lambda r: r["member"] or "") for path in paths]
-    return _broadcast_tasks(spark, assignment, items, partial(pixel_task, settings=settings), "work", S.PIXEL_RESULT)
+    return _broadcast_tasks(spark, assignment, items, partial(pixel_task, settings=settings), S.PIXEL_RESULT)
 
 
-def _broadcast_tasks(spark, assignment: list[int], items: list[list], task_fn, argument: str, schema):
+def _broadcast_tasks(spark, assignment: list[int], items: list[list], task_fn, schema):
     """Run ``task_fn`` over packed tasks: ``items[i]`` (a list of records) goes to task ``assignment[i]``.
 
     The task lists are broadcast once and a ``spark.range(n_tasks, numPartitions=n_tasks)``
-    gives each Spark task its id, so every task reads exactly its own list (keyword
-    ``argument`` of ``task_fn``), with no shuffle and no Python RDD. Returns the lazy
+    gives each Spark task its id, so every task reads exactly its own list (``task_fn``'s
+    ``tasks`` argument), with no shuffle and no Python RDD. Returns the lazy
     ``mapInArrow`` result and the broadcast, to be destroyed once the result is consumed.
     """
     n_tasks = max(assignment) + 1
@@ -502,7 +501,7 @@ def _broadcast_tasks(spark, assignment: list[int], items: list[list], task_fn, a
     for task, records in zip(assignment, items, strict=True):
         groups[task].extend(records)
     lists = spark.sparkContext.broadcast(groups)
-    result = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(partial(task_fn, **{argument: lists}), schema)
+    result = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(partial(task_fn, tasks=lists), schema)
     return result, lists
 
 

@@ -71,12 +71,17 @@ ERROR_TAG = "radlake.error"
 MAX_TAG_CHARS = 4000
 
 
-def trial_run_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> str:
-    """The MLflow run id of a trial: with ``MlflowStorage`` a trial's storage id is its run id.
+def trial_storage_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial):
+    """A trial's id in its storage (what ``storage.set_trial_state_values`` takes).
 
-    Optuna has no public accessor for the storage id, so this reads ``_trial_id`` in one place.
+    Optuna has no public accessor for it, so this reads ``_trial_id`` in one place.
     """
-    return str(trial._trial_id)
+    return trial._trial_id
+
+
+def trial_run_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> str:
+    """The MLflow run id of a trial: with ``MlflowStorage`` a trial's storage id is its run id."""
+    return str(trial_storage_id(trial))
 
 
 @dataclass(frozen=True)
@@ -293,7 +298,7 @@ def mark_interrupted(study: optuna.Study, storage) -> list[int]:
             run_id, ERROR_TAG, "interrupted: the sweep stopped while this trial ran; marked failed on resume"
         )
         client.set_tag(run_id, "radlake.interrupted", "true")
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)  # the storage id itself
+        storage.set_trial_state_values(trial_storage_id(trial), optuna.trial.TrialState.FAIL)
         numbers.append(trial.number)
     return numbers
 
