@@ -2,7 +2,7 @@
 
 Decoding goes through pydicom's pixel pipeline and its plugins (pylibjpeg, pyjpegls,
 GDCM; RLE built in) for every transfer syntax they support, trying first the plugin
-of :data:`PREFERRED_DECODERS` (the fastest one measured here) and falling back to
+of :data:`PREFERRED_DECODERS` (the cheapest one measured here) and falling back to
 pydicom's own order when that one is missing or fails. Each frame comes out as a
 ``(H, W)`` float32 array of modality values:
 
@@ -68,29 +68,33 @@ _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData,
 _LUMA = (0.299, 0.587, 0.114)
 
 #: Decoding plugin tried first per transfer syntax. pydicom otherwise takes the first
-#: available plugin in its own order, which for RLE is its pure-numpy decoder. Per
-#: 384x384 16-bit frame on one core here: RLE pylibjpeg-rle 2.1 ms vs pydicom 11 ms;
-#: JPEG-LS pyjpegls 7.5 ms vs GDCM 12 ms vs pylibjpeg 28 ms; JPEG 2000 GDCM 21 ms vs
-#: pylibjpeg-openjpeg 33 ms vs Pillow 51 ms. All are lossless-exact for these syntaxes.
+#: available plugin in its own order, which for RLE is its pure-numpy decoder. Chosen by
+#: CPU time per 384x384 16-bit frame with every core busy (2 processes on 2 cores, as
+#: Spark executors run), not by one process's wall time: RLE pylibjpeg-rle 2.1 ms vs
+#: pydicom 11 ms; JPEG-LS pyjpegls 5.4-6.7 ms vs GDCM 12 ms vs pylibjpeg 20 ms; JPEG 2000
+#: pylibjpeg-openjpeg 34-38 ms vs GDCM 39-43 ms. GDCM decodes JPEG 2000 on every core
+#: (26 ms wall but 43 ms CPU for one frame in one idle process), which only adds
+#: contention when each core already decodes its own file. All are lossless-exact here.
 PREFERRED_DECODERS: dict[str, str] = {
     RLELossless: "pylibjpeg",
     JPEGLSLossless: "pyjpegls",
     JPEGLSNearLossless: "pyjpegls",
-    JPEG2000Lossless: "gdcm",
-    JPEG2000: "gdcm",
+    JPEG2000Lossless: "pylibjpeg",
+    JPEG2000: "pylibjpeg",
 }
 
 
 #: Decoding time per pixel by transfer syntax, relative to uncompressed data, measured here
-#: on 384x384 16-bit MR frames with the plugins of :data:`PREFERRED_DECODERS` (per frame:
-#: JPEG 2000 lossless 29.6 ms, JPEG-LS 7.5 ms, RLE 2.7 ms, uncompressed 1.6 ms, including
-#: the modality transform and storage encoding). Other compressed syntaxes count as JPEG-LS.
+#: on 384x384 16-bit MR frames with the plugins of :data:`PREFERRED_DECODERS`, CPU time with
+#: both cores decoding (per frame: JPEG 2000 lossless 36-40 ms, JPEG-LS 7.6 ms, RLE 2.5 ms,
+#: uncompressed 1.6 ms, including the modality transform and storage encoding). Other
+#: compressed syntaxes count as JPEG-LS.
 RELATIVE_DECODE_COST: dict[str, float] = {
-    JPEG2000Lossless: 18.5,
-    JPEG2000: 18.5,
+    JPEG2000Lossless: 23.5,
+    JPEG2000: 23.5,
     JPEGLSLossless: 4.7,
     JPEGLSNearLossless: 4.7,
-    RLELossless: 1.7,
+    RLELossless: 1.5,
 }
 _UNCOMPRESSED_NS_PER_PIXEL = 11.0  # 1.6 ms per 384 x 384 frame
 _INSTANCE_OVERHEAD_NS = 1.5e6  # reading, hashing and parsing one instance again
@@ -105,7 +109,7 @@ def decode_cost(transfer_syntax_uid: str | None, pixel_count: int | None) -> flo
     >>> round(decode_cost("1.2.840.10008.1.2.1", 384 * 384), 4)  # Explicit VR Little Endian
     0.0031
     >>> round(decode_cost("1.2.840.10008.1.2.4.90", 384 * 384), 4)  # JPEG 2000 lossless
-    0.0315
+    0.0396
     """
     from pydicom.uid import UID
 

@@ -466,7 +466,7 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
 def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic) -> tuple[DataFrame, Broadcast]:
     """The pixel pass over ``records`` (metadata rows), packed into tasks of even expected decoding cost.
 
-    A JPEG 2000 frame costs ~18x an uncompressed one (:func:`radlake.dicom.pixels.decode_cost`);
+    A JPEG 2000 frame costs ~23x an uncompressed one (:func:`radlake.dicom.pixels.decode_cost`);
     the members of one stored file stay in one task, in member order, so that a zip or
     tar file is opened once. Returns the frames (lazy) and the broadcast task lists, to be
     destroyed once the frames are written.
