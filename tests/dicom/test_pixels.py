@@ -1,5 +1,8 @@
 """Frame decoding on pydicom's and pydicom-data's real files: codecs, rescale, MONOCHROME1, colour, limits."""
 
+import ast
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -78,7 +81,7 @@ def test_transfer_syntax_variants_decode_to_the_same_pixels(variant):
 )
 def test_the_preferred_plugin_decodes_each_syntax(variant, plugin, monkeypatch):
     ds = pydicom.dcmread(TEST_FILES / variant)
-    assert pixels_module._preferred_plugin(ds) == plugin
+    assert pixels_module._plugin_order(ds)[0] == plugin
     used = []
     real = pydicom.pixels.iter_pixels
     monkeypatch.setattr(pydicom.pixels, "iter_pixels", lambda src, **kw: used.append(kw) or real(src, **kw))
@@ -86,9 +89,87 @@ def test_the_preferred_plugin_decodes_each_syntax(variant, plugin, monkeypatch):
     assert used[0] == {"decoding_plugin": plugin}
 
 
-def test_a_failing_preferred_plugin_falls_back_to_pydicoms_order(monkeypatch):
-    monkeypatch.setattr(pixels_module, "_preferred_plugin", lambda ds: "no-such-plugin")
+def test_a_failing_preferred_plugin_falls_back_to_the_next_one(monkeypatch):
+    real = pixels_module._plugin_order
+    monkeypatch.setattr(pixels_module, "_plugin_order", lambda ds: ["no-such-plugin", *real(ds)])
     np.testing.assert_array_equal(_one(TEST_FILES / "MR_small_RLE.dcm"), _one(MR_SMALL))
+
+
+def test_gdcm_is_never_tried():
+    syntaxes = {pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID for p in _compressed_files()}
+    assert len(syntaxes) >= 8
+    for syntax in syntaxes:
+        ds = pydicom.Dataset()
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        order = pixels_module._plugin_order(ds)
+        assert order and "gdcm" not in order, (syntax, order)
+
+
+def _compressed_files() -> list[Path]:
+    found = []
+    for path in sorted(TEST_FILES.glob("*.dcm")):
+        try:
+            meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+        except Exception:  # noqa: BLE001 - pydicom's deliberately broken files
+            continue
+        if "TransferSyntaxUID" in meta and meta.TransferSyntaxUID.is_compressed:
+            found.append(path)
+    return found
+
+
+#: One byte of a pydicom test file changed (offset, new value), found by fuzzing. On each,
+#: a decoder pydicom would use ends the process (GDCM: SIGABRT from a C++ exception thrown
+#: through C) or raises a BaseException (pylibjpeg-rle: pyo3's PanicException).
+HOSTILE_BYTES = [
+    ("SC_rgb_dcmtk_+eb+cy+s2.dcm", 1869, 65, "gdcm"),  # JPEG baseline
+    ("SC_rgb_jls_lossy_line.dcm", 509, 84, "gdcm"),  # JPEG-LS near-lossless
+    ("693_J2KI.dcm", 2076, 83, "gdcm"),  # JPEG 2000
+    ("MR_small_RLE.dcm", 2769, 218, "pylibjpeg"),  # RLE
+]
+
+_DECODE = """
+import sys
+from pydicom.pixels import iter_pixels
+import pydicom
+from radlake.dicom.pixels import decode_frames
+data = open(sys.argv[1], "rb").read()
+if sys.argv[2]:  # the bare plugin, as pydicom would call it
+    try:
+        list(iter_pixels(pydicom.dcmread(sys.argv[1]), decoding_plugin=sys.argv[2]))
+    except Exception:
+        sys.exit(0)
+    sys.exit(0)
+print([f.error.error_class if f.error else "ok" for f in decode_frames(data)])
+"""
+
+
+def _decode_in_a_child(path: Path, plugin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _DECODE, str(path), plugin], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("name, offset, value, culprit", HOSTILE_BYTES)
+def test_a_decoder_crash_on_one_corrupt_byte_is_the_files_failure_not_the_process(
+    name, offset, value, culprit, tmp_path
+):
+    data = bytearray((TEST_FILES / name).read_bytes())
+    assert data[offset] != value
+    data[offset] = value
+    path = tmp_path / name
+    path.write_bytes(bytes(data))
+    if (
+        culprit
+        in pydicom.pixels.decoders.base.get_decoder(
+            pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        ).available_plugins
+    ):  # the input is hostile: the bare plugin dies on it
+        assert _decode_in_a_child(path, culprit).returncode != 0
+    done = _decode_in_a_child(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert len(results) == 1  # one frame: decoded by another plugin, or its failure
 
 
 def test_mr_small_is_the_stored_values():

@@ -1,10 +1,11 @@
 """Decoding frames one at a time, the modality transform, MONOCHROME1, colour, and compact storage.
 
 Decoding goes through pydicom's pixel pipeline and its plugins (pylibjpeg, pyjpegls,
-GDCM; RLE built in) for every transfer syntax they support, trying first the plugin
-of :data:`PREFERRED_DECODERS` (the cheapest one measured here) and falling back to
-pydicom's own order when that one is missing or fails. Each frame comes out as a
-``(H, W)`` float32 array of modality values:
+Pillow; RLE built in) for every transfer syntax they support, trying first the plugin
+of :data:`PREFERRED_DECODERS` (the cheapest one measured here) and then the others in
+pydicom's order, never GDCM (:data:`UNSAFE_DECODERS`). A decoder's error on one
+frame, even a Rust panic, is that frame's failure, never the caller's exception. Each
+frame comes out as a ``(H, W)`` float32 array of modality values:
 
 - **Modality transform**: the Modality LUT Sequence if present, else RescaleSlope and
   RescaleIntercept, taken per frame for enhanced images (the Pixel Value
@@ -75,6 +76,10 @@ _LUMA = (0.299, 0.587, 0.114)
 #: pylibjpeg-openjpeg 34-38 ms vs GDCM 39-43 ms. GDCM decodes JPEG 2000 on every core
 #: (26 ms wall but 43 ms CPU for one frame in one idle process), which only adds
 #: contention when each core already decodes its own file. All are lossless-exact here.
+#: Plugins never used: GDCM ends the process on some corrupt JPEG, JPEG-LS and JPEG 2000
+#: data (SIGABRT, seen here by fuzzing pydicom's test files), see :func:`_plugin_order`.
+UNSAFE_DECODERS = frozenset({"gdcm"})
+
 PREFERRED_DECODERS: dict[str, str] = {
     RLELossless: "pylibjpeg",
     JPEGLSLossless: "pyjpegls",
@@ -237,56 +242,82 @@ def decode_frames(
             raw = next(frames)
         except StopIteration:
             return
-        except Exception as exc:  # noqa: BLE001 - a corrupt frame ends this instance
+        except BaseException as exc:  # noqa: BLE001 - a corrupt frame ends this instance
+            _reraise_if_not_a_decoder_error(exc)
             yield FrameResult(index, error=Failure.from_exception(Stage.PIXELS, exc))
             return
         try:
-            yield FrameResult(index, transform(raw, index))
+            result = FrameResult(index, transform(raw, index))
         except Exception as exc:  # noqa: BLE001
             yield FrameResult(index, error=Failure.from_exception(Stage.PIXELS, exc))
             return
+        yield result
         index += 1
+
+
+def _reraise_if_not_a_decoder_error(exc: BaseException) -> None:
+    """Re-raise interpreter signals; anything else a decoder raised is the file's failure.
+
+    Decoders written in Rust (pylibjpeg-rle) raise pyo3's ``PanicException`` on some
+    corrupt data. It derives from ``BaseException``, so ``except Exception`` would let one
+    bad file end the Spark task and the whole run.
+    """
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
 
 
 def _iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
-    """pydicom's frames of ``ds``, one at a time (``(H, W)`` or ``(H, W, samples)``)."""
+    """pydicom's frames of ``ds``, one at a time (``(H, W)`` or ``(H, W, samples)``).
+
+    The plugins of :func:`_plugin_order` are tried in turn until one decodes the first
+    frame; that one decodes the rest.
+    """
     from pydicom.pixels import iter_pixels, pixel_array  # the pixel pipeline loads its plugins on first use
 
-    plugin = _preferred_plugin(ds)
-    frames = iter_pixels(ds, decoding_plugin=plugin) if plugin else iter_pixels(ds)
-    index = 0
-    while True:
-        try:
-            array = next(frames)
-        except StopIteration:
-            return
-        except Exception:  # noqa: BLE001
-            if plugin and index == 0:  # the preferred plugin cannot do this file: pydicom's own order
-                plugin, frames = "", iter_pixels(ds)
-                continue
-            # pydicom 3.0's frame iterator fails on some files that its indexed path decodes
-            # (sign correction of a read-only buffer, J2K_pixelrep_mismatch.dcm): go on frame
-            # by frame; if that fails too, its error is this frame's failure.
-            count = max(1, _ints(ds, "NumberOfFrames")[0] or 1)
-            for i in range(index, count):
-                yield pixel_array(ds, index=i)
-            return
-        yield array
-        index += 1
+    plugins = _plugin_order(ds)
+    for attempt, plugin in enumerate(plugins):
+        frames = iter_pixels(ds, decoding_plugin=plugin)
+        index = 0
+        while True:
+            try:
+                array = next(frames)
+            except StopIteration:
+                return
+            except BaseException as exc:  # noqa: BLE001
+                _reraise_if_not_a_decoder_error(exc)
+                if index == 0 and attempt + 1 < len(plugins):
+                    break  # this plugin cannot do this file: the next one
+                # pydicom 3.0's frame iterator fails on some files that its indexed path decodes
+                # (sign correction of a read-only buffer, J2K_pixelrep_mismatch.dcm): go on frame
+                # by frame; if that fails too, its error is this frame's failure.
+                count = max(1, _ints(ds, "NumberOfFrames")[0] or 1)
+                for i in range(index, count):
+                    yield pixel_array(ds, index=i, decoding_plugin=plugin)
+                return
+            yield array
+            index += 1
 
 
-def _preferred_plugin(ds: Dataset) -> str:
-    """The plugin of :data:`PREFERRED_DECODERS` for ``ds``'s transfer syntax, if installed; else ``""``."""
+def _plugin_order(ds: Dataset) -> list[str]:
+    """Decoding plugins to try for ``ds``: the preferred one, then pydicom's order, never GDCM.
+
+    ``[""]`` (pydicom's own choice) for syntaxes without plugins (uncompressed data).
+    GDCM is left out because on corrupt JPEG, JPEG-LS and JPEG 2000 data it can end the
+    process (a C++ exception thrown through C code calls ``std::terminate``: SIGABRT),
+    which would end the Spark task and the run; every syntax it decodes has another
+    plugin here (pylibjpeg, pyjpegls, Pillow).
+    """
     from pydicom.pixels.decoders.base import get_decoder
 
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    plugin = PREFERRED_DECODERS.get(syntax, "")
-    if not plugin:
-        return ""
     try:
-        return plugin if plugin in get_decoder(syntax).available_plugins else ""
+        available = [p for p in get_decoder(syntax).available_plugins if p not in UNSAFE_DECODERS]
     except Exception:  # noqa: BLE001 - no decoder for this syntax: pydicom reports that itself
-        return ""
+        return [""]
+    preferred = PREFERRED_DECODERS.get(syntax, "")
+    order = [preferred] if preferred in available else []
+    order += [p for p in available if p != preferred]
+    return order or [""]
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
