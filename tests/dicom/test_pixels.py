@@ -106,6 +106,22 @@ def test_gdcm_is_never_tried():
         assert order and "gdcm" not in order, (syntax, order)
 
 
+def test_a_syntax_with_only_gdcm_installed_is_a_clear_failure(monkeypatch):
+    real = pydicom.pixels.decoders.base.get_decoder
+
+    class OnlyGdcm:
+        available_plugins = ("gdcm",)
+
+    monkeypatch.setattr(
+        pydicom.pixels.decoders.base,
+        "get_decoder",
+        lambda uid: OnlyGdcm() if uid == pydicom.uid.RLELossless else real(uid),
+    )
+    frames = list(decode_frames((TEST_FILES / "MR_small_RLE.dcm").read_bytes()))
+    assert len(frames) == 1 and frames[0].pixels is None
+    assert frames[0].error.error_class == "RuntimeError" and "gdcm" in frames[0].error.message
+
+
 def _compressed_files() -> list[Path]:
     found = []
     for path in sorted(TEST_FILES.glob("*.dcm")):

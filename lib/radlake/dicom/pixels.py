@@ -301,19 +301,31 @@ def _iter_frames(ds: Dataset) -> Iterator[np.ndarray]:
 def _plugin_order(ds: Dataset) -> list[str]:
     """Decoding plugins to try for ``ds``: the preferred one, then pydicom's order, never GDCM.
 
-    ``[""]`` (pydicom's own choice) for syntaxes without plugins (uncompressed data).
-    GDCM is left out because on corrupt JPEG, JPEG-LS and JPEG 2000 data it can end the
-    process (a C++ exception thrown through C code calls ``std::terminate``: SIGABRT),
-    which would end the Spark task and the run; every syntax it decodes has another
-    plugin here (pylibjpeg, pyjpegls, Pillow).
+    ``[""]`` (pydicom's own choice) for syntaxes without plugins: uncompressed data, or a
+    syntax with no plugin installed, for which pydicom names what is missing. GDCM is
+    left out because on corrupt JPEG, JPEG-LS and JPEG 2000 data it can end the process
+    (a C++ exception thrown through C code calls ``std::terminate``: SIGABRT), which would
+    end the Spark task and the run; every syntax it decodes has another plugin here
+    (pylibjpeg, pyjpegls, Pillow).
+
+    Raises
+    ------
+    RuntimeError
+        If the only plugins installed for the syntax are in :data:`UNSAFE_DECODERS`.
     """
     from pydicom.pixels.decoders.base import get_decoder
 
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     try:
-        available = [p for p in get_decoder(syntax).available_plugins if p not in UNSAFE_DECODERS]
+        installed = list(get_decoder(syntax).available_plugins)
     except Exception:  # noqa: BLE001 - no decoder for this syntax: pydicom reports that itself
         return [""]
+    available = [p for p in installed if p not in UNSAFE_DECODERS]
+    if installed and not available:
+        raise RuntimeError(
+            f"transfer syntax {syntax} has no installed decoder but {installed}, which radlake does not use "
+            "(it can end the process on corrupt data): install pylibjpeg, pyjpegls or Pillow"
+        )
     preferred = PREFERRED_DECODERS.get(syntax, "")
     order = [preferred] if preferred in available else []
     order += [p for p in available if p != preferred]
