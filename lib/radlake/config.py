@@ -118,6 +118,17 @@ class IngestConfig(_Section):
         30.0, gt=0, lt=90, description="Normal-to-axis angle beyond which a plane is OBLIQUE."
     )
     max_decoded_bytes: int = Field(1 << 30, ge=1, description="A file whose decoded pixels exceed this is quarantined.")
+    isolate_decoders: bool = Field(
+        True,
+        description=(
+            "Decode compressed pixel data in a child process of each Python worker, so that a native decoder "
+            "that crashes, hangs or exhausts memory on a hostile file quarantines that file instead of ending "
+            "the run (radlake.dicom.sandbox)."
+        ),
+    )
+    decode_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds a sandboxed decoder may take for one frame before it is killed."
+    )
     max_member_bytes: int = Field(2 << 30, ge=1, description="Largest archive member read into memory.")
     max_header_json_bytes: int = Field(65536, ge=1024, description="Cap of the header DICOM JSON per instance.")
     partition_bytes: int = Field(256 << 20, ge=1 << 20, description="Target stored bytes per Spark task.")

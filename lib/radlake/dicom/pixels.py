@@ -4,8 +4,11 @@ Decoding goes through pydicom's pixel pipeline and its plugins (pylibjpeg, pyjpe
 Pillow; RLE built in) for every transfer syntax they support, trying first the plugin
 of :data:`PREFERRED_DECODERS` (the cheapest one measured here) and then the others in
 pydicom's order, never GDCM (:data:`UNSAFE_DECODERS`). A decoder's error on one
-frame, even a Rust panic, is that frame's failure, never the caller's exception. Each
-frame comes out as a ``(H, W)`` float32 array of modality values:
+frame, even a Rust panic, is that frame's failure, never the caller's exception. What
+no exception reports (a segfault, an abort, an endless loop in native code) is caught
+by running :func:`encoded_frames` in a :class:`radlake.dicom.sandbox.Sandbox`, as the
+ingest pixel pass does for compressed data. Each frame comes out as a ``(H, W)``
+float32 array of modality values:
 
 - **Modality transform**: the Modality LUT Sequence if present, else RescaleSlope and
   RescaleIntercept, taken per frame for enhanced images (the Pixel Value
@@ -457,6 +460,52 @@ def encode_pixels(array: np.ndarray) -> tuple[bytes, str]:
             if info.min <= lo and hi <= info.max:
                 return values.astype(np.dtype(name).newbyteorder("<"), copy=False).tobytes(), name
     return values.astype("<f4", copy=False).tobytes(), "float32"
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """One frame as stored in the ``images`` table (see :func:`encode_pixels`), or its failure.
+
+    Attributes
+    ----------
+    frame_index: int
+        Zero-based frame number in the instance.
+    pixels: bytes | None
+        Row-major little-endian values of ``dtype``, ``height`` x ``width``; None on failure.
+    dtype: str | None
+        One of :data:`STORAGE_DTYPES`.
+    height, width: int
+        Rows and columns, pixels.
+    error: Failure | None
+        Stage ``pixels`` failure; None on success.
+    """
+
+    frame_index: int
+    pixels: bytes | None = None
+    dtype: str | None = None
+    height: int = 0
+    width: int = 0
+    error: Failure | None = None
+
+
+def encoded_frames(data: bytes, *, max_decoded_bytes: int = 1 << 30) -> Iterator[EncodedFrame]:
+    """:func:`decode_frames` then :func:`encode_pixels`, frame by frame; never raises.
+
+    The unit of work of the ingest pixel pass, in the Spark worker or in a
+    :class:`radlake.dicom.sandbox.Sandbox` child (so it is a module-level function of
+    picklable results).
+    """
+    for frame in decode_frames(data, max_decoded_bytes=max_decoded_bytes):
+        if frame.error is not None:
+            yield EncodedFrame(frame.frame_index, error=frame.error)
+            return
+        try:
+            buf, dtype = encode_pixels(frame.pixels)
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: this frame's failure
+            yield EncodedFrame(frame.frame_index, error=Failure.from_exception(Stage.PIXELS, exc))
+            return
+        height, width = frame.pixels.shape
+        yield EncodedFrame(frame.frame_index, buf, dtype, int(height), int(width))
 
 
 def decode_pixels(buf: bytes, dtype: str, height: int, width: int) -> np.ndarray:

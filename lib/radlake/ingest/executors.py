@@ -10,7 +10,10 @@ gets exactly its files (balanced by expected cost) with no shuffle and no Python
   ``stop_before_pixels``; nothing is decoded.
 - :func:`pixel_task`: selected instances → one decoded frame per row, compactly
   encoded, or a quarantine record. Frames are decoded one at a time and a file
-  whose decoded size would exceed the limit is refused before decoding.
+  whose decoded size would exceed the limit is refused before decoding. Compressed
+  pixel data (native decoders) is decoded in the worker's sandbox child
+  (:mod:`radlake.dicom.sandbox`), so that a decoder crash, hang or memory blow-up is
+  that file's ``DecoderCrashed`` / ``DecoderTimeout`` / ``MemoryError`` failure.
 
 Neither raises on bad input: every failure becomes a row with its stage, error
 class and message, so one bad file never fails the job.
@@ -158,6 +161,8 @@ class PixelSettings:
 
     max_member_bytes: int
     max_decoded_bytes: int
+    isolate_decoders: bool = True
+    decode_timeout_s: float = 300.0
 
 
 def pixel_task(
@@ -225,15 +230,11 @@ def _pixel_rows(records: list[dict[str, Any]], settings: PixelSettings) -> Itera
 
 
 def _decode_instance(record: dict[str, Any], content: bytes, settings: PixelSettings) -> Iterator[dict[str, Any]]:
-    from radlake.dicom.pixels import decode_frames, encode_pixels
-
     slice_indices = record.get("slice_indices") or []
-    for frame in decode_frames(content, max_decoded_bytes=settings.max_decoded_bytes):
+    for frame in _encoded_frames(content, record.get("transfer_syntax_uid"), settings):
         if frame.error is not None:
             yield _pixel_failure(record, frame.error, frame_index=frame.frame_index)
             continue
-        buf, dtype = encode_pixels(frame.pixels)
-        height, width = frame.pixels.shape
         index = frame.frame_index
         yield {
             "kind": "image",
@@ -241,11 +242,69 @@ def _decode_instance(record: dict[str, Any], content: bytes, settings: PixelSett
             **{k: record[k] for k in ("plane", "pixel_spacing", "path", "member", "content_sha256")},
             "frame_index": index,
             "slice_index": slice_indices[index] if index < len(slice_indices) else None,
-            "height": int(height),
-            "width": int(width),
-            "dtype": dtype,
-            "pixels": buf,
+            "height": frame.height,
+            "width": frame.width,
+            "dtype": frame.dtype,
+            "pixels": frame.pixels,
         }
+
+
+def needs_isolation(transfer_syntax_uid: str | None) -> bool:
+    """Whether pixel data of this transfer syntax is decoded by native code (so in a sandbox).
+
+    Uncompressed and deflated data are read by pydicom with NumPy and zlib, in the worker;
+    every compressed syntax, and an unknown or invalid UID, goes to a native plugin.
+
+    >>> needs_isolation("1.2.840.10008.1.2.1"), needs_isolation("1.2.840.10008.1.2.4.90"), needs_isolation(None)
+    (False, True, True)
+    """
+    from pydicom.uid import UID
+
+    try:
+        uid = UID(str(transfer_syntax_uid or ""))
+        return not uid.is_transfer_syntax or uid.is_compressed
+    except ValueError:
+        return True
+
+
+def _encoded_frames(content: bytes, transfer_syntax_uid: str | None, settings: PixelSettings):
+    """The instance's :class:`~radlake.dicom.pixels.EncodedFrame` s, decoded in this worker or in its sandbox.
+
+    A sandbox that crashed, timed out or ran out of memory ends the instance with a
+    failure at the frame it was decoding; the next instance gets a fresh child.
+    """
+    from radlake.dicom.pixels import EncodedFrame, encoded_frames
+    from radlake.dicom.sandbox import SandboxError, shared_sandbox
+    from radlake.dicom.sources import Failure, Stage
+
+    if not (settings.isolate_decoders and needs_isolation(transfer_syntax_uid)):
+        yield from encoded_frames(content, max_decoded_bytes=settings.max_decoded_bytes)
+        return
+    box = shared_sandbox(
+        "radlake.dicom.pixels:encoded_frames",
+        timeout_s=settings.decode_timeout_s,
+        memory_headroom_bytes=decoder_memory_headroom(settings.max_decoded_bytes),
+    )
+    index = 0
+    try:
+        for frame in box.call(content, max_decoded_bytes=settings.max_decoded_bytes):
+            yield frame
+            index = frame.frame_index + 1
+    except SandboxError as exc:
+        yield EncodedFrame(index, error=Failure(Stage.PIXELS, exc.error_class, f"{exc} (frame {index})"))
+
+
+def decoder_memory_headroom(max_decoded_bytes: int) -> int:
+    """Address space a sandboxed decoder may add while decoding one instance, bytes.
+
+    Twice the largest allowed decoded instance (the decoder's output and pydicom's
+    float32 frame) plus 512 MiB for the decoder's own buffers: far more than any valid
+    file needs, and far less than a crafted codestream that declares a huge image.
+
+    >>> decoder_memory_headroom(1 << 30) // (1 << 20)
+    2560
+    """
+    return 2 * int(max_decoded_bytes) + (512 << 20)
 
 
 def _pixel_failure(record: dict[str, Any], failure, frame_index: int | None = None) -> dict[str, Any]:

@@ -416,7 +416,12 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
     records = [row.asDict(recursive=True) for row in work.collect()]
     if not records:
         return 0, 0
-    settings = PixelSettings(max_member_bytes=ic.max_member_bytes, max_decoded_bytes=ic.max_decoded_bytes)
+    settings = PixelSettings(
+        max_member_bytes=ic.max_member_bytes,
+        max_decoded_bytes=ic.max_decoded_bytes,
+        isolate_decoders=ic.isolate_decoders,
+        decode_timeout_s=ic.decode_timeout_s,
+    )
     frames, task_work = _decode_tasks(spark, records, settings, ic)
     # The frames stream straight into one append (decoded pixels are never cached: that cost
     # more than the decoding). An append, not a MERGE: ``todo`` already left out every
