@@ -16,11 +16,16 @@ transfer syntaxes (explicit and implicit VR, RLE, JPEG-LS, JPEG 2000), as the de
   (``1 = 0``): the same work as the peer plus series, de-identification and the ledger,
   to show how much of the gap to the peer is pixel decoding.
 
-The peer and radlake run once more on an uncompressed copy of the same archive (every
-compressed instance rewritten as Explicit VR Little Endian, same UIDs and pixels), the
-setting in which the issue's own reference figures were taken. The limit also reports the
-CPU seconds its decoder spent per transfer syntax: half their sum is the least wall time
-any 2-core pipeline needs for decoding alone, which the peer (headers only) never spends.
+The limit, the peer and radlake run once more on an uncompressed copy of the same archive
+(every compressed instance rewritten as Explicit VR Little Endian, same UIDs and pixels),
+the setting in which the issue's own reference figures were taken (2,000 uncompressed 384²
+files: the bare loop ~4x the pixels-style job). The limit also reports the CPU seconds its
+decoder spent per transfer syntax: half their sum is the least wall time any 2-core
+pipeline needs for decoding alone, which the peer (headers only) never spends.
+
+``peer_vs_limit_files_per_s`` shows what "faster than the peer" asks of radlake on each
+archive: at least that fraction of the limit's speed. ``met`` checks every target on the
+archive it is stated for.
 
 Run: ``python -m bench ingest [--files 10000]``.
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import operator
 import os
 import shutil
 import subprocess
@@ -39,6 +45,16 @@ from functools import partial
 from pathlib import Path
 
 from bench.common import WORK, Timer, TreeMemory, synthetic_archive, write_result
+
+#: The issue's targets, on both archives: (comparison, bound) of a ratio in ``ratios``.
+TARGETS: dict[str, tuple[str, float]] = {
+    "radlake_vs_limit_files_per_s": (">=", 0.5),
+    "radlake_vs_limit_files_per_s_uncompressed": (">=", 0.5),
+    "radlake_vs_peer_files_per_s": (">", 1.0),
+    "radlake_vs_peer_files_per_s_uncompressed": (">", 1.0),
+    "rerun_vs_first_run_time": ("<=", 0.10),
+    "peak_memory_growth_4x_files": ("<=", 0.25),
+}
 
 FILES_PER_STUDY = 22  # 15 sagittal + 4 axial + 3 coronal slices with the default SynthConfig
 
@@ -271,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     small = _in_subprocess("radlake", quarter, WORK / "radlake-root-quarter")
     headers = _in_subprocess("radlake_headers", archive, WORK / "radlake-root-headers")
     plain = ensure_uncompressed(archive)
+    plain_limit = _in_subprocess("limit", plain, WORK / "limit-out-uncompressed")
     plain_peer = _in_subprocess("peer", plain, WORK / "peer-root-uncompressed")
     plain_ours = _in_subprocess("radlake", plain, WORK / "radlake-root-uncompressed")
     memory_growth = ours["peak_rss_mb"] / small["peak_rss_mb"] - 1
@@ -283,26 +300,25 @@ def main(argv: list[str] | None = None) -> dict | None:
         "radlake": ours,
         "radlake_quarter_files": small,
         "radlake_headers_only": headers,
-        "uncompressed": {"peer": plain_peer, "radlake": plain_ours},
+        "uncompressed": {"limit": plain_limit, "peer": plain_peer, "radlake": plain_ours},
         "ratios": {
             "radlake_vs_limit_files_per_s": ours["files_per_s"] / limit["files_per_s"],
             "radlake_vs_peer_files_per_s": ours["files_per_s"] / peer["files_per_s"],
             "rerun_vs_first_run_time": ours["rerun_seconds"] / ours["seconds"],
             "peak_memory_growth_4x_files": memory_growth,
+            "peer_vs_limit_files_per_s": peer["files_per_s"] / limit["files_per_s"],
             "radlake_headers_only_vs_peer_files_per_s": headers["files_per_s"] / peer["files_per_s"],
+            "radlake_vs_limit_files_per_s_uncompressed": plain_ours["files_per_s"] / plain_limit["files_per_s"],
             "radlake_vs_peer_files_per_s_uncompressed": plain_ours["files_per_s"] / plain_peer["files_per_s"],
+            "peer_vs_limit_files_per_s_uncompressed": plain_peer["files_per_s"] / plain_limit["files_per_s"],
             # radlake without pixels plus the least decoding time, against the peer (>= 1: cannot win)
             "headers_only_plus_decode_floor_vs_peer_time": (headers["seconds"] + limit["decode_floor_seconds_2_cores"])
             / peer["seconds"],
         },
-        "targets": {
-            "radlake_vs_limit_files_per_s": ">= 0.5",
-            "radlake_vs_peer_files_per_s": "> 1.0",
-            "radlake_vs_peer_files_per_s_uncompressed": "> 1.0",
-            "rerun_vs_first_run_time": "<= 0.10",
-            "peak_memory_growth_4x_files": "<= 0.25",
-        },
     }
+    result["targets"] = {name: f"{op} {bound}" for name, (op, bound) in TARGETS.items()}
+    compare = {">=": operator.ge, "<=": operator.le, ">": operator.gt}
+    result["met"] = {name: compare[op](result["ratios"][name], bound) for name, (op, bound) in TARGETS.items()}
     return write_result("ingest", result)
 
 
