@@ -113,10 +113,14 @@ def _read_exact(fd: int, size: int, deadline: float | None) -> bytearray:
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
+    poller = None
+    if deadline is not None:
+        poller = select.poll()  # not select.select: no limit on descriptor numbers
+        poller.register(fd, select.POLLIN)
     while got < size:
-        if deadline is not None:
+        if poller is not None:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            if remaining <= 0 or not poller.poll(remaining * 1000):
                 raise TimeoutError
         n = os.readv(fd, [view[got : got + _CHUNK]])
         if n == 0:
