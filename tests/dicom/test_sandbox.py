@@ -136,6 +136,16 @@ def test_a_call_abandoned_halfway_kills_the_child_and_the_next_call_works():
     box.close()
 
 
+def test_start_up_is_not_counted_in_the_timeout(tmp_path, monkeypatch):
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(3)\n\ndef one():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    box = Sandbox("slow_to_import:one", timeout_s=1.0)
+    try:
+        assert list(box.call()) == [1]
+    finally:
+        box.close()
+
+
 def test_a_bad_target_is_refused_or_fails_the_call_clearly():
     with pytest.raises(ValueError, match="module:function"):
         Sandbox("no_colon", timeout_s=5)

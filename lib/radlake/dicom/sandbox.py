@@ -15,7 +15,8 @@ parent, which starts a fresh child on the next call:
 
 - the child ends (a signal such as SIGSEGV or SIGABRT, or an exit): :class:`ChildCrashed`;
 - no item for ``timeout_s`` seconds (measured per item, so a long multi-frame file is
-  fine as long as each frame comes in time): the child is killed, :class:`ChildTimeout`;
+  fine as long as each frame comes in time; a new child's start-up and import of its
+  target have their own :data:`START_TIMEOUT_S`): the child is killed, :class:`ChildTimeout`;
 - the target raises, including ``MemoryError`` when the child's address space
   (``RLIMIT_AS``, set per call to its current size plus ``memory_headroom_bytes``) runs
   out: :class:`TargetRaised`, naming the exception's class. The child lives on.
@@ -54,7 +55,9 @@ __all__ = ["ChildCrashed", "ChildTimeout", "Sandbox", "SandboxError", "TargetRai
 
 _LENGTH = struct.Struct("<Q")
 _CHUNK = 1 << 20
-_ITEM, _END, _RAISED = "item", "end", "raised"
+_READY, _ITEM, _END, _RAISED = "ready", "item", "end", "raised"
+#: Seconds a new child may take to start and import its target (not counted in ``timeout_s``).
+START_TIMEOUT_S = 120.0
 
 
 class SandboxError(RuntimeError):
@@ -197,7 +200,7 @@ class Sandbox:
             As in the module docstring, after the items that did arrive. A generator
             closed before its end kills the child (it would still be sending).
         """
-        self._start()
+        self._start()  # a child that cannot start or import the target raises here
         finished = False
         try:
             try:
@@ -251,6 +254,16 @@ class Sandbox:
         self._to_child, self._from_child = request_w, reply_r
         _widen_pipes(request_w, reply_r)
         _LIVE.add(self)
+        try:
+            kind, value = _read_message(self._from_child, time.monotonic() + START_TIMEOUT_S)
+        except TimeoutError:
+            self._stop(kill=True)
+            raise ChildTimeout(f"the decoding process did not start within {START_TIMEOUT_S:g} s") from None
+        except EOFError:
+            raise self._crashed() from None
+        if kind != _READY:
+            self._stop(kill=True)
+            raise TargetRaised(*value)
 
     def _crashed(self) -> ChildCrashed:
         proc = self._proc
@@ -348,7 +361,12 @@ def _serve(target: str, request_fd: int, reply_fd: int, headroom: int | None) ->
     _die_with_parent()
     if os.getppid() != parent:  # the parent ended before the death signal was armed
         return
-    function = None
+    try:
+        function = _resolve(target)
+    except Exception as exc:  # noqa: BLE001 - told to the parent, which raises it from the call
+        _write_message(reply_fd, (_RAISED, (type(exc).__name__, str(exc)[:1000] or type(exc).__name__)))
+        return
+    _write_message(reply_fd, (_READY, None))
     while True:
         try:
             args, kwargs = _read_message(request_fd)
@@ -356,7 +374,6 @@ def _serve(target: str, request_fd: int, reply_fd: int, headroom: int | None) ->
             return
         _limit_memory(headroom)
         try:
-            function = function or _resolve(target)  # an import error is the call's, reported like any other
             result = function(*args, **kwargs)
             if isinstance(result, Iterator):
                 for item in result:
