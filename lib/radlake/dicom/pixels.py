@@ -508,6 +508,37 @@ def encoded_frames(data: bytes, *, max_decoded_bytes: int = 1 << 30) -> Iterator
         yield EncodedFrame(frame.frame_index, buf, dtype, int(height), int(width))
 
 
+def needs_isolation(transfer_syntax_uid: str | None) -> bool:
+    """Whether pixel data of this transfer syntax is decoded by native code (so in a sandbox).
+
+    Uncompressed and deflated data are read by pydicom with NumPy and zlib, in the worker;
+    every compressed syntax, and an unknown or invalid UID, goes to a native plugin.
+
+    >>> needs_isolation("1.2.840.10008.1.2.1"), needs_isolation("1.2.840.10008.1.2.4.90"), needs_isolation(None)
+    (False, True, True)
+    """
+    from pydicom.uid import UID
+
+    try:
+        uid = UID(str(transfer_syntax_uid or ""))
+        return not uid.is_transfer_syntax or uid.is_compressed
+    except ValueError:
+        return True
+
+
+def decoder_memory_headroom(max_decoded_bytes: int) -> int:
+    """Address space a sandboxed decoder may add while decoding one instance, bytes.
+
+    Twice the largest allowed decoded instance (the decoder's output and pydicom's
+    float32 frame) plus 512 MiB for the decoder's own buffers: far more than any valid
+    file needs, and far less than a crafted codestream that declares a huge image.
+
+    >>> decoder_memory_headroom(1 << 30) // (1 << 20)
+    2560
+    """
+    return 2 * int(max_decoded_bytes) + (512 << 20)
+
+
 def decode_pixels(buf: bytes, dtype: str, height: int, width: int) -> np.ndarray:
     """Inverse of :func:`encode_pixels`: the ``(height, width)`` float32 frame.
 

@@ -37,7 +37,6 @@ Example
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import os
 import pickle
@@ -88,11 +87,8 @@ class TargetRaised(SandboxError):
 
 def _write_message(fd: int, obj: Any) -> None:
     payload = pickle.dumps(obj, protocol=5)
-    view = memoryview(_LENGTH.pack(len(payload)) + payload) if len(payload) < _CHUNK else None
-    if view is None:
-        _write_all(fd, memoryview(_LENGTH.pack(len(payload))))
-        view = memoryview(payload)
-    _write_all(fd, view)
+    _write_all(fd, memoryview(_LENGTH.pack(len(payload))))
+    _write_all(fd, memoryview(payload))
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -253,7 +249,6 @@ class Sandbox:
             os.close(reply_w)
         self._to_child, self._from_child = request_w, reply_r
         _widen_pipes(request_w, reply_r)
-        _LIVE.add(self)
         try:
             kind, value = _read_message(self._from_child, time.monotonic() + START_TIMEOUT_S)
         except TimeoutError:
@@ -288,10 +283,8 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        _LIVE.discard(self)
 
 
-_LIVE: set[Sandbox] = set()
 _SHARED: dict[tuple, Sandbox] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -300,6 +293,8 @@ def shared_sandbox(target: str, *, timeout_s: float, memory_headroom_bytes: int 
     """This process's :class:`Sandbox` for these settings, created on first use and reused.
 
     A Spark Python worker is reused across tasks, so its child starts once, not per task.
+    Nothing needs to close it: the child ends with this process (its request pipe
+    closes, and on Linux the parent-death signal covers a child busy decoding).
     """
     key = (target, float(timeout_s), memory_headroom_bytes)
     with _SHARED_LOCK:
@@ -307,12 +302,6 @@ def shared_sandbox(target: str, *, timeout_s: float, memory_headroom_bytes: int 
         if box is None:
             box = _SHARED[key] = Sandbox(target, timeout_s=timeout_s, memory_headroom_bytes=memory_headroom_bytes)
         return box
-
-
-@atexit.register
-def _close_all() -> None:
-    for box in list(_LIVE):
-        box.close()
 
 
 # --- the child -------------------------------------------------------------------------

@@ -249,31 +249,13 @@ def _decode_instance(record: dict[str, Any], content: bytes, settings: PixelSett
         }
 
 
-def needs_isolation(transfer_syntax_uid: str | None) -> bool:
-    """Whether pixel data of this transfer syntax is decoded by native code (so in a sandbox).
-
-    Uncompressed and deflated data are read by pydicom with NumPy and zlib, in the worker;
-    every compressed syntax, and an unknown or invalid UID, goes to a native plugin.
-
-    >>> needs_isolation("1.2.840.10008.1.2.1"), needs_isolation("1.2.840.10008.1.2.4.90"), needs_isolation(None)
-    (False, True, True)
-    """
-    from pydicom.uid import UID
-
-    try:
-        uid = UID(str(transfer_syntax_uid or ""))
-        return not uid.is_transfer_syntax or uid.is_compressed
-    except ValueError:
-        return True
-
-
 def _encoded_frames(content: bytes, transfer_syntax_uid: str | None, settings: PixelSettings):
     """The instance's :class:`~radlake.dicom.pixels.EncodedFrame` s, decoded in this worker or in its sandbox.
 
     A sandbox that crashed, timed out or ran out of memory ends the instance with a
     failure at the frame it was decoding; the next instance gets a fresh child.
     """
-    from radlake.dicom.pixels import EncodedFrame, encoded_frames
+    from radlake.dicom.pixels import EncodedFrame, decoder_memory_headroom, encoded_frames, needs_isolation
     from radlake.dicom.sandbox import SandboxError, shared_sandbox
     from radlake.dicom.sources import Failure, Stage
 
@@ -292,19 +274,6 @@ def _encoded_frames(content: bytes, transfer_syntax_uid: str | None, settings: P
             index = frame.frame_index + 1
     except SandboxError as exc:
         yield EncodedFrame(index, error=Failure(Stage.PIXELS, exc.error_class, f"{exc} (frame {index})"))
-
-
-def decoder_memory_headroom(max_decoded_bytes: int) -> int:
-    """Address space a sandboxed decoder may add while decoding one instance, bytes.
-
-    Twice the largest allowed decoded instance (the decoder's output and pydicom's
-    float32 frame) plus 512 MiB for the decoder's own buffers: far more than any valid
-    file needs, and far less than a crafted codestream that declares a huge image.
-
-    >>> decoder_memory_headroom(1 << 30) // (1 << 20)
-    2560
-    """
-    return 2 * int(max_decoded_bytes) + (512 << 20)
 
 
 def _pixel_failure(record: dict[str, Any], failure, frame_index: int | None = None) -> dict[str, Any]:
