@@ -21,6 +21,7 @@ from radlake.dicom.pixels import (
     decode_pixels,
     decoded_size_bytes,
     encode_pixels,
+    encoded_frames,
 )
 from radlake.dicom.sources import Stage
 
@@ -339,6 +340,51 @@ def test_encode_a_real_frame_compactly():
     np.testing.assert_array_equal(decode_pixels(buf, dtype, *pixels.shape), pixels)
     assert encode_pixels(np.zeros((0, 3), np.float32)) == (b"", "float32")
     assert encode_pixels(np.array([[1, 2]], dtype=np.uint16))[1] == "uint8"
+
+
+def test_stored_frames_equal_the_float_path_on_every_real_file():
+    """encoded_frames keeps 8/16-bit integers (slope 1, integral intercept) as integers: same bytes, same dtype."""
+    files = sorted([p for p in TEST_FILES.rglob("*") if p.is_file()] + [p for p in DATA_STORE.iterdir() if p.is_file()])
+    compared = 0
+    for path in files:
+        data = path.read_bytes()
+        stored = [
+            (f.frame_index, f.dtype, f.pixels, f.error and f.error.error_class)
+            for f in encoded_frames(data, max_decoded_bytes=LIMIT)
+        ]
+        reference = []
+        for frame in decode_frames(data, max_decoded_bytes=LIMIT):
+            if frame.error is not None:
+                reference.append((frame.frame_index, None, None, frame.error.error_class))
+                break
+            buf, dtype = encode_pixels(frame.pixels)
+            reference.append((frame.frame_index, dtype, buf, None))
+        assert stored == reference, path.name
+        compared += len(stored)
+    assert compared > 300
+
+
+@pytest.mark.parametrize(
+    ("path", "photometric", "intercept"),
+    [
+        (MR_SMALL, "MONOCHROME2", 0.0),
+        (TEST_FILES / "CT_small.dcm", "MONOCHROME2", -1024.0),
+        (DATA_STORE / "RG1_UNCR.dcm", "MONOCHROME1", 0.0),
+    ],
+)
+def test_integral_modality_values_skip_the_float_round_trip(path, photometric, intercept, monkeypatch):
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == photometric and float(ds.get("RescaleIntercept", 0)) == intercept
+    calls = []
+    real = pixels_module._Transform._shifted_integers
+    monkeypatch.setattr(
+        pixels_module._Transform, "_shifted_integers", lambda self, *a: calls.append(1) or real(self, *a)
+    )
+    [frame] = encoded_frames(path.read_bytes(), max_decoded_bytes=LIMIT)
+    assert calls == [1] and frame.error is None
+    np.testing.assert_array_equal(
+        decode_pixels(frame.pixels, frame.dtype, ds.Rows, ds.Columns), _one(path, max_decoded_bytes=LIMIT)
+    )
 
 
 def test_encode_and_decode_check_their_arguments():
