@@ -7,6 +7,7 @@ import hashlib
 import time
 from pathlib import Path
 
+import data_store
 import numpy as np
 import pydicom
 import pytest
@@ -118,3 +119,37 @@ def test_uncompressed_data_and_isolate_decoders_off_decode_in_the_worker(tmp_pat
     rle = _copy(tmp_path, "MR_small_RLE.dcm")
     off = PixelSettings(max_member_bytes=1 << 30, max_decoded_bytes=1 << 30, isolate_decoders=False)
     assert [r["kind"] for r in _rows([rle], off)] == ["image"] and crashing_sandbox == []
+
+
+class _Counter:
+    """Stands in for a Spark accumulator: ``add`` only."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self, amount: int) -> None:
+        self.value += amount
+
+
+def test_counts_give_the_image_rows_and_the_instances_short_of_their_frames(tmp_path):
+    whole = tmp_path / "emri_small.dcm"  # pydicom-data's enhanced MR: 10 frames, uncompressed
+    whole.write_bytes((Path(data_store.__file__).parent / "data" / "emri_small.dcm").read_bytes())
+    cut = tmp_path / "cut-emri_small.dcm"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 3 // 4])  # truncated pixel data: a failure, no frame
+    changed = _copy(tmp_path, "MR_small.dcm")
+    records = [_record(whole), _record(cut), _record(changed)]
+    for record, frames in zip(records, (10, 10, 1), strict=True):
+        record["expected_frames"] = frames
+    changed.write_bytes(changed.read_bytes() + b"\0\0")  # no longer the instance that was parsed
+    counts = (_Counter(), _Counter())
+    settings = PixelSettings(max_member_bytes=1 << 30, max_decoded_bytes=1 << 30)
+    rows = [row for batch in _pixel_batches([records[:2], records[2:]], settings, counts) for row in batch.to_pylist()]
+    images = [r for r in rows if r["kind"] == "image"]
+    assert {r["path"] for r in images} == {str(whole)} and len(images) == 10
+    assert {r["path"]: r["error_class"] for r in rows if r["kind"] == "failure"}.get(str(changed)) == "SourceChanged"
+    assert any(r["kind"] == "failure" and r["path"] == str(cut) for r in rows)
+    assert (counts[0].value, counts[1].value) == (len(images), 2)
+    counts = (_Counter(), _Counter())
+    assert len([r for b in _pixel_batches([records[:1]], settings, counts) for r in b.to_pylist()]) == 10
+    assert (counts[0].value, counts[1].value) == (10, 0)

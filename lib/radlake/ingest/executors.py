@@ -31,7 +31,7 @@ import pyarrow as pa
 from radlake.ingest import schema as S
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
+    from pyspark import Accumulator, Broadcast
 
 #: Rows buffered before an Arrow batch is yielded (header pass) and bytes (pixel pass).
 HEADER_BATCH_ROWS = 512
@@ -166,33 +166,51 @@ class PixelSettings:
 
 
 def pixel_task(
-    batches: Iterator[pa.RecordBatch], tasks: Broadcast, settings: PixelSettings
+    batches: Iterator[pa.RecordBatch],
+    tasks: Broadcast,
+    settings: PixelSettings,
+    counts: tuple[Accumulator, Accumulator] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Decode the instances of each task id in the input (``spark.range`` ids) into frames.
 
     ``tasks.value[task]`` is the task's list of records (``path``, ``member``,
     ``content_sha256``, ``sop_instance_uid``, ``series_key``, ``study_instance_uid``,
-    ``series_instance_uid``, ``plane``, ``pixel_spacing``, ``slice_indices``), packed on
-    the driver by expected decoding cost, the members of one stored file adjacent so a
-    zip/tar file is opened once. Yields record batches of :data:`radlake.ingest.schema.PIXEL_RESULT`.
+    ``series_instance_uid``, ``plane``, ``pixel_spacing``, ``slice_indices``,
+    ``expected_frames``), packed on the driver by expected decoding cost, the members of
+    one stored file adjacent so a zip/tar file is opened once. Yields record batches of
+    :data:`radlake.ingest.schema.PIXEL_RESULT`. ``counts``, if given, are two accumulators
+    that receive the image rows yielded and the instances that yielded fewer image rows
+    than ``expected_frames`` (a failure, or frames missing).
     """
     yield from _pixel_batches(
-        (tasks.value[task] for batch in batches for task in batch.column(0).to_pylist()), settings
+        (tasks.value[task] for batch in batches for task in batch.column(0).to_pylist()), settings, counts
     )
 
 
-def _pixel_batches(groups: Iterable[list[dict[str, Any]]], settings: PixelSettings) -> Iterator[pa.RecordBatch]:
+def _pixel_batches(
+    groups: Iterable[list[dict[str, Any]]],
+    settings: PixelSettings,
+    counts: tuple[Accumulator, Accumulator] | None = None,
+) -> Iterator[pa.RecordBatch]:
     _quiet_pydicom()
     out_schema = _arrow_schema(S.PIXEL_RESULT)
     rows: list[dict[str, Any]] = []
     size = 0
+    images: dict[str, int] = {}
     for records in groups:
         for row in _pixel_rows(records, settings):
             rows.append(row)
+            if row["kind"] == "image":
+                images[row["sop_instance_uid"]] = images.get(row["sop_instance_uid"], 0) + 1
             size += len(row.get("pixels") or b"")
             if size >= PIXEL_BATCH_BYTES:
                 yield _record_batch(rows, out_schema)
                 rows, size = [], 0
+        if counts is not None:
+            image_rows, short = counts
+            image_rows.add(sum(images.get(r["sop_instance_uid"], 0) for r in records))
+            short.add(sum(images.get(r["sop_instance_uid"], 0) < r.get("expected_frames", 1) for r in records))
+            images.clear()
     if rows:
         yield _record_batch(rows, out_schema)
 

@@ -431,7 +431,11 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         isolate_decoders=ic.isolate_decoders,
         decode_timeout_s=ic.decode_timeout_s,
     )
-    frames, task_work = _decode_tasks(spark, records, settings, ic)
+    # Image rows written, and instances that gave fewer than their frames, counted on the
+    # executors. When every instance gave exactly its frames, the pass needs no second look at
+    # what it wrote. A task run twice can only raise the counts, which leads to that look.
+    counts = (spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
+    frames, task_work = _decode_tasks(spark, records, settings, ic, counts=counts)
     # The frames stream straight into one append (decoded pixels are never cached: that cost
     # more than the decoding). An append, not a MERGE: ``todo`` already left out every
     # instance with an image, and a Delta commit is atomic, so a killed run leaves all of
@@ -443,6 +447,9 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         compression=ic.images_compression,
     )
     task_work.destroy()
+    expected = sum(r["expected_frames"] for r in records)
+    if counts[1].value == 0 and counts[0].value == expected:
+        return expected, 0
     written = refs[Table.IMAGES].read(spark).where(F.col("ingest_run_id") == run_id).groupBy("sop_instance_uid")
     frames_written = {r[0]: int(r[1]) for r in written.count().collect()}
     n_images = sum(frames_written.values())
@@ -477,7 +484,7 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
     return n_images, n_failures
 
 
-def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic) -> tuple[DataFrame, Broadcast]:
+def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic, counts=None) -> tuple[DataFrame, Broadcast]:
     """The pixel pass over ``records`` (metadata rows), packed into tasks of even expected decoding cost.
 
     A JPEG 2000 frame costs ~23x an uncompressed one (:func:`radlake.dicom.pixels.decode_cost`);
@@ -499,7 +506,8 @@ def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic) -> tu
         slots=slots,
     )
     items = [sorted(by_path[path], key=lambda r: r["member"] or "") for path in paths]
-    return _broadcast_tasks(spark, assignment, items, partial(pixel_task, settings=settings), S.PIXEL_RESULT)
+    task = partial(pixel_task, settings=settings, counts=counts)
+    return _broadcast_tasks(spark, assignment, items, task, S.PIXEL_RESULT)
 
 
 def _broadcast_tasks(spark, assignment: list[int], items: list[list], task_fn, schema):
