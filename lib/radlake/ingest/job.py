@@ -7,10 +7,10 @@ nothing and duplicates nothing:
    ``ingest_files`` ledger with the same size and modification time;
 2. header pass on the executors (tasks balanced by bytes and file count) → new instances are
    MERGEd on ``sop_instance_uid`` (insert only), failures and conflicts on
-   ``quarantine_id`` (this MERGE runs in a thread beside the instances MERGE and step 3:
-   independent tables, each commit mostly driver latency);
-3. the stacks of every series touched are rebuilt from the whole ``instances``
-   table and MERGEd on ``series_key``;
+   ``quarantine_id``;
+3. the stacks of every series touched are rebuilt from all their instances (those stored
+   before this run and this run's new ones) and MERGEd on ``series_key``; the three MERGEs
+   of steps 2-3 run side by side (independent tables, each commit mostly driver latency);
 4. pixel pass over the instances chosen by ``ingest.image_rule`` that have no
    image yet and no pixel failure — taken from the tables, not from this run, so
    a rerun finishes what a killed run left — in tasks balanced by expected decoding
@@ -299,26 +299,29 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     quarantine_new = _quarantine_rows(header_failures.unionByName(conflict_rows), run_id, now)
     kinds = {r["kind"]: r["count"] for r in results.groupBy("kind").count().collect()}
     n_quarantined = kinds.get("failure", 0) + n_conflicts
-    # The quarantine MERGE runs beside the instances and series MERGEs (independent tables,
-    # each commit mostly driver latency); the pixel pass, which reads quarantine, waits for it.
-    background = ThreadPoolExecutor(1)
-    quarantined = background.submit(refs[Table.QUARANTINE].merge, spark, quarantine_new, keys=["quarantine_id"])
+    # Three independent commits side by side, each mostly driver latency: quarantine, instances,
+    # and series, whose stacks are built from the instances as they are once this run's are in
+    # (the table as of ``before`` plus ``new_instances``), not read back after that commit.
+    # A run killed between them leaves the ledger unwritten, so the next run redoes them all.
+    background = ThreadPoolExecutor(2)
+    merges = [
+        background.submit(refs[Table.QUARANTINE].merge, spark, quarantine_new, keys=["quarantine_id"]),
+        background.submit(refs[Table.INSTANCES].merge, spark, new_instances, keys=["sop_instance_uid"]),
+    ]
     background.shutdown(wait=False)
-    refs[Table.INSTANCES].merge(spark, new_instances, keys=["sop_instance_uid"])
-    phase("merge_instances")
 
     # 3. Stacks of every series seen in this run (new or already stored: a restarted run must
-    # finish what a killed one left), rebuilt from the whole table.
+    # finish what a killed one left), rebuilt from all their instances.
     touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
-    all_instances = refs[Table.INSTANCES].read(spark)
+    all_instances = refs[Table.INSTANCES].read(spark, version=before).unionByName(new_instances)
     stacks = build_series(all_instances.join(touched, "series_instance_uid", "left_semi")).withColumns(
         {"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)}
     )
     series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
     refs[Table.SERIES].merge(spark, stacks, keys=["series_key"], update_columns=series_columns)
-
-    quarantined.result()
-    phase("series")
+    for merge in merges:
+        merge.result()
+    phase("merges_and_series")
     # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
     new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, now)
     phase("pixel_pass_and_write")
