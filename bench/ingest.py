@@ -256,21 +256,19 @@ def run_radlake(archive: Path, root: Path, overrides: tuple[str, ...] = ()) -> d
     }
 
 
-def warm_page_cache(archive: Path) -> float:
-    """Read every file of ``archive`` once (into the OS page cache); returns the seconds it took.
+def warm_page_cache(archive: Path) -> None:
+    """Read every file of ``archive`` once, into the OS page cache.
 
     Every contender reads the whole archive. Without this, whichever runs after another's
     gigabytes of output reads part of it from disk, while that output is still being written
     back: on this machine one header pass took 11 s in one run and 36 s in the next, with
     the same code and files, the slow one just after a run that wrote 2.3 GB.
     """
-    started = time.perf_counter()
     for path in archive.rglob("*"):
         if path.is_file():
             with path.open("rb", buffering=0) as handle:
                 while handle.read(8 << 20):
                     pass
-    return time.perf_counter() - started
 
 
 def _in_subprocess(mode: str, archive: Path, root: Path) -> dict:

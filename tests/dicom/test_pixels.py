@@ -376,10 +376,8 @@ def test_integral_modality_values_skip_the_float_round_trip(path, photometric, i
     ds = pydicom.dcmread(path)
     assert ds.PhotometricInterpretation == photometric and float(ds.get("RescaleIntercept", 0)) == intercept
     calls = []
-    real = pixels_module._Transform._shifted_integers
-    monkeypatch.setattr(
-        pixels_module._Transform, "_shifted_integers", lambda self, *a: calls.append(1) or real(self, *a)
-    )
+    real = pixels_module._Transform._exact_integers
+    monkeypatch.setattr(pixels_module._Transform, "_exact_integers", lambda self, *a: calls.append(1) or real(self, *a))
     [frame] = encoded_frames(path.read_bytes(), max_decoded_bytes=LIMIT)
     assert calls == [1] and frame.error is None
     np.testing.assert_array_equal(

@@ -420,10 +420,9 @@ class _Transform:
                 values = np.float32(2**bits - 1) - values
             return values
         slope, intercept = self.rescale(frame)
-        if keep_integers and raw.dtype.kind in "iu" and raw.itemsize <= 2 and slope == 1.0:
-            exact = self._shifted_integers(raw, intercept)
-            if exact is not None:
-                return exact
+        exact = self._exact_integers(raw, slope, intercept) if keep_integers else None
+        if exact is not None:
+            return exact
         values = raw.astype(np.float32)
         if slope != 1.0 or intercept != 0.0:
             values = values * np.float32(slope) + np.float32(intercept)
@@ -432,13 +431,15 @@ class _Transform:
             values = np.float32(lo + hi) - values
         return values
 
-    def _shifted_integers(self, raw: np.ndarray, intercept: float) -> np.ndarray | None:
-        """``raw + intercept`` as integers (MONOCHROME1 inverted), or None if the intercept is not a small integer.
+    def _exact_integers(self, raw: np.ndarray, slope: float, intercept: float) -> np.ndarray | None:
+        """``raw + intercept`` as integers (MONOCHROME1 inverted), or None where the float path is needed.
 
-        With 8- or 16-bit stored values and ``|intercept| <= 2**22`` every intermediate
-        value is below 2**24, where float32 is exact: these are the float path's values.
+        Only for 8- or 16-bit integer stored values, slope 1 and an integral
+        ``|intercept| <= 2**22``: every intermediate value is then below 2**24, where
+        float32 is exact, so these are the float path's values.
         """
-        if not (float(intercept).is_integer() and abs(intercept) <= 2**22):
+        integral = raw.dtype.kind in "iu" and raw.itemsize <= 2
+        if not (integral and slope == 1.0 and float(intercept).is_integer() and abs(intercept) <= 2**22):
             return None
         shift = int(intercept)
         if self.photometric == "MONOCHROME1":

@@ -22,6 +22,7 @@ class and message, so one bad file never fails the job.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -196,21 +197,20 @@ def _pixel_batches(
     out_schema = _arrow_schema(S.PIXEL_RESULT)
     rows: list[dict[str, Any]] = []
     size = 0
-    images: dict[str, int] = {}
     for records in groups:
+        images: Counter[str] = Counter()
         for row in _pixel_rows(records, settings):
             rows.append(row)
             if row["kind"] == "image":
-                images[row["sop_instance_uid"]] = images.get(row["sop_instance_uid"], 0) + 1
+                images[row["sop_instance_uid"]] += 1
             size += len(row.get("pixels") or b"")
             if size >= PIXEL_BATCH_BYTES:
                 yield _record_batch(rows, out_schema)
                 rows, size = [], 0
         if counts is not None:
             image_rows, short = counts
-            image_rows.add(sum(images.get(r["sop_instance_uid"], 0) for r in records))
-            short.add(sum(images.get(r["sop_instance_uid"], 0) < r.get("expected_frames", 1) for r in records))
-            images.clear()
+            image_rows.add(images.total())
+            short.add(sum(images[r["sop_instance_uid"]] < r["expected_frames"] for r in records))
     if rows:
         yield _record_batch(rows, out_schema)
 

@@ -303,24 +303,22 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     # and series, whose stacks are built from the instances as they are once this run's are in
     # (the table as of ``before`` plus ``new_instances``), not read back after that commit.
     # A run killed between them leaves the ledger unwritten, so the next run redoes them all.
-    background = ThreadPoolExecutor(2)
-    merges = [
-        background.submit(refs[Table.QUARANTINE].merge, spark, quarantine_new, keys=["quarantine_id"]),
-        background.submit(refs[Table.INSTANCES].merge, spark, new_instances, keys=["sop_instance_uid"]),
-    ]
-    background.shutdown(wait=False)
-
-    # 3. Stacks of every series seen in this run (new or already stored: a restarted run must
-    # finish what a killed one left), rebuilt from all their instances.
-    touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
-    all_instances = refs[Table.INSTANCES].read(spark, version=before).unionByName(new_instances)
-    stacks = build_series(all_instances.join(touched, "series_instance_uid", "left_semi")).withColumns(
-        {"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)}
-    )
-    series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
-    refs[Table.SERIES].merge(spark, stacks, keys=["series_key"], update_columns=series_columns)
+    with ThreadPoolExecutor(2) as background:  # leaving it waits for both, also on an error
+        merges = [
+            background.submit(refs[Table.QUARANTINE].merge, spark, quarantine_new, keys=["quarantine_id"]),
+            background.submit(refs[Table.INSTANCES].merge, spark, new_instances, keys=["sop_instance_uid"]),
+        ]
+        # 3. Stacks of every series seen in this run (new or already stored: a restarted run
+        # must finish what a killed one left), rebuilt from all their instances.
+        touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
+        all_instances = refs[Table.INSTANCES].read(spark, version=before).unionByName(new_instances)
+        stacks = build_series(all_instances.join(touched, "series_instance_uid", "left_semi")).withColumns(
+            {"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)}
+        )
+        series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
+        refs[Table.SERIES].merge(spark, stacks, keys=["series_key"], update_columns=series_columns)
     for merge in merges:
-        merge.result()
+        merge.result()  # raises a background MERGE's error
     phase("merges_and_series")
     # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
     new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, now)
