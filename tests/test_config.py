@@ -49,6 +49,13 @@ def test_override_parses_yaml_types():
     assert cfg.spark.extra == {"a.b": "c"}
 
 
+def test_a_spark_key_below_extra_stays_one_key_with_its_text():
+    cfg = load_config(
+        overrides=["spark.extra.spark.eventLog.enabled=true", "spark.extra.spark.eventLog.dir=file:/tmp/x"]
+    )
+    assert cfg.spark.extra == {"spark.eventLog.enabled": "true", "spark.eventLog.dir": "file:/tmp/x"}
+
+
 def test_unknown_key_is_named_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"spark\.shuffle_partition'.*did you mean 'spark\.shuffle_partitions'"):
         load_config(overrides=["spark.shuffle_partition=3"])

@@ -454,8 +454,12 @@ def load_config(
     source = str(path) if path else "built-in defaults"
     for item in overrides:
         key, value = _parse_override(item)
-        _check_key(key)
-        _set_dotted(data, key, value)
+        depth = _check_key(key)
+        parts = key.split(".")
+        if depth < len(parts) - 1:  # below a free-form mapping: the rest is one key, the value its text
+            parts = [*parts[:depth], ".".join(parts[depth:])]
+            value = item.partition("=")[2].strip()
+        _set_dotted(data, parts, value)
     try:
         return RadlakeConfig.model_validate(data)
     except ValidationError as exc:
@@ -474,13 +478,17 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def _check_key(dotted: str) -> None:
-    """Raise ConfigError naming ``dotted`` if it is not a key of the schema."""
+def _check_key(dotted: str) -> int:
+    """Raise ConfigError naming ``dotted`` if it is not a key of the schema.
+
+    Returns how many of its dotted parts name schema fields: fewer than all when the key
+    goes below a free-form mapping (``spark.extra.spark.eventLog.dir`` → 2).
+    """
     model: type[BaseModel] | None = RadlakeConfig
     walked: list[str] = []
     for part in dotted.split("."):
         if model is None:  # below a free-form mapping (e.g. spark.extra.<any spark key>)
-            return
+            return len(walked)
         fields = _field_names(model)
         if part not in fields:
             hint = difflib.get_close_matches(part, list(fields), n=1)
@@ -492,6 +500,7 @@ def _check_key(dotted: str) -> None:
             )
         walked.append(part)
         model = fields[part]
+    return len(walked)
 
 
 def _field_names(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
@@ -504,8 +513,7 @@ def _field_names(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
     return names
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
+def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
     node = data
     for part in parts[:-1]:
         child = node.get(part)

@@ -103,6 +103,10 @@ class TableRef:
         """The table's current Delta version (pin it to read the same data again later)."""
         return int(self.delta_table(spark).history(1).select("version").first()["version"])
 
+    def is_empty(self, spark: SparkSession) -> bool:
+        """True if the table's current version holds no data file (from the Delta log; nothing is read)."""
+        return int(self.delta_table(spark).detail().select("numFiles").first()["numFiles"]) == 0
+
     def ensure(self, spark: SparkSession, schema: StructType) -> None:
         """Create the table empty with ``schema`` if it does not exist yet (a no-op otherwise)."""
         from delta.tables import DeltaTable

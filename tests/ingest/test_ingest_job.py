@@ -18,8 +18,9 @@ from radlake.errors import ConfigError
 from radlake.ingest import job as ingest_job
 from radlake.ingest import run_ingest
 from radlake.ingest.listing import ArchiveNotFoundError, ListedFile, list_archive, pack_tasks, unseen_files
+from radlake.ingest.schema import IMAGES
 from radlake.synth import SynthConfig, generate_archive
-from radlake.tables import Table, table_ref
+from radlake.tables import Table, TableRef, table_ref
 
 pytestmark = pytest.mark.spark
 
@@ -240,6 +241,67 @@ def test_killed_run_restarts_without_loss_or_duplicates(spark, archive, tmp_path
     assert images.select("sop_instance_uid", "frame_index").distinct().count() == images.count()
     sagittal = instances.where("modality = 'MR' AND plane = 'SAGITTAL'").count()
     assert images.count() == sagittal
+
+
+def test_run_killed_after_the_pixels_but_before_the_instances_commit_restarts_cleanly(
+    spark, archive, tmp_path, monkeypatch
+):
+    """The pixel pass appends while the MERGEs run: its images may commit before the instances do."""
+    cfg = _config(tmp_path / "root")
+    merge = TableRef.merge
+
+    def instances_killed(ref, *args, **kwargs):
+        if ref.table is Table.INSTANCES:
+            raise KeyboardInterrupt("killed before the instances MERGE committed")
+        return merge(ref, *args, **kwargs)
+
+    monkeypatch.setattr(TableRef, "merge", instances_killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_ingest(spark, cfg, archive=str(archive / "synth"))
+    written = _read(spark, cfg, Table.IMAGES).count()
+    assert written > 0 and _read(spark, cfg, Table.INSTANCES).count() == 0
+    assert _read(spark, cfg, Table.INGEST_FILES).count() == 0
+    monkeypatch.undo()
+    resumed = run_ingest(spark, cfg, archive=str(archive / "synth"))
+    instances = _read(spark, cfg, Table.INSTANCES)
+    assert resumed.new_instances == instances.count() > 0 and resumed.new_images == 0
+    images = _read(spark, cfg, Table.IMAGES)
+    assert images.count() == written == instances.where("modality = 'MR' AND plane = 'SAGITTAL'").count()
+    assert images.select("sop_instance_uid", "frame_index").distinct().count() == images.count()
+    # Every image carries its place in the stack the series table holds.
+    slices = _read(spark, cfg, Table.SERIES).select("series_key", F.posexplode("slices").alias("i", "s"))
+    placed = images.join(
+        slices.select("series_key", "i", "s.sop_instance_uid", "s.frame_index"), ["sop_instance_uid", "frame_index"]
+    )
+    assert placed.where("slice_index = i").count() == images.count()
+
+
+def test_slices_arriving_later_renumber_the_images_already_stored(spark, tmp_path):
+    archive = tmp_path / "archive"
+    generate_archive(archive, SynthConfig(studies=1, seed=11, image_size=128, zip_fraction=0.0))
+    held = tmp_path / "held"
+    held.mkdir()
+    sagittal = sorted((archive / "study0000" / "SE02").iterdir())
+    for path in sagittal[::2]:  # every other slice of the stack arrives in a later run
+        shutil.move(path, held / path.name)
+    cfg = _config(tmp_path / "root")
+    images = table_ref(cfg, Table.IMAGES)
+    images.ensure(spark, IMAGES)
+    assert images.is_empty(spark)
+    run_ingest(spark, cfg, archive=str(archive))
+    assert not images.is_empty(spark)
+    before = {r.sop_instance_uid: r.slice_index for r in _read(spark, cfg, Table.IMAGES).collect()}
+    assert sorted(before.values()) == list(range(len(sagittal) // 2))
+    for path in held.iterdir():
+        shutil.move(path, archive / "study0000" / "SE02" / path.name)
+    later = run_ingest(spark, cfg, archive=str(archive))
+    assert later.new_images == len(sagittal) - len(before)
+    stack = _read(spark, cfg, Table.SERIES).where("plane = 'SAGITTAL'").collect()
+    assert len(stack) == 1 and stack[0].slice_count == len(sagittal)
+    place = {s.sop_instance_uid: i for i, s in enumerate(stack[0].slices)}
+    after = {r.sop_instance_uid: r.slice_index for r in _read(spark, cfg, Table.IMAGES).collect()}
+    assert after == place
+    assert any(after[uid] != index for uid, index in before.items())  # earlier images were moved
 
 
 def test_bad_arguments_fail_before_any_work(spark, tmp_path):

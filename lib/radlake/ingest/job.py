@@ -9,13 +9,14 @@ nothing and duplicates nothing:
    MERGEd on ``sop_instance_uid`` (insert only), failures and conflicts on
    ``quarantine_id``;
 3. the stacks of every series touched are rebuilt from all their instances (those stored
-   before this run and this run's new ones) and MERGEd on ``series_key``; the three MERGEs
-   of steps 2-3 run side by side (independent tables, each commit mostly driver latency);
+   before this run and this run's new ones) and MERGEd on ``series_key``;
 4. pixel pass over the instances chosen by ``ingest.image_rule`` that have no
-   image yet and no pixel failure — taken from the tables, not from this run, so
-   a rerun finishes what a killed run left — in tasks balanced by expected decoding
-   cost (transfer syntax x pixels), appended in one atomic Delta commit;
-5. the ledger is written last.
+   image yet and no pixel failure — taken from the tables (as they are once this run's
+   instances and stacks are in), not from this run alone, so a rerun finishes what a
+   killed run left — in tasks balanced by expected decoding cost (transfer syntax x
+   pixels), appended in one atomic Delta commit. It runs while the three MERGEs of steps
+   2-3 commit in the background (independent tables; each commit is mostly driver latency);
+5. the ledger is written last, once every other table is committed.
 
 Example
 -------
@@ -299,32 +300,61 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     quarantine_new = _quarantine_rows(header_failures.unionByName(conflict_rows), run_id, now)
     kinds = {r["kind"]: r["count"] for r in results.groupBy("kind").count().collect()}
     n_quarantined = kinds.get("failure", 0) + n_conflicts
-    # Three independent commits side by side, each mostly driver latency: quarantine, instances,
-    # and series, whose stacks are built from the instances as they are once this run's are in
-    # (the table as of ``before`` plus ``new_instances``), not read back after that commit.
-    # A run killed between them leaves the ledger unwritten, so the next run redoes them all.
-    with ThreadPoolExecutor(2) as background:  # leaving it waits for both, also on an error
+    # 3. Stacks of every series seen in this run (new or already stored: a restarted run must
+    # finish what a killed one left), rebuilt from all their instances: the table as of
+    # ``before`` plus this run's new ones, which is what the instances table holds once this
+    # run's MERGE is in.
+    touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
+    all_instances = refs[Table.INSTANCES].read(spark, version=before).unionByName(new_instances)
+    stacks = (
+        build_series(all_instances.join(touched, "series_instance_uid", "left_semi"))
+        .withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
+        .persist(StorageLevel.MEMORY_AND_DISK)  # small (no pixels): merged, and read by the pixel pass
+    )
+    # The series table as it is once this run's stacks are in.
+    all_series = stacks.select("series_key", "slices").unionByName(
+        refs[Table.SERIES].read(spark).join(stacks, "series_key", "left_anti").select("series_key", "slices")
+    )
+    series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
+    # The three MERGEs (independent tables, each commit mostly driver latency) run in the
+    # background while the pixel pass (4) decodes and appends, working from the same
+    # snapshots. Any order of their commits is restart-safe: the pixel pass skips instances
+    # that already have images, the MERGEs skip rows already stored, and the ledger is written
+    # after all of them, so a run killed in between is redone by the next.
+    # Images stored by earlier runs may need a new slice index once their stacks gain slices
+    # (this run's get theirs from ``all_series``); a table with no image yet has none to move.
+    earlier_images = not refs[Table.IMAGES].is_empty(spark)
+    with ThreadPoolExecutor(3) as background:  # leaving it waits for all, also on an error
         merges = [
-            background.submit(refs[Table.QUARANTINE].merge, spark, quarantine_new, keys=["quarantine_id"]),
-            background.submit(refs[Table.INSTANCES].merge, spark, new_instances, keys=["sop_instance_uid"]),
+            background.submit(
+                refs[Table.SERIES].merge, spark, stacks, keys=["series_key"], update_columns=series_columns
+            )
         ]
-        # 3. Stacks of every series seen in this run (new or already stored: a restarted run
-        # must finish what a killed one left), rebuilt from all their instances.
-        touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
-        all_instances = refs[Table.INSTANCES].read(spark, version=before).unionByName(new_instances)
-        stacks = build_series(all_instances.join(touched, "series_instance_uid", "left_semi")).withColumns(
-            {"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)}
+        if n_new:
+            merges.append(
+                background.submit(refs[Table.INSTANCES].merge, spark, new_instances, keys=["sop_instance_uid"])
+            )
+        if n_quarantined:
+            merges.append(
+                background.submit(refs[Table.QUARANTINE].merge, spark, quarantine_new, keys=["quarantine_id"])
+            )
+        # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
+        new_images, pixel_failures = _pixel_stage(
+            spark, config, refs, run_columns, run_id, instances=all_instances, series=all_series
         )
-        series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
-        refs[Table.SERIES].merge(spark, stacks, keys=["series_key"], update_columns=series_columns)
     for merge in merges:
         merge.result()  # raises a background MERGE's error
-    phase("merges_and_series")
-    # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
-    new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, now)
-    phase("pixel_pass_and_write")
-    _refresh_slice_indices(spark, refs, touched)
+    phase("merges_series_and_pixels")
+    n_pixel_failures = 0
+    if pixel_failures is not None:  # after the quarantine MERGE above: one writer per table at a time
+        n_pixel_failures = pixel_failures.count()
+        if n_pixel_failures:
+            refs[Table.QUARANTINE].merge(spark, _quarantine_rows(pixel_failures, run_id, now), keys=["quarantine_id"])
+        pixel_failures.unpersist()
+    if earlier_images:
+        _refresh_slice_indices(spark, refs, touched)
     phase("slice_index_refresh")
+    stacks.unpersist()
 
     # 5. The ledger, last.
     per_file = results.groupBy("path", "file_size", "modification_time").agg(
@@ -349,7 +379,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         files_ingested=len(files),
         new_instances=n_new,
         unchanged_instances=duplicates,
-        quarantined=n_quarantined + pixel_failures,
+        quarantined=n_quarantined + n_pixel_failures,
         conflicts=n_conflicts,
         dicomdir_skipped=dicomdirs,
         series=refs[Table.SERIES].read(spark).count(),
@@ -383,10 +413,17 @@ def _slice_indices(series: DataFrame) -> DataFrame:
     )
 
 
-def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, int]:
-    """Decode what is still to decode; returns (new image rows, new pixel failures)."""
+def _pixel_stage(
+    spark, config, refs, run_columns, run_id, *, instances: DataFrame, series: DataFrame
+) -> tuple[int, DataFrame | None]:
+    """Decode what is still to decode and append its frames to ``images``.
+
+    ``instances`` and ``series`` are those tables as they are once this run's MERGEs are in
+    (the MERGEs may still be running). Returns the image rows written and, if some instance
+    gave fewer frames than it holds, its pixel failures (persisted; not yet written, so that
+    the caller merges them into ``quarantine`` after the run's other quarantine MERGE).
+    """
     ic = config.ingest
-    instances = refs[Table.INSTANCES].read(spark)
     done = refs[Table.IMAGES].read(spark).select("sop_instance_uid").distinct()
     failed = refs[Table.QUARANTINE].read(spark).where("stage = 'pixels'").select("sop_instance_uid")
     todo = (
@@ -396,7 +433,7 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         .join(failed, "sop_instance_uid", "left_anti")
     )
     per_instance = (
-        _slice_indices(refs[Table.SERIES].read(spark))
+        _slice_indices(series)
         .groupBy("sop_instance_uid")
         .agg(F.sort_array(F.collect_list(F.struct("frame_index", "slice_index"))).alias("_frames"))
         .select("sop_instance_uid", F.expr("transform(_frames, f -> f.slice_index)").alias("slice_indices"))
@@ -425,7 +462,7 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
     # The work list is metadata (no pixels), packed into tasks on the driver.
     records = [row.asDict(recursive=True) for row in work.collect()]
     if not records:
-        return 0, 0
+        return 0, None
     settings = PixelSettings(
         max_member_bytes=ic.max_member_bytes,
         max_decoded_bytes=ic.max_decoded_bytes,
@@ -450,7 +487,7 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
     task_work.destroy()
     expected = sum(r["expected_frames"] for r in records)
     if counts[1].value == 0 and counts[0].value == expected:
-        return expected, 0
+        return expected, None
     written = refs[Table.IMAGES].read(spark).where(F.col("ingest_run_id") == run_id).groupBy("sop_instance_uid")
     frames_written = {r[0]: int(r[1]) for r in written.count().collect()}
     n_images = sum(frames_written.values())
@@ -458,7 +495,7 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
     # they hold (rare), decoded once more to record why.
     short = [r for r in records if frames_written.get(r["sop_instance_uid"], 0) < r["expected_frames"]]
     if not short:
-        return n_images, 0
+        return n_images, None
     retried, task_work = _decode_tasks(spark, short, settings, ic)
     failures = (
         retried.where("kind = 'failure'")
@@ -477,12 +514,9 @@ def _pixel_stage(spark, config, refs, run_columns, run_id, now) -> tuple[int, in
         )
         .persist(StorageLevel.MEMORY_AND_DISK)  # small: no pixels
     )
-    n_failures = failures.count()
+    failures.count()  # decoded now, while the task lists are still broadcast
     task_work.destroy()
-    if n_failures:
-        refs[Table.QUARANTINE].merge(spark, _quarantine_rows(failures, run_id, now), keys=["quarantine_id"])
-    failures.unpersist()
-    return n_images, n_failures
+    return n_images, failures
 
 
 def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic, counts=None) -> tuple[DataFrame, Broadcast]:
