@@ -22,6 +22,16 @@ def test_delta_round_trip_with_time_travel(spark, config):
     assert sorted(r.id for r in v0.collect()) == [0, 1, 2, 3, 4]
 
 
+def test_ensure_creates_a_table_once_and_says_so(spark, config):
+    ref = table_ref(config, Table.SPLITS)
+    schema = "study_instance_uid string, split string"
+    assert ref.ensure(spark, spark.createDataFrame([], schema).schema) is True
+    assert ref.read(spark).count() == 0
+    spark.createDataFrame([("1.2.3", "train")], schema).write.format("delta").mode("append").save(ref.path)
+    assert ref.ensure(spark, spark.createDataFrame([], schema).schema) is False
+    assert ref.read(spark).count() == 1
+
+
 def test_tables_are_readable_without_spark(spark, config):
     """Any Delta reader (here delta-rs, no JVM) reads what radlake writes."""
     from deltalake import DeltaTable

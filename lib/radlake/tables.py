@@ -103,17 +103,20 @@ class TableRef:
         """The table's current Delta version (pin it to read the same data again later)."""
         return int(self.delta_table(spark).history(1).select("version").first()["version"])
 
-    def is_empty(self, spark: SparkSession) -> bool:
-        """True if the table's current version holds no data file (from the Delta log; nothing is read)."""
-        return int(self.delta_table(spark).detail().select("numFiles").first()["numFiles"]) == 0
+    def ensure(self, spark: SparkSession, schema: StructType) -> bool:
+        """Create the table empty with ``schema`` if it does not exist yet.
 
-    def ensure(self, spark: SparkSession, schema: StructType) -> None:
-        """Create the table empty with ``schema`` if it does not exist yet (a no-op otherwise)."""
+        Returns True if this call created it, so that the caller knows it is empty without
+        reading it (a no-op returning False if it exists).
+        """
         from delta.tables import DeltaTable
 
+        if self.exists(spark):
+            return False
         builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
         builder = builder.tableName(self.name) if self.name else builder.location(self.path)
         builder.execute()
+        return True
 
     def merge(
         self,

@@ -18,7 +18,6 @@ from radlake.errors import ConfigError
 from radlake.ingest import job as ingest_job
 from radlake.ingest import run_ingest
 from radlake.ingest.listing import ArchiveNotFoundError, ListedFile, list_archive, pack_tasks, unseen_files
-from radlake.ingest.schema import IMAGES
 from radlake.synth import SynthConfig, generate_archive
 from radlake.tables import Table, TableRef, table_ref
 
@@ -246,16 +245,20 @@ def test_killed_run_restarts_without_loss_or_duplicates(spark, archive, tmp_path
 def test_run_killed_after_the_pixels_but_before_the_instances_commit_restarts_cleanly(
     spark, archive, tmp_path, monkeypatch
 ):
-    """The pixel pass appends while the MERGEs run: its images may commit before the instances do."""
+    """The pixel pass appends while the instances are written: its images may commit first."""
     cfg = _config(tmp_path / "root")
-    merge = TableRef.merge
+    merge, append = TableRef.merge, ingest_job._append
 
-    def instances_killed(ref, *args, **kwargs):
-        if ref.table is Table.INSTANCES:
-            raise KeyboardInterrupt("killed before the instances MERGE committed")
-        return merge(ref, *args, **kwargs)
+    def killed(write):
+        def instances_killed(ref, *args, **kwargs):
+            if ref.table is Table.INSTANCES:
+                raise KeyboardInterrupt("killed before the instances commit")
+            return write(ref, *args, **kwargs)
 
-    monkeypatch.setattr(TableRef, "merge", instances_killed)
+        return instances_killed
+
+    monkeypatch.setattr(TableRef, "merge", killed(merge))  # a MERGE into a stored table
+    monkeypatch.setattr(ingest_job, "_append", killed(append))  # the append into a table this run created
     with pytest.raises(KeyboardInterrupt):
         run_ingest(spark, cfg, archive=str(archive / "synth"))
     written = _read(spark, cfg, Table.IMAGES).count()
@@ -285,11 +288,7 @@ def test_slices_arriving_later_renumber_the_images_already_stored(spark, tmp_pat
     for path in sagittal[::2]:  # every other slice of the stack arrives in a later run
         shutil.move(path, held / path.name)
     cfg = _config(tmp_path / "root")
-    images = table_ref(cfg, Table.IMAGES)
-    images.ensure(spark, IMAGES)
-    assert images.is_empty(spark)
     run_ingest(spark, cfg, archive=str(archive))
-    assert not images.is_empty(spark)
     before = {r.sop_instance_uid: r.slice_index for r in _read(spark, cfg, Table.IMAGES).collect()}
     assert sorted(before.values()) == list(range(len(sagittal) // 2))
     for path in held.iterdir():

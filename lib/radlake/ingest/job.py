@@ -175,8 +175,17 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         Table.INGEST_FILES: S.INGEST_FILES,
     }
     # Five independent Delta commits, each mostly waiting on the driver: made side by side.
+    # A table created here is known to be empty without reading it.
     with ThreadPoolExecutor(len(structs)) as pool:
-        list(pool.map(lambda item: refs[item[0]].ensure(spark, item[1]), structs.items()))
+        made = {table: pool.submit(refs[table].ensure, spark, struct) for table, struct in structs.items()}
+    created = {table: future.result() for table, future in made.items()}
+
+    def stored(table: Table, version: int | None = None) -> DataFrame:
+        """``table`` as stored before this run's writes; one this run created is empty and is not read."""
+        if created[table]:
+            return spark.createDataFrame([], structs[table])  # Catalyst drops joins and unions with it
+        return refs[table].read(spark, version=version)
+
     run_id = uuid.uuid4().hex
     now = datetime.now(UTC)
     run_columns = {"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now), "radlake_version": F.lit(__version__)}
@@ -184,7 +193,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
 
     # 1. What is new since the ledger.
     listed = list_archive(spark, archive)
-    files = unseen_files(listed, refs[Table.INGEST_FILES].read(spark))
+    files = listed if created[Table.INGEST_FILES] else unseen_files(listed, refs[Table.INGEST_FILES].read(spark))
     files_seen = len(listed)
     phase("list")
     if not files:  # the ledger is written last, so a complete ledger means nothing is left to do
@@ -245,12 +254,9 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     # Each instance of this run is classified once, against the table as it was before this
     # run's writes: new, unchanged (same content already stored or seen earlier in this run),
     # or conflict (the same SOPInstanceUID with other content: quarantined, never overwritten).
-    before = refs[Table.INSTANCES].version(spark)
-    existing = (
-        refs[Table.INSTANCES]
-        .read(spark, version=before)
-        .select("sop_instance_uid", F.col("content_sha256").alias("_existing_sha"))
-    )
+    before = None if created[Table.INSTANCES] else refs[Table.INSTANCES].version(spark)
+    stored_instances = stored(Table.INSTANCES, version=before)
+    existing = stored_instances.select("sop_instance_uid", F.col("content_sha256").alias("_existing_sha"))
     first_sha = F.first("content_sha256").over(
         Window.partitionBy("sop_instance_uid").orderBy("path", F.col("member").asc_nulls_first())
     )
@@ -305,43 +311,53 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     # ``before`` plus this run's new ones, which is what the instances table holds once this
     # run's MERGE is in.
     touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
-    all_instances = refs[Table.INSTANCES].read(spark, version=before).unionByName(new_instances)
+    all_instances = stored_instances.unionByName(new_instances)
     stacks = (
         build_series(all_instances.join(touched, "series_instance_uid", "left_semi"))
         .withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
         .persist(StorageLevel.MEMORY_AND_DISK)  # small (no pixels): merged, and read by the pixel pass
     )
+    n_stacks = stacks.count()  # built once here, not by each query that reads it
     # The series table as it is once this run's stacks are in.
     all_series = stacks.select("series_key", "slices").unionByName(
-        refs[Table.SERIES].read(spark).join(stacks, "series_key", "left_anti").select("series_key", "slices")
+        stored(Table.SERIES).join(stacks, "series_key", "left_anti").select("series_key", "slices")
     )
     series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
+    # 4. The pixel pass's work list first: computed alone it takes a fraction of the time it takes beside the
+    # MERGEs, and the decoding (executor-bound) then overlaps their commits (driver-bound).
+    records = _pixel_work(
+        ic.image_rule,
+        instances=all_instances,
+        series=all_series,
+        images=stored(Table.IMAGES),
+        quarantine=stored(Table.QUARANTINE),
+    )
+
     # The three MERGEs (independent tables, each commit mostly driver latency) run in the
-    # background while the pixel pass (4) decodes and appends, working from the same
+    # background while the pixel pass decodes and appends, working from the same
     # snapshots. Any order of their commits is restart-safe: the pixel pass skips instances
     # that already have images, the MERGEs skip rows already stored, and the ledger is written
     # after all of them, so a run killed in between is redone by the next.
-    # Images stored by earlier runs may need a new slice index once their stacks gain slices
-    # (this run's get theirs from ``all_series``); a table with no image yet has none to move.
-    earlier_images = not refs[Table.IMAGES].is_empty(spark)
+    def store(table: Table, source: DataFrame, **merge_args) -> None:
+        """MERGE ``source`` into ``table``; into a table this run created, append it.
+
+        A table created by this run is empty, so the MERGE could only insert: an append writes
+        the same rows without the MERGE's join and copy of its source. A rerun after a kill
+        finds the table and MERGEs, so no row is stored twice.
+        """
+        if created[table]:
+            _append(refs[table], source.select(*(f.name for f in structs[table].fields)))
+        else:
+            refs[table].merge(spark, source, **merge_args)
+
     with ThreadPoolExecutor(3) as background:  # leaving it waits for all, also on an error
-        merges = [
-            background.submit(
-                refs[Table.SERIES].merge, spark, stacks, keys=["series_key"], update_columns=series_columns
-            )
-        ]
+        merges = [background.submit(store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)]
         if n_new:
-            merges.append(
-                background.submit(refs[Table.INSTANCES].merge, spark, new_instances, keys=["sop_instance_uid"])
-            )
+            merges.append(background.submit(store, Table.INSTANCES, new_instances, keys=["sop_instance_uid"]))
         if n_quarantined:
-            merges.append(
-                background.submit(refs[Table.QUARANTINE].merge, spark, quarantine_new, keys=["quarantine_id"])
-            )
+            merges.append(background.submit(store, Table.QUARANTINE, quarantine_new, keys=["quarantine_id"]))
         # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
-        new_images, pixel_failures = _pixel_stage(
-            spark, config, refs, run_columns, run_id, instances=all_instances, series=all_series
-        )
+        new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, records, all_instances)
     for merge in merges:
         merge.result()  # raises a background MERGE's error
     phase("merges_series_and_pixels")
@@ -351,7 +367,8 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         if n_pixel_failures:
             refs[Table.QUARANTINE].merge(spark, _quarantine_rows(pixel_failures, run_id, now), keys=["quarantine_id"])
         pixel_failures.unpersist()
-    if earlier_images:
+    n_series = n_stacks if created[Table.SERIES] else refs[Table.SERIES].read(spark).count()
+    if not created[Table.IMAGES]:  # this run's images took their index from ``all_series``; earlier ones may move
         _refresh_slice_indices(spark, refs, touched)
     phase("slice_index_refresh")
     stacks.unpersist()
@@ -361,8 +378,8 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         F.sum(F.when(F.col("kind") == "instance", 1).otherwise(0)).cast("int").alias("n_instances"),
         F.sum(F.when(F.col("kind") == "failure", 1).otherwise(0)).cast("int").alias("n_quarantined"),
     )
-    refs[Table.INGEST_FILES].merge(
-        spark,
+    store(
+        Table.INGEST_FILES,
         per_file.withColumns({"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now)}),
         keys=["path", "file_size", "modification_time"],
     )
@@ -382,7 +399,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         quarantined=n_quarantined + n_pixel_failures,
         conflicts=n_conflicts,
         dicomdir_skipped=dicomdirs,
-        series=refs[Table.SERIES].read(spark).count(),
+        series=n_series,
         new_images=new_images,
         seconds=round(time.perf_counter() - started, 2),
         phase_seconds=phases,
@@ -413,21 +430,20 @@ def _slice_indices(series: DataFrame) -> DataFrame:
     )
 
 
-def _pixel_stage(
-    spark, config, refs, run_columns, run_id, *, instances: DataFrame, series: DataFrame
-) -> tuple[int, DataFrame | None]:
-    """Decode what is still to decode and append its frames to ``images``.
+def _pixel_work(
+    image_rule: str, *, instances: DataFrame, series: DataFrame, images: DataFrame, quarantine: DataFrame
+) -> list[dict]:
+    """The pixel pass's work list: one metadata record (no pixels) per instance still to decode.
 
-    ``instances`` and ``series`` are those tables as they are once this run's MERGEs are in
-    (the MERGEs may still be running). Returns the image rows written and, if some instance
-    gave fewer frames than it holds, its pixel failures (persisted; not yet written, so that
-    the caller merges them into ``quarantine`` after the run's other quarantine MERGE).
+    The instances chosen by ``image_rule`` that have pixels, no image and no pixel failure,
+    each with its frames' slice indices. ``instances`` and ``series`` are those tables as they
+    are once this run's MERGEs are in; ``images`` and ``quarantine`` as they were before this
+    run (its own quarantine rows are header failures and conflicts, not pixel failures).
     """
-    ic = config.ingest
-    done = refs[Table.IMAGES].read(spark).select("sop_instance_uid").distinct()
-    failed = refs[Table.QUARANTINE].read(spark).where("stage = 'pixels'").select("sop_instance_uid")
+    done = images.select("sop_instance_uid").distinct()
+    failed = quarantine.where("stage = 'pixels'").select("sop_instance_uid")
     todo = (
-        instances.where(F.expr(ic.image_rule))
+        instances.where(F.expr(image_rule))
         .where("has_pixels")
         .join(done, "sop_instance_uid", "left_anti")
         .join(failed, "sop_instance_uid", "left_anti")
@@ -459,8 +475,20 @@ def _pixel_stage(
         ).alias("pixel_count"),
         "transfer_syntax_uid",
     )
-    # The work list is metadata (no pixels), packed into tasks on the driver.
-    records = [row.asDict(recursive=True) for row in work.collect()]
+    return [row.asDict(recursive=True) for row in work.collect()]
+
+
+def _pixel_stage(
+    spark, config, refs, run_columns, run_id, records: list[dict], instances: DataFrame
+) -> tuple[int, DataFrame | None]:
+    """Decode the instances of ``records`` (from :func:`_pixel_work`) and append their frames to ``images``.
+
+    Returns the image rows written and, if some instance gave fewer frames than it holds,
+    its pixel failures (persisted, with file size and time from ``instances``; not written
+    here, so that the caller merges them into ``quarantine`` after the run's other
+    quarantine MERGE).
+    """
+    ic = config.ingest
     if not records:
         return 0, None
     settings = PixelSettings(
