@@ -69,3 +69,23 @@ def test_table_schema_promotes_exactly_the_parsed_columns():
     from radlake.ingest.schema import PROMOTED_FIELDS
 
     assert tuple(f.name for f in PROMOTED_FIELDS) == PROMOTED_COLUMNS
+
+
+def test_a_stack_split_across_arrow_batches_stays_one_stack():
+    import pyarrow as pa
+
+    from radlake.ingest.series import STACK, _stack_batches
+
+    def rows(key, xs):
+        return [{**r, "series_key": key, "sop_instance_uid": f"{key}.{i}"} for i, r in enumerate(_stack(xs))]
+
+    columns = ["series_key", "sop_instance_uid", "image_orientation_patient", "image_position_patient"]
+    columns += ["frame_positions", "number_of_frames", "instance_number"]
+    a, b = rows("a", [0.0, 4.0, 8.0]), rows("b", [0.0, 3.0])
+    batches = [pa.RecordBatch.from_pylist(part) for part in (a[:2], a[2:] + b[:1], b[1:])]
+    assert all(batch.schema.names == columns for batch in batches)
+    out = pa.Table.from_batches(list(_stack_batches(iter(batches))))
+    assert out.schema.names == [f.name for f in STACK.fields]
+    assert out.column("series_key").to_pylist() == ["a", "b"]
+    assert out.column("slice_count").to_pylist() == [3, 2]
+    assert out.column("slice_spacing_mm").to_pylist() == [4.0, 3.0]

@@ -9,6 +9,7 @@ spacing is measured from the position differences.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,9 @@ DUPLICATE_TOLERANCE_MM = 1e-3
 UNEVEN_TOLERANCE = 0.1
 #: A spacing more than this multiple of the median spacing is a gap (missing slices).
 GAP_FACTOR = 1.5
+
+#: Stacks per Arrow batch that :func:`build_series` yields.
+STACKS_PER_BATCH = 256
 
 #: One stack as :func:`build_series` returns it: the ``series`` table without the run columns.
 STACK = S.StructType([f for f in S.SERIES.fields if f.name not in {"updated_run_id", "updated_at"}])
@@ -70,13 +74,36 @@ def build_series(instances: DataFrame) -> DataFrame:
         "pixel_spacing",
         "slice_thickness",
     ]
-    return instances.select(*columns).groupBy("series_key").applyInArrow(_stack_table, STACK)
+    # Rows of one stack meet in one partition, in a row: one Python call per partition walks
+    # them (a grouped applyInArrow costs a round trip per stack, ~1 ms, with thousands of stacks).
+    return (
+        instances.select(*columns)
+        .repartition("series_key")
+        .sortWithinPartitions("series_key", "sop_instance_uid")
+        .mapInArrow(_stack_batches, STACK)
+    )
 
 
-def _stack_table(table: pa.Table) -> pa.Table:
+def _stack_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """:func:`describe_stack` of each run of rows with one ``series_key`` (the input is sorted by it)."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    return pa.Table.from_pylist([describe_stack(table.to_pylist())], schema=to_arrow_schema(STACK))
+    schema = to_arrow_schema(STACK)
+    stacks: list[dict[str, Any]] = []
+    current: list[dict[str, Any]] = []
+    for batch in batches:
+        for row in batch.to_pylist():
+            if current and row["series_key"] != current[0]["series_key"]:
+                stacks.append(describe_stack(current))
+                current = []
+            current.append(row)
+        if len(stacks) >= STACKS_PER_BATCH:
+            yield pa.RecordBatch.from_pylist(stacks, schema=schema)
+            stacks = []
+    if current:
+        stacks.append(describe_stack(current))
+    if stacks:
+        yield pa.RecordBatch.from_pylist(stacks, schema=schema)
 
 
 def describe_stack(instances: list[dict[str, Any]]) -> dict[str, Any]:
