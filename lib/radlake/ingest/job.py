@@ -14,9 +14,12 @@ nothing and duplicates nothing:
    image yet and no pixel failure — taken from the tables (as they are once this run's
    instances and stacks are in), not from this run alone, so a rerun finishes what a
    killed run left — in tasks balanced by expected decoding cost (transfer syntax x
-   pixels), appended in one atomic Delta commit. It runs while the three MERGEs of steps
-   2-3 commit in the background (independent tables; each commit is mostly driver latency);
+   pixels), appended in one atomic Delta commit. It runs while the three commits of steps
+   2-3 are written in the background (independent tables);
 5. the ledger is written last, once every other table is committed.
+
+A table this run created is known to be empty: it is not read, and rows go into it by an
+append (what a MERGE into an empty table does); a restarted run finds it and MERGEs.
 
 Example
 -------
@@ -323,8 +326,8 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         stored(Table.SERIES).join(stacks, "series_key", "left_anti").select("series_key", "slices")
     )
     series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
-    # 4. The pixel pass's work list first: computed alone it takes a fraction of the time it takes beside the
-    # MERGEs, and the decoding (executor-bound) then overlaps their commits (driver-bound).
+    # 4. The pixel pass's work list first: alone it takes a fraction of the time it takes
+    # beside the commits, and the decoding then runs while they are written.
     records = _pixel_work(
         ic.image_rule,
         instances=all_instances,
@@ -333,11 +336,11 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         quarantine=stored(Table.QUARANTINE),
     )
 
-    # The three MERGEs (independent tables, each commit mostly driver latency) run in the
-    # background while the pixel pass decodes and appends, working from the same
-    # snapshots. Any order of their commits is restart-safe: the pixel pass skips instances
-    # that already have images, the MERGEs skip rows already stored, and the ledger is written
-    # after all of them, so a run killed in between is redone by the next.
+    # The three commits (independent tables) run in the background while the pixel pass
+    # decodes and appends, working from the same snapshots. Any order of them is
+    # restart-safe: the pixel pass skips instances that already have images, the MERGEs skip
+    # rows already stored, and the ledger is written after all of them, so a run killed in
+    # between is redone by the next.
     def store(table: Table, source: DataFrame, **merge_args) -> None:
         """MERGE ``source`` into ``table``; into a table this run created, append it.
 
@@ -368,7 +371,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
             refs[Table.QUARANTINE].merge(spark, _quarantine_rows(pixel_failures, run_id, now), keys=["quarantine_id"])
         pixel_failures.unpersist()
     n_series = n_stacks if created[Table.SERIES] else refs[Table.SERIES].read(spark).count()
-    if not created[Table.IMAGES]:  # this run's images took their index from ``all_series``; earlier ones may move
+    if not created[Table.IMAGES]:  # this run's images have their index from ``all_series``; older ones may move
         _refresh_slice_indices(spark, refs, touched)
     phase("slice_index_refresh")
     stacks.unpersist()
