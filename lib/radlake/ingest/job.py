@@ -354,16 +354,16 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
             refs[table].merge(spark, source, **merge_args)
 
     with ThreadPoolExecutor(3) as background:  # leaving it waits for all, also on an error
-        merges = [background.submit(store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)]
+        commits = [background.submit(store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)]
         if n_new:
-            merges.append(background.submit(store, Table.INSTANCES, new_instances, keys=["sop_instance_uid"]))
+            commits.append(background.submit(store, Table.INSTANCES, new_instances, keys=["sop_instance_uid"]))
         if n_quarantined:
-            merges.append(background.submit(store, Table.QUARANTINE, quarantine_new, keys=["quarantine_id"]))
+            commits.append(background.submit(store, Table.QUARANTINE, quarantine_new, keys=["quarantine_id"]))
         # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
         new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, records, all_instances)
-    for merge in merges:
-        merge.result()  # raises a background MERGE's error
-    phase("merges_series_and_pixels")
+    for commit in commits:
+        commit.result()  # raises a background write's error
+    phase("commits_and_pixels")
     n_pixel_failures = 0
     if pixel_failures is not None:  # after the quarantine MERGE above: one writer per table at a time
         n_pixel_failures = pixel_failures.count()

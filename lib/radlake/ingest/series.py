@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from itertools import groupby, islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,21 +91,10 @@ def _stack_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
     from pyspark.sql.pandas.types import to_arrow_schema
 
     schema = to_arrow_schema(STACK)
-    stacks: list[dict[str, Any]] = []
-    current: list[dict[str, Any]] = []
-    for batch in batches:
-        for row in batch.to_pylist():
-            if current and row["series_key"] != current[0]["series_key"]:
-                stacks.append(describe_stack(current))
-                current = []
-            current.append(row)
-        if len(stacks) >= STACKS_PER_BATCH:
-            yield pa.RecordBatch.from_pylist(stacks, schema=schema)
-            stacks = []
-    if current:
-        stacks.append(describe_stack(current))
-    if stacks:
-        yield pa.RecordBatch.from_pylist(stacks, schema=schema)
+    rows = (row for batch in batches for row in batch.to_pylist())
+    stacks = (describe_stack(list(group)) for _, group in groupby(rows, key=itemgetter("series_key")))
+    while chunk := list(islice(stacks, STACKS_PER_BATCH)):
+        yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
 
 def describe_stack(instances: list[dict[str, Any]]) -> dict[str, Any]:
