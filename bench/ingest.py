@@ -19,7 +19,12 @@ transfer syntaxes (explicit and implicit VR, RLE, JPEG-LS, JPEG 2000), as the de
 Each contender starts with the archive in the OS page cache (:func:`warm_page_cache`), so
 that the figures compare the work, not which run found its input on disk.
 
-The limit, the peer and radlake run once more on an uncompressed copy of the same archive
+The limit, the peer and radlake run in interleaved rounds (``--rounds``, default 2), and each
+reports its fastest run with every run's time beside it: noise on a shared machine only adds
+time, and interleaving spreads a slow spell over all three. Each run's output is deleted
+after it, so that the next starts with as much free memory.
+
+They also run, in the same way, on an uncompressed copy of the same archive
 (every compressed instance rewritten as Explicit VR Little Endian, same UIDs and pixels),
 the setting in which the issue's own reference figures were taken (2,000 uncompressed 384²
 files: the bare loop ~4x the pixels-style job). The limit also reports the CPU seconds its
@@ -283,9 +288,44 @@ def _in_subprocess(mode: str, archive: Path, root: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _best_of(runs: list[dict]) -> dict:
+    """The fastest of ``runs`` (each one contender's measurement), with every run's time kept.
+
+    On a shared 2-core machine, noise only ever adds time (the same run took 38 to 50 s
+    here), so the least time is the closest to what the work costs, as ``timeit`` does.
+    The peak memory kept is the largest of all runs, and so is a re-run's share of its
+    first run's time: those are bounded from above, so the worst run is the one to check.
+    """
+    best = dict(min(runs, key=lambda run: run["seconds"]))
+    best["seconds_all_rounds"] = [round(run["seconds"], 2) for run in runs]
+    best["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    if "rerun_seconds" in best:
+        best["rerun_vs_first_run_time_worst"] = max(run["rerun_seconds"] / run["seconds"] for run in runs)
+    return best
+
+
+def _rounds(archive: Path, suffix: str, rounds: int) -> tuple[dict, dict, dict]:
+    """The limit, the peer and radlake on ``archive``, interleaved, ``rounds`` times; each its best run.
+
+    Interleaving spreads any slow spell of the machine over all three contenders instead
+    of landing it on whichever ran last.
+    """
+    runs: dict[str, list[dict]] = {"limit": [], "peer": [], "radlake": []}
+    roots = {"limit": "limit-out", "peer": "peer-root", "radlake": "radlake-root"}
+    for _ in range(rounds):
+        for mode, found in runs.items():
+            root = WORK / f"{roots[mode]}{suffix}"
+            found.append(_in_subprocess(mode, archive, root))
+            shutil.rmtree(root, ignore_errors=True)  # read no more: the next contender starts with as much free memory
+    return _best_of(runs["limit"]), _best_of(runs["peer"]), _best_of(runs["radlake"])
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(prog="bench ingest")
     parser.add_argument("--files", type=int, default=10_000, help="at least this many DICOM files (384x384, 16-bit)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved runs of each contender per archive; each reports its best"
+    )
     parser.add_argument("--mode", choices=["limit", "peer", "radlake", "radlake_headers"], help=argparse.SUPPRESS)
     parser.add_argument("--archive", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -305,19 +345,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     archive = ensure_archive(studies)
     quarter = ensure_archive(max(1, studies // 4))
     generate_s = time.perf_counter() - t0
-    limit = _in_subprocess("limit", archive, WORK / "limit-out")
-    peer = _in_subprocess("peer", archive, WORK / "peer-root")
-    ours = _in_subprocess("radlake", archive, WORK / "radlake-root")
+    plain = ensure_uncompressed(archive)
+    limit, peer, ours = _rounds(archive, "", args.rounds)
+    plain_limit, plain_peer, plain_ours = _rounds(plain, "-uncompressed", args.rounds)
     small = _in_subprocess("radlake", quarter, WORK / "radlake-root-quarter")
     headers = _in_subprocess("radlake_headers", archive, WORK / "radlake-root-headers")
-    plain = ensure_uncompressed(archive)
-    plain_limit = _in_subprocess("limit", plain, WORK / "limit-out-uncompressed")
-    plain_peer = _in_subprocess("peer", plain, WORK / "peer-root-uncompressed")
-    plain_ours = _in_subprocess("radlake", plain, WORK / "radlake-root-uncompressed")
     memory_growth = ours["peak_rss_mb"] / small["peak_rss_mb"] - 1
     result = {
         "files": ours["files"],
         "image_size": 384,
+        "rounds": args.rounds,
         "archive_generation_seconds": round(generate_s, 1),
         "limit": limit,
         "peer": peer,
@@ -328,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "ratios": {
             "radlake_vs_limit_files_per_s": ours["files_per_s"] / limit["files_per_s"],
             "radlake_vs_peer_files_per_s": ours["files_per_s"] / peer["files_per_s"],
-            "rerun_vs_first_run_time": ours["rerun_seconds"] / ours["seconds"],
+            "rerun_vs_first_run_time": ours["rerun_vs_first_run_time_worst"],
             "peak_memory_growth_4x_files": memory_growth,
             "peer_vs_limit_files_per_s": peer["files_per_s"] / limit["files_per_s"],
             "radlake_headers_only_vs_peer_files_per_s": headers["files_per_s"] / peer["files_per_s"],
