@@ -14,8 +14,9 @@ nothing and duplicates nothing:
    image yet and no pixel failure — taken from the tables (as they are once this run's
    instances and stacks are in), not from this run alone, so a rerun finishes what a
    killed run left — in tasks balanced by expected decoding cost (transfer syntax x
-   pixels), appended in one atomic Delta commit. It runs while the three commits of steps
-   2-3 are written in the background (independent tables);
+   pixels), appended in one atomic Delta commit. The three commits of steps 2-3
+   (independent tables) are written in the background, each started as soon as its rows
+   are known, while the stacks, the work list and the pixel pass are computed;
 5. the ledger is written last, once every other table is committed.
 
 A table this run created is known to be empty: it is not read, and rows go into it by an
@@ -274,9 +275,16 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         )
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    counts = {r["_status"]: r["count"] for r in classified.groupBy("_status").count().collect()}
+    # One job counts this run's instances by status and the header pass's rows by kind.
+    tally = (
+        classified.groupBy(F.lit("status").alias("of"), F.col("_status").alias("value"))
+        .count()
+        .unionByName(results.groupBy(F.lit("kind").alias("of"), F.col("kind").alias("value")).count())
+    )
+    found = {(r["of"], r["value"]): r["count"] for r in tally.collect()}
     phase("header_pass")
-    n_new, duplicates, n_conflicts = (counts.get(k, 0) for k in ("new", "unchanged", "conflict"))
+    n_new, duplicates, n_conflicts = (found.get(("status", k), 0) for k in ("new", "unchanged", "conflict"))
+    n_quarantined = found.get(("kind", "failure"), 0) + n_conflicts
     new_instances = classified.where("_status = 'new'").select(*instance_columns)
     conflicts = classified.where("_status = 'conflict'")
 
@@ -307,40 +315,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         ).alias("error_message"),
     )
     quarantine_new = _quarantine_rows(header_failures.unionByName(conflict_rows), run_id, now)
-    kinds = {r["kind"]: r["count"] for r in results.groupBy("kind").count().collect()}
-    n_quarantined = kinds.get("failure", 0) + n_conflicts
-    # 3. Stacks of every series seen in this run (new or already stored: a restarted run must
-    # finish what a killed one left), rebuilt from all their instances: the table as of
-    # ``before`` plus this run's new ones, which is what the instances table holds once this
-    # run's MERGE is in.
-    touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
-    all_instances = stored_instances.unionByName(new_instances)
-    stacks = (
-        build_series(all_instances.join(touched, "series_instance_uid", "left_semi"))
-        .withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
-        .persist(StorageLevel.MEMORY_AND_DISK)  # small (no pixels): merged, and read by the pixel pass
-    )
-    n_stacks = stacks.count()  # built once here, not by each query that reads it
-    # The series table as it is once this run's stacks are in.
-    all_series = stacks.select("series_key", "slices").unionByName(
-        stored(Table.SERIES).join(stacks, "series_key", "left_anti").select("series_key", "slices")
-    )
-    series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
-    # 4. The pixel pass's work list first: alone it takes a fraction of the time it takes
-    # beside the commits, and the decoding then runs while they are written.
-    records = _pixel_work(
-        ic.image_rule,
-        instances=all_instances,
-        series=all_series,
-        images=stored(Table.IMAGES),
-        quarantine=stored(Table.QUARANTINE),
-    )
 
-    # The three commits (independent tables) run in the background while the pixel pass
-    # decodes and appends, working from the same snapshots. Any order of them is
-    # restart-safe: the pixel pass skips instances that already have images, the MERGEs skip
-    # rows already stored, and the ledger is written after all of them, so a run killed in
-    # between is redone by the next.
     def store(table: Table, source: DataFrame, **merge_args) -> None:
         """MERGE ``source`` into ``table``; into a table this run created, append it.
 
@@ -353,13 +328,47 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         else:
             refs[table].merge(spark, source, **merge_args)
 
+    # The commits of steps 2-3 (independent tables) are written in the background, each as
+    # soon as its rows are known, while the driver builds the stacks and the pixel work list
+    # (short jobs that leave the cores mostly idle) and the pixel pass decodes. Everything
+    # below reads the snapshots taken above, never these commits. Any order of them is
+    # restart-safe: the pixel pass skips instances that already have images, the MERGEs skip
+    # rows already stored, and the ledger is written after all of them, so a run killed in
+    # between is redone by the next.
     with ThreadPoolExecutor(3) as background:  # leaving it waits for all, also on an error
-        commits = [background.submit(store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)]
+        commits = []
         if n_new:
             commits.append(background.submit(store, Table.INSTANCES, new_instances, keys=["sop_instance_uid"]))
         if n_quarantined:
             commits.append(background.submit(store, Table.QUARANTINE, quarantine_new, keys=["quarantine_id"]))
+        # 3. Stacks of every series seen in this run (new or already stored: a restarted run
+        # must finish what a killed one left), rebuilt from all their instances: the table as
+        # of ``before`` plus this run's new ones, which is what the instances table holds once
+        # this run's commit is in.
+        touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
+        all_instances = stored_instances.unionByName(new_instances)
+        stacks = (
+            build_series(all_instances.join(touched, "series_instance_uid", "left_semi"))
+            .withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
+            .persist(StorageLevel.MEMORY_AND_DISK)  # small (no pixels): stored, and read by the pixel pass
+        )
+        n_stacks = stacks.count()  # built once here, not by each query that reads it
+        series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
+        commits.append(
+            background.submit(store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)
+        )
+        # The series table as it is once this run's stacks are in.
+        all_series = stacks.select("series_key", "slices").unionByName(
+            stored(Table.SERIES).join(stacks, "series_key", "left_anti").select("series_key", "slices")
+        )
         # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
+        records = _pixel_work(
+            ic.image_rule,
+            instances=all_instances,
+            series=all_series,
+            images=stored(Table.IMAGES),
+            quarantine=stored(Table.QUARANTINE),
+        )
         new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, records, all_instances)
     for commit in commits:
         commit.result()  # raises a background write's error
@@ -387,7 +396,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         keys=["path", "file_size", "modification_time"],
     )
     phase("ledger")
-    dicomdirs = kinds.get("skipped", 0)
+    dicomdirs = found.get(("kind", "skipped"), 0)
     classified.unpersist()
     results.unpersist()
     task_files.destroy()
