@@ -303,6 +303,27 @@ def test_slices_arriving_later_renumber_the_images_already_stored(spark, tmp_pat
     assert any(after[uid] != index for uid, index in before.items())  # earlier images were moved
 
 
+def test_a_widened_image_rule_decodes_stored_instances_at_their_place_in_the_stored_stacks(spark, tmp_path):
+    archive = tmp_path / "archive"
+    generate_archive(archive, SynthConfig(studies=2, seed=12, image_size=128, zip_fraction=0.0))
+    held = tmp_path / "held"
+    shutil.move(archive / "study0001", held)
+    run_ingest(spark, _config(tmp_path / "root"), archive=str(archive))  # default rule: sagittal MR only
+    shutil.move(held, archive / "study0001")
+    wide = _config(tmp_path / "root", **{"ingest.image_rule": "modality = 'MR'"})
+    run_ingest(spark, wide, archive=str(archive))  # the new study, and study0000's other planes
+    place = {
+        (s.sop_instance_uid, s.frame_index): i
+        for stack in _read(spark, wide, Table.SERIES).collect()
+        for i, s in enumerate(stack.slices)
+    }
+    images = _read(spark, wide, Table.IMAGES).collect()
+    planes = {r.plane for r in images}
+    assert {"SAGITTAL", "AXIAL", "CORONAL"} <= planes
+    assert len(images) == len(place)  # every MR frame once
+    assert {(r.sop_instance_uid, r.frame_index): r.slice_index for r in images} == place
+
+
 def test_bad_arguments_fail_before_any_work(spark, tmp_path):
     cfg = _config(tmp_path / "root")
     with pytest.raises(ArchiveNotFoundError, match="does not exist"):

@@ -335,40 +335,50 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     # restart-safe: the pixel pass skips instances that already have images, the MERGEs skip
     # rows already stored, and the ledger is written after all of them, so a run killed in
     # between is redone by the next.
-    with ThreadPoolExecutor(3) as background:  # leaving it waits for all, also on an error
+    with ThreadPoolExecutor(4) as background:  # leaving it waits for all, also on an error
         commits = []
         if n_new:
             commits.append(background.submit(store, Table.INSTANCES, new_instances, keys=["sop_instance_uid"]))
         if n_quarantined:
             commits.append(background.submit(store, Table.QUARANTINE, quarantine_new, keys=["quarantine_id"]))
+        all_instances = stored_instances.unionByName(new_instances)
+        # 4a. The pixel pass's work list, collected while the stacks are built: the instances
+        # chosen by the rule that have neither an image nor a pixel failure yet.
+        todo = background.submit(
+            _pixel_todo,
+            ic.image_rule,
+            instances=all_instances,
+            images=stored(Table.IMAGES),
+            quarantine=stored(Table.QUARANTINE),
+        )
         # 3. Stacks of every series seen in this run (new or already stored: a restarted run
         # must finish what a killed one left), rebuilt from all their instances: the table as
         # of ``before`` plus this run's new ones, which is what the instances table holds once
         # this run's commit is in.
         touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
-        all_instances = stored_instances.unionByName(new_instances)
         stacks = (
             build_series(all_instances.join(touched, "series_instance_uid", "left_semi"))
             .withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
-            .persist(StorageLevel.MEMORY_AND_DISK)  # small (no pixels): stored, and read by the pixel pass
+            .persist(StorageLevel.MEMORY_AND_DISK)  # small (no pixels): collected below and stored by the series commit
         )
-        n_stacks = stacks.count()  # built once here, not by each query that reads it
+        # Built once here (this fills the cache the series commit reads): each stack's ordered
+        # (instance, frame) list, metadata only.
+        stack_slices = stacks.select("series_key", "slices").collect()
+        n_stacks = len(stack_slices)
         series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
         commits.append(
             background.submit(store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)
         )
-        # The series table as it is once this run's stacks are in.
-        all_series = stacks.select("series_key", "slices").unionByName(
-            stored(Table.SERIES).join(stacks, "series_key", "left_anti").select("series_key", "slices")
-        )
-        # 4. Pixels of the chosen instances that have neither an image nor a pixel failure yet.
-        records = _pixel_work(
-            ic.image_rule,
-            instances=all_instances,
-            series=all_series,
-            images=stored(Table.IMAGES),
-            quarantine=stored(Table.QUARANTINE),
-        )
+        # 4b. Each frame's slice index in its stack, from the series table as it is once this
+        # run's stacks are in: this run's, and stored ones for instances of series it did not
+        # touch (an image rule widened since they were ingested).
+        records = todo.result()
+        untouched = {r["series_key"] for r in records} - {row["series_key"] for row in stack_slices} - {None}
+        if untouched and not created[Table.SERIES]:
+            keys = spark.createDataFrame([(key,) for key in sorted(untouched)], "series_key string")
+            older = stored(Table.SERIES).join(keys, "series_key", "left_semi").select("series_key", "slices")
+            stack_slices += older.collect()
+        _add_slice_indices(records, stack_slices)
         new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, records, all_instances)
     for commit in commits:
         commit.result()  # raises a background write's error
@@ -442,58 +452,62 @@ def _slice_indices(series: DataFrame) -> DataFrame:
     )
 
 
-def _pixel_work(
-    image_rule: str, *, instances: DataFrame, series: DataFrame, images: DataFrame, quarantine: DataFrame
-) -> list[dict]:
+def _pixel_todo(image_rule: str, *, instances: DataFrame, images: DataFrame, quarantine: DataFrame) -> list[dict]:
     """The pixel pass's work list: one metadata record (no pixels) per instance still to decode.
 
-    The instances chosen by ``image_rule`` that have pixels, no image and no pixel failure,
-    each with its frames' slice indices. ``instances`` and ``series`` are those tables as they
-    are once this run's MERGEs are in; ``images`` and ``quarantine`` as they were before this
-    run (its own quarantine rows are header failures and conflicts, not pixel failures).
+    The instances chosen by ``image_rule`` that have pixels, no image and no pixel failure.
+    ``instances`` is that table as it is once this run's commit is in; ``images`` and
+    ``quarantine`` as they were before this run (its own quarantine rows are header
+    failures and conflicts, not pixel failures). Slice indices are added by
+    :func:`_add_slice_indices`.
     """
     done = images.select("sop_instance_uid").distinct()
     failed = quarantine.where("stage = 'pixels'").select("sop_instance_uid")
-    todo = (
+    frames = F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1))
+    work = (
         instances.where(F.expr(image_rule))
         .where("has_pixels")
         .join(done, "sop_instance_uid", "left_anti")
         .join(failed, "sop_instance_uid", "left_anti")
-    )
-    per_instance = (
-        _slice_indices(series)
-        .groupBy("sop_instance_uid")
-        .agg(F.sort_array(F.collect_list(F.struct("frame_index", "slice_index"))).alias("_frames"))
-        .select("sop_instance_uid", F.expr("transform(_frames, f -> f.slice_index)").alias("slice_indices"))
-    )
-    work = todo.join(per_instance, "sop_instance_uid", "left").select(
-        "path",
-        "member",
-        "content_sha256",
-        "sop_instance_uid",
-        "series_key",
-        "study_instance_uid",
-        "series_instance_uid",
-        "plane",
-        "pixel_spacing",
-        "slice_indices",
-        "instance_size",
-        F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1)).alias("expected_frames"),
-        F.coalesce(
-            F.col("rows").cast("long")
-            * F.col("columns")
-            * F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1)),
-            F.lit(0),
-        ).alias("pixel_count"),
-        "transfer_syntax_uid",
+        .select(
+            "path",
+            "member",
+            "content_sha256",
+            "sop_instance_uid",
+            "series_key",
+            "study_instance_uid",
+            "series_instance_uid",
+            "plane",
+            "pixel_spacing",
+            "instance_size",
+            frames.alias("expected_frames"),
+            F.coalesce(F.col("rows").cast("long") * F.col("columns") * frames, F.lit(0)).alias("pixel_count"),
+            "transfer_syntax_uid",
+        )
     )
     return [row.asDict(recursive=True) for row in work.collect()]
+
+
+def _add_slice_indices(records: list[dict], stacks: list) -> None:
+    """Set each record's ``slice_indices``: per frame index, that frame's position in its stack (None if in none).
+
+    ``stacks`` are rows of ``series_key`` and ``slices`` (the stack's ordered
+    ``(sop_instance_uid, frame_index)`` structs) covering the records' series.
+    """
+    index = {
+        (entry["sop_instance_uid"], entry["frame_index"]): position
+        for stack in stacks
+        for position, entry in enumerate(stack["slices"] or [])
+    }
+    for record in records:
+        uid = record["sop_instance_uid"]
+        record["slice_indices"] = [index.get((uid, frame)) for frame in range(record["expected_frames"])]
 
 
 def _pixel_stage(
     spark, config, refs, run_columns, run_id, records: list[dict], instances: DataFrame
 ) -> tuple[int, DataFrame | None]:
-    """Decode the instances of ``records`` (from :func:`_pixel_work`) and append their frames to ``images``.
+    """Decode the instances of ``records`` (from :func:`_pixel_todo`, with slice indices) and append their frames to ``images``.
 
     Returns the image rows written and, if some instance gave fewer frames than it holds,
     its pixel failures (persisted, with file size and time from ``instances``; not written
