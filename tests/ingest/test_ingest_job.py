@@ -324,6 +324,18 @@ def test_a_widened_image_rule_decodes_stored_instances_at_their_place_in_the_sto
     assert {(r.sop_instance_uid, r.frame_index): r.slice_index for r in images} == place
 
 
+def test_slice_indices_follow_the_stacks_frame_by_frame_not_the_claimed_frame_count():
+    slices = [{"sop_instance_uid": "x", "frame_index": 1}, {"sop_instance_uid": "y", "frame_index": 0}]
+    slices.append({"sop_instance_uid": "x", "frame_index": 0})
+    records = [
+        {"sop_instance_uid": "x", "expected_frames": 2**31},  # a hostile NumberOfFrames
+        {"sop_instance_uid": "y", "expected_frames": 1},
+        {"sop_instance_uid": "z", "expected_frames": 1},  # in no stack
+    ]
+    ingest_job._add_slice_indices(records, [{"series_key": "s", "slices": slices}])
+    assert [r["slice_indices"] for r in records] == [[2, 0], [1], []]
+
+
 def test_bad_arguments_fail_before_any_work(spark, tmp_path):
     cfg = _config(tmp_path / "root")
     with pytest.raises(ArchiveNotFoundError, match="does not exist"):

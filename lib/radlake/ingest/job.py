@@ -342,8 +342,9 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         if n_quarantined:
             commits.append(background.submit(store, Table.QUARANTINE, quarantine_new, keys=["quarantine_id"]))
         all_instances = stored_instances.unionByName(new_instances)
-        # 4a. The pixel pass's work list, collected while the stacks are built: the instances
-        # chosen by the rule that have neither an image nor a pixel failure yet.
+        # 4. The pixel pass's work list, collected in the background while step 3 builds the
+        # stacks: the instances chosen by the rule that have neither an image nor a pixel
+        # failure yet.
         todo = background.submit(
             _pixel_todo,
             ic.image_rule,
@@ -369,7 +370,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         commits.append(
             background.submit(store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)
         )
-        # 4b. Each frame's slice index in its stack, from the series table as it is once this
+        # Each frame's slice index in its stack, from the series table as it is once this
         # run's stacks are in: this run's, and stored ones for instances of series it did not
         # touch (an image rule widened since they were ingested).
         records = todo.result()
@@ -494,14 +495,14 @@ def _add_slice_indices(records: list[dict], stacks: list) -> None:
     ``stacks`` are rows of ``series_key`` and ``slices`` (the stack's ordered
     ``(sop_instance_uid, frame_index)`` structs) covering the records' series.
     """
-    index = {
-        (entry["sop_instance_uid"], entry["frame_index"]): position
-        for stack in stacks
-        for position, entry in enumerate(stack["slices"] or [])
-    }
+    positions: dict[str, dict[int, int]] = {}
+    for stack in stacks:
+        for position, entry in enumerate(stack["slices"] or []):
+            positions.setdefault(entry["sop_instance_uid"], {})[entry["frame_index"]] = position
     for record in records:
-        uid = record["sop_instance_uid"]
-        record["slice_indices"] = [index.get((uid, frame)) for frame in range(record["expected_frames"])]
+        # As long as the frames the stacks hold, not as NumberOfFrames says: a header may claim billions.
+        found = positions.get(record["sop_instance_uid"], {})
+        record["slice_indices"] = [found.get(frame) for frame in range(max(found) + 1)] if found else []
 
 
 def _pixel_stage(
