@@ -460,7 +460,7 @@ class Deidentifier:
         self._clean(ds, offset)
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = self.method_values
-        ds.DeidentificationMethodCodeSequence = Sequence([_code(*c) for c in self._codes()])
+        ds.DeidentificationMethodCodeSequence = Sequence(list(_code_items(self.shift_dates)))
         ds.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift_dates else "UNMODIFIED"
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
@@ -468,10 +468,6 @@ class Deidentifier:
                 if tag in meta:
                     del meta[tag]
         return ds
-
-    def _codes(self) -> list[tuple[str, str]]:
-        dates = _CODES["modified_dates"] if self.shift_dates else _CODES["full_dates"]
-        return [_CODES["profile"], _CODES["uids"], dates, _CODES["characteristics"]]
 
     def _clean(self, ds: Dataset, offset: int) -> None:
         for tag in list(ds.keys()):
@@ -499,6 +495,13 @@ class Deidentifier:
                     continue
                 for item in items:
                     self._clean(item, offset)
+
+
+@functools.lru_cache(maxsize=2)
+def _code_items(shift_dates: bool) -> tuple[Dataset, ...]:
+    """The DeidentificationMethodCodeSequence items, built once and shared by every dataset (never modified)."""
+    dates = _CODES["modified_dates"] if shift_dates else _CODES["full_dates"]
+    return tuple(_code(*c) for c in (_CODES["profile"], _CODES["uids"], dates, _CODES["characteristics"]))
 
 
 def _code(value: str, meaning: str) -> Dataset:
@@ -532,7 +535,11 @@ def _text(ds: Dataset, tag) -> str:
 
 def _shift_one(value: str, vr: str, offset: int) -> str:
     """One DA or DT value shifted by ``offset`` days; "" if it is not a full date."""
-    text = str(value).strip()
+    return _shift_text(str(value).strip(), vr, offset)
+
+
+@functools.lru_cache(maxsize=4096)  # the files of a study share their dates
+def _shift_text(text: str, vr: str, offset: int) -> str:
     match = (_DA if vr == "DA" else _DT).match(text)
     if match is None:
         return ""

@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from radlake.dicom.sources import Failure, Stage
 
@@ -435,6 +436,8 @@ _CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
 _SPLIT_STRIPPED = frozenset({"AS", "CS", "DA", "DT", "TM", "UI", "IS"})  # rstrip the whole value, then split
 _SPLIT_EACH = frozenset({"SH", "LO", "UC"})  # split, then rstrip each value
 _SINGLE = frozenset({"ST", "LT", "UT"})
+_TEXT_VALUE_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_NUMBER_TYPES = {vr: int for vr in ("IS", "SL", "SS", "SV", "UL", "US", "UV")} | {"DS": float, "FD": float, "FL": float}
 _SKIP = object()  # an element that is left out of the JSON
 _FALLBACK = object()  # an element that the fast path leaves to pydicom
 _CHARSET_TAG = 0x00080005
@@ -576,6 +579,30 @@ def _dictionary_vr(tag: int) -> str | None:
     return vr if vr in _KNOWN_VRS else None
 
 
+def _converted_element(element: DataElement) -> Any:
+    """The JSON dict of an element whose value pydicom already converted, or :data:`_FALLBACK`.
+
+    Elements read by keyword (the promoted columns) or set by de-identification are no
+    longer raw. For text and number VRs their JSON is the value itself, as
+    ``DataElement.to_json_dict`` writes it (numbers as ``int`` or ``float``); anything
+    else (PN, AT, SQ, binary, an unexpected value type) goes to pydicom.
+    """
+    vr, value = element.VR, element.value
+    number = _NUMBER_TYPES.get(vr)
+    if number is None and vr not in _TEXT_VALUE_VRS:
+        return _FALLBACK
+    if value is None or value == "":
+        return {"vr": vr}
+    values = list(value) if isinstance(value, MultiValue) else [value]
+    if not values:
+        return {"vr": vr}
+    if number is None:
+        return {"vr": vr, "Value": values} if all(type(v) is str for v in values) else _FALLBACK
+    if any(v is None or isinstance(v, str | bytes) for v in values):
+        return _FALLBACK
+    return {"vr": vr, "Value": [number(v) for v in values]}
+
+
 def _private_creator(tag: int) -> bool:
     return (tag >> 16) & 1 == 1 and 0x0010 <= tag & 0xFFFF <= 0x00FF
 
@@ -606,7 +633,7 @@ def _json_dataset(ds: Dataset, inherited: str | None = "latin_1") -> dict[str, A
             continue
         try:
             raw = ds.get_item(key)
-            item = _fast_element(raw, codec) if isinstance(raw, RawDataElement) else _FALLBACK
+            item = _fast_element(raw, codec) if isinstance(raw, RawDataElement) else _converted_element(raw)
         except Exception:  # noqa: BLE001 - undecodable bytes and the like: let pydicom try
             item = _FALLBACK
         if item is _FALLBACK:
