@@ -137,8 +137,8 @@ class IngestConfig(_Section):
         "none",
         description=(
             "Parquet codec of the images table's files. Noisy 16-bit MR pixels compress little: snappy shrank "
-            "the benchmark's frames by 12 % and added ~7 CPU-s per 2 GB of pixels to the ingest (3.5 s of a "
-            "36 s run on 2 cores); zstd (level 3 in Parquet) shrinks them by ~28 % at several times that cost."
+            "the benchmark's frames by 12 % and added 5-7 CPU-s per 2 GB of pixels to the ingest (2.5-3.5 s of a "
+            "35 s run on 2 cores); zstd (level 3 in Parquet) shrinks them by ~28 % at several times that cost."
         ),
     )
     deid: DeidConfig = Field(default_factory=DeidConfig)
