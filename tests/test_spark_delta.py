@@ -54,6 +54,10 @@ def test_tables_command_lists_every_table(spark, config, capsys):
     assert set(rows) == {t.value for t in Table}
     assert rows["series"]["version"] == 1 and rows["series"]["rows"] == 4
     assert rows["images"]["version"] is None
+    assert main(["tables", "--set", f"storage.root={config.storage.root}"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    end = header.index("rows") + len("rows")  # the columns line up below the header, long names too
+    assert len(lines) == len(Table) and all(line[end - 1] in "0123456789-" and line[end] == " " for line in lines)
 
 
 def test_unity_catalog_names(config):

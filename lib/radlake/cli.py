@@ -538,11 +538,12 @@ def _cmd_tables(args: argparse.Namespace, config: RadlakeConfig) -> int:
     if args.json:
         print(json.dumps([asdict(s) for s in statuses], indent=2))
         return 0
-    print(f"{'table':<12} {'version':>7} {'rows':>9}  location")
+    width = max([len("table"), *(len(s.table) for s in statuses)])
+    print(f"{'table':<{width}} {'version':>7} {'rows':>9}  location")
     for s in statuses:
         version = "-" if s.version is None else str(s.version)
         rows = "-" if s.rows is None else str(s.rows)
-        print(f"{s.table:<12} {version:>7} {rows:>9}  {s.location}")
+        print(f"{s.table:<{width}} {version:>7} {rows:>9}  {s.location}")
     return 0
 
 
