@@ -67,7 +67,7 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 
 #: pyarrow's name for radlake's default ``ingest.images_compression``, so that the limit writes the same bytes.
-IMAGES_CODEC = {"lz4_raw": "lz4"}.get(IngestConfig().images_compression, IngestConfig().images_compression)
+IMAGES_CODEC = {"lz4_raw": "lz4"}.get(codec := IngestConfig().images_compression, codec)
 
 FILES_PER_STUDY = 22  # 15 sagittal + 4 axial + 3 coronal slices with the default SynthConfig
 
