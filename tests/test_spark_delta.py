@@ -32,6 +32,25 @@ def test_ensure_creates_a_table_once_and_says_so(spark, config):
     assert ref.read(spark).count() == 1
 
 
+def test_empty_frame_has_the_schema_and_is_pruned_from_joins_and_unions_at_planning(spark):
+    from pyspark.sql import functions as F
+
+    from radlake.ingest.schema import INSTANCES
+    from radlake.spark import empty_frame
+
+    empty = empty_frame(spark, INSTANCES)
+    assert [(f.name, f.dataType) for f in empty.schema.fields] == [(f.name, f.dataType) for f in INSTANCES.fields]
+    assert empty.count() == 0
+    rows = spark.range(3).select(F.col("id").cast("string").alias("sop_instance_uid"))
+    joined = rows.join(empty.select("sop_instance_uid", "content_sha256"), "sop_instance_uid", "left")
+    union = empty.select("sop_instance_uid").unionByName(rows)
+    for query in (joined, union):
+        plan = query._jdf.queryExecution().optimizedPlan().toString()
+        assert "Join" not in plan and "Union" not in plan and "LogicalRDD" not in plan, plan
+    assert sorted(r.sop_instance_uid for r in joined.collect()) == ["0", "1", "2"]
+    assert joined.where("content_sha256 IS NULL").count() == 3
+
+
 def test_tables_are_readable_without_spark(spark, config):
     """Any Delta reader (here delta-rs, no JVM) reads what radlake writes."""
     from deltalake import DeltaTable

@@ -38,7 +38,8 @@ from xml.etree import ElementTree
 from radlake.errors import SetupError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
     from radlake.config import RadlakeConfig
 
@@ -214,3 +215,17 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def empty_frame(spark: SparkSession, schema: StructType) -> DataFrame:
+    """An empty DataFrame of ``schema`` that Spark's optimizer knows to be empty.
+
+    ``spark.createDataFrame([], schema)`` is an RDD to Catalyst: every query that joins
+    or unions it runs a job of Python tasks to find it empty and shuffles for the join.
+    This one plans as an empty ``LocalRelation``, so joins and unions with it are pruned
+    at planning time. Every column is nullable.
+    """
+    from pyspark.sql import functions as F
+
+    columns = (F.lit(None).cast(field.dataType).alias(field.name) for field in schema.fields)
+    return spark.range(1).select(*columns).where(F.lit(False))

@@ -58,7 +58,7 @@ from radlake.ingest import schema as S
 from radlake.ingest.executors import HeaderSettings, PixelSettings, header_task, pixel_task
 from radlake.ingest.listing import list_archive, normalize_archive, pack_tasks, unseen_files
 from radlake.ingest.series import build_series, series_key_column
-from radlake.spark import on_databricks
+from radlake.spark import empty_frame, on_databricks
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
@@ -178,16 +178,24 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         Table.QUARANTINE: S.QUARANTINE,
         Table.INGEST_FILES: S.INGEST_FILES,
     }
-    # Five independent Delta commits, each mostly waiting on the driver: made side by side.
-    # A table created here is known to be empty without reading it.
-    with ThreadPoolExecutor(len(structs)) as pool:
-        made = {table: pool.submit(refs[table].ensure, spark, struct) for table, struct in structs.items()}
-    created = {table: future.result() for table, future in made.items()}
+    # A table that does not exist yet is created by this run and so known to be empty: it is
+    # not read. The creations (Delta commits, mostly JVM start-up work for the first) run in
+    # the background while the archive is listed and the header pass runs; every write of this
+    # run waits for them first (``tables_made``).
+    created = {table: not refs[table].exists(spark) for table in structs}
+    setup = ThreadPoolExecutor(len(structs), thread_name_prefix="radlake-setup")
+    made = [setup.submit(refs[table].ensure, spark, structs[table]) for table in structs if created[table]]
+    setup.shutdown(wait=False)  # each thread ends with its one call
+
+    def tables_made() -> None:
+        """Wait for the tables' creation, raising its error if one failed."""
+        for future in made:
+            future.result()
 
     def stored(table: Table, version: int | None = None) -> DataFrame:
         """``table`` as stored before this run's writes; one this run created is empty and is not read."""
         if created[table]:
-            return spark.createDataFrame([], structs[table])  # Catalyst drops joins and unions with it
+            return empty_frame(spark, structs[table])  # Catalyst drops joins and unions with it
         return refs[table].read(spark, version=version)
 
     run_id = uuid.uuid4().hex
@@ -201,6 +209,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     files_seen = len(listed)
     phase("list")
     if not files:  # the ledger is written last, so a complete ledger means nothing is left to do
+        tables_made()
         return IngestSummary(
             run_id=run_id,
             archive=str(archive),
@@ -275,13 +284,15 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         )
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    # One job counts this run's instances by status and the header pass's rows by kind.
+    # One job runs the header pass (beside the tables' creation), fills the caches and counts
+    # this run's instances by status and the header pass's rows by kind.
     tally = (
         classified.groupBy(F.lit("status").alias("of"), F.col("_status").alias("value"))
         .count()
         .unionByName(results.groupBy(F.lit("kind").alias("of"), F.col("kind").alias("value")).count())
     )
     found = {(r["of"], r["value"]): r["count"] for r in tally.collect()}
+    tables_made()
     phase("header_pass")
     n_new, duplicates, n_conflicts = (found.get(("status", k), 0) for k in ("new", "unchanged", "conflict"))
     n_quarantined = found.get(("kind", "failure"), 0) + n_conflicts
