@@ -121,3 +121,42 @@ def test_local_driver_runs_with_the_configured_java_options(spark, config):
         assert option in arguments
     collectors = [bean.getName() for bean in jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()]
     assert "PS Scavenge" in collectors, collectors
+
+
+def test_the_local_driver_maps_the_class_archive_built_at_set_up(spark, config):
+    """``make setup`` built the archive for this Java and these jars; the session's JVM maps it."""
+    from radlake.spark import _delta_jars, build_class_archive, class_archive_path
+
+    jars_dir = config.spark.resolved_jars_dir
+    archive = class_archive_path(jars_dir, _delta_jars(jars_dir))
+    if archive is None or not archive.is_file():
+        pytest.skip(f"no class archive at {archive}: `radlake setup-jars` could not build one on this machine")
+    jvm = spark.sparkContext._jvm
+    arguments = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert f"-XX:SharedArchiveFile={archive}" in arguments
+    assert "sharing" in jvm.java.lang.System.getProperty("java.vm.info")
+    assert build_class_archive(config) == archive  # idempotent: nothing rebuilt
+
+
+def test_the_class_archive_is_named_by_the_java_build_and_the_jars(tmp_path, monkeypatch):
+    from radlake.spark import class_archive_path
+
+    jar = tmp_path / "delta-spark_x.jar"
+    jar.write_bytes(b"a" * 10)
+    first = class_archive_path(tmp_path, [jar])
+    assert first is not None and first.parent == tmp_path and first.name.startswith("classes-")
+    assert class_archive_path(tmp_path, [jar]) == first
+    jar.write_bytes(b"a" * 11)  # another build of the jar
+    assert class_archive_path(tmp_path, [jar]) != first
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java-here"))
+    assert class_archive_path(tmp_path, [jar]) is None
+
+
+def test_a_failed_class_archive_build_names_why_and_leaves_nothing(tmp_path):
+    from radlake.config import load_config
+    from radlake.spark import build_class_archive
+
+    bad = load_config(overrides=[f"spark.jars_dir={tmp_path}"])  # no Delta jars: the building session cannot start
+    with pytest.raises(SetupError, match="the JVM wrote no class archive.*Delta Lake jars not found"):
+        build_class_archive(bad)
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from radlake import __version__
@@ -293,7 +294,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "setup-jars",
         parents=[common],
-        help="fetch the Delta Lake jars beside the installed pyspark (make setup runs this)",
+        help="fetch the Delta Lake jars beside the installed pyspark and build the JVM class archive (make setup runs this)",
     )
     p.set_defaults(func=_cmd_setup_jars)
     return parser
@@ -556,10 +557,24 @@ def _cmd_config(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
 
 def _cmd_setup_jars(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from radlake.spark import delta_maven_coordinate, fetch_delta_jars
+    from radlake.errors import SetupError
+    from radlake.spark import build_class_archive, delta_maven_coordinate, fetch_delta_jars
 
     jars = fetch_delta_jars(config.spark.resolved_jars_dir)
     print(f"{delta_maven_coordinate()}: {len(jars)} jars in {config.spark.resolved_jars_dir}")
+    if not config.spark.class_archive:
+        return 0
+    started = time.perf_counter()
+    try:
+        archive = build_class_archive(config)
+    except SetupError as exc:  # an optimisation only: sessions start without it
+        print(f"JVM class archive not built: {exc}. Spark sessions start without it.")
+        return 0
+    if archive is None:
+        print("JVM class archive not built: no Java found.")
+    else:
+        size_mb = archive.stat().st_size / 2**20
+        print(f"JVM class archive: {archive} ({size_mb:.0f} MB, {time.perf_counter() - started:.0f} s)")
     return 0
 
 

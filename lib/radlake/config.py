@@ -192,6 +192,14 @@ class SparkConfig(_Section):
             "used). Set '' for the JVM's defaults."
         ),
     )
+    class_archive: bool = Field(
+        True,
+        description=(
+            "Start the local JVM with the class archive (class-data sharing) that `radlake setup-jars` builds "
+            "for this machine's Java and jars, if there is one. Measured on 2 cores: session start 5.7 -> 2.9 s, "
+            "a 10,000-file ingest 1.5-2.5 s faster. false: neither build nor use it."
+        ),
+    )
     extra: dict[str, str] = Field(default_factory=dict, description="Any other spark.* settings.")
     jars_dir: Path | None = Field(
         None, description="Delta Lake jars folder; default <python prefix>/share/radlake/jars (filled by make setup)."

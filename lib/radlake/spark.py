@@ -13,6 +13,15 @@ reading ``~/.m2/repository`` before Maven Central as Spark's resolver does. Spar
 own Ivy resolver is not used for this: it also tries repos.spark-packages.org for
 every parent POM and fails where only Maven Central is reachable.
 
+Set-up also builds a JVM class archive (class-data sharing, ``.jsa``) for this machine's
+Java and jars, by running a small ingest in a JVM that writes the classes it loaded at
+exit (:func:`build_class_archive`). A local session maps that archive instead of finding,
+parsing and verifying thousands of Spark and Delta classes in ~300 jars again: measured
+on 2 cores, session start 5.7 -> 2.9 s, and a 10,000-file ingest 1.5-2.5 s faster (its
+first Delta commits, query plans and writes load classes too). The archive is named by a
+fingerprint of the Java build, the Python environment and the jars
+(:func:`class_archive_path`), so another Java or other jars simply run without it.
+
 Example
 -------
 >>> from radlake.config import load_config
@@ -27,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -190,6 +200,10 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
     root = config.storage.root_dir
     root.mkdir(parents=True, exist_ok=True)
     sc = config.spark
+    java_options = f"-Dderby.system.home={root / 'derby'} {sc.driver_java_options}".strip()
+    archive = class_archive_path(sc.resolved_jars_dir, jars) if sc.class_archive else None
+    if archive is not None and archive.is_file():
+        java_options += f" -XX:SharedArchiveFile={archive}"
     builder = (
         SparkSession.builder.master(sc.master)
         .appName("radlake")
@@ -198,9 +212,7 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.warehouse.dir", str(config.storage.warehouse_dir))
         .config("spark.driver.memory", sc.driver_memory)
-        .config(
-            "spark.driver.extraJavaOptions", f"-Dderby.system.home={root / 'derby'} {sc.driver_java_options}".strip()
-        )
+        .config("spark.driver.extraJavaOptions", java_options)
         .config("spark.local.dir", str(root / "spark-tmp"))
         .config("spark.sql.shuffle.partitions", str(sc.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
@@ -229,3 +241,118 @@ def empty_frame(spark: SparkSession, schema: StructType) -> DataFrame:
 
     columns = (F.lit(None).cast(field.dataType).alias(field.name) for field in schema.fields)
     return spark.range(1).select(*columns).where(F.lit(False))
+
+
+def _java_home() -> Path | None:
+    """The Java installation pyspark launches: ``$JAVA_HOME``, else the ``java`` on ``PATH``."""
+    home = os.environ.get("JAVA_HOME")
+    java = Path(home) / "bin" / "java" if home else (Path(found) if (found := shutil.which("java")) else None)
+    if java is None or not java.is_file():
+        return None
+    return Path(os.path.realpath(java)).parent.parent
+
+
+def class_archive_path(jars_dir: Path, jars: list[Path]) -> Path | None:
+    """Where the class archive for this Java, Python environment and ``jars`` lives, or None without Java.
+
+    ``<jars_dir>/classes-<fingerprint>.jsa``. The fingerprint covers what the JVM checks
+    before it maps an archive (its own build, the class path): the Java installation's
+    path and its ``libjvm`` file (size, time), the Python prefix (pyspark's jars are on the
+    class path by absolute path) and pyspark's version, and each of ``jars`` (name, size).
+    """
+    home = _java_home()
+    if home is None:
+        return None
+    parts = [str(home), sys.prefix, version("pyspark")]
+    for libjvm in sorted(home.glob("lib/*/libjvm.*")):
+        stat = libjvm.stat()
+        parts.append(f"{libjvm.relative_to(home)}:{stat.st_size}:{stat.st_mtime_ns}")
+    parts += [f"{jar.name}:{jar.stat().st_size}" for jar in sorted(jars)]
+    fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return Path(jars_dir) / f"classes-{fingerprint}.jsa"
+
+
+def build_class_archive(config: RadlakeConfig, *, timeout_s: float = 900.0) -> Path | None:
+    """Build the class archive for this machine (done by ``make setup``); return its path, or None.
+
+    Runs ``python -m radlake.spark <staging file> <jars dir> <java options>`` (:func:`_class_archive_workload`: a
+    small ingest of a synthetic archive, then its no-op rerun) in a JVM started with
+    ``-XX:ArchiveClassesAtExit``, and moves the file into place only once that JVM has
+    exited cleanly: a truncated archive would crash every JVM that maps it (SIGBUS).
+    Older archives in the folder are removed. Idempotent: returns at once if the archive
+    for the current fingerprint exists.
+
+    Returns None if there is no Java or the option is off (``spark.class_archive: false``).
+
+    Raises
+    ------
+    SetupError
+        If the JVM wrote no archive (the workload failed, or this Java cannot dump one),
+        naming why. Nothing is changed: sessions start without an archive, as before.
+    """
+    sc = config.spark
+    jars = _delta_jars(sc.resolved_jars_dir)
+    target = class_archive_path(sc.resolved_jars_dir, jars) if sc.class_archive else None
+    if target is None or target.is_file():
+        return target
+    staged = target.with_name(f"{target.stem}.{os.getpid()}.part")
+    try:
+        command = [
+            sys.executable,
+            "-m",
+            "radlake.spark",
+            str(staged),
+            str(sc.resolved_jars_dir),
+            sc.driver_java_options,
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise SetupError(f"the JVM wrote no class archive (its build took over {timeout_s:g} s)") from None
+        if done.returncode != 0 or not staged.is_file() or staged.stat().st_size == 0:
+            lines = [line for line in (done.stderr + done.stdout).splitlines() if "Traceback" not in line]
+            reason = lines[-1] if lines else f"exit status {done.returncode}"
+            raise SetupError(f"the JVM wrote no class archive ({reason})")
+        for old in target.parent.glob("classes-*.jsa"):
+            old.unlink()
+        os.replace(staged, target)
+        return target
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _class_archive_workload(staged: Path, jars_dir: str, java_options: str) -> None:
+    """What the archive-building JVM runs: a small ingest (tables created, headers, pixels, stacks) and its rerun.
+
+    The JVM writes ``staged`` when it exits, so this waits for the JVM process itself,
+    not only for the session to stop.
+    """
+    from pyspark import SparkContext
+
+    from radlake.config import load_config
+    from radlake.ingest import run_ingest
+    from radlake.synth import SynthConfig, generate_archive
+
+    with tempfile.TemporaryDirectory(prefix="radlake-class-archive-") as tmp:
+        archive = Path(tmp) / "archive"
+        generate_archive(archive, SynthConfig(studies=1, image_size=128, seed=1))
+        config = load_config(
+            overrides=[
+                f"storage.root={Path(tmp) / 'root'}",
+                "spark.class_archive=false",
+                f"spark.jars_dir={jars_dir}",
+                f"spark.driver_java_options={java_options} -XX:ArchiveClassesAtExit={staged}",
+            ]
+        )
+        os.environ.setdefault("RADLAKE_DEID_KEY", "class-archive-build")
+        spark = get_spark(config)
+        run_ingest(spark, config, archive=str(archive))
+        run_ingest(spark, config, archive=str(archive))
+        jvm = SparkContext._gateway.proc  # the JVM writes the archive as it exits
+        spark.stop()
+        jvm.stdin.close()  # pyspark's JVM exits when its standard input closes
+        jvm.wait()
+
+
+if __name__ == "__main__":
+    _class_archive_workload(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
