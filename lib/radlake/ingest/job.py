@@ -367,9 +367,15 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         # must finish what a killed one left), rebuilt from all their instances: the table as
         # of ``before`` plus this run's new ones, which is what the instances table holds once
         # this run's commit is in.
+        # Into an instances table this run created, every instance is new and its series touched.
         touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
+        members = (
+            new_instances
+            if created[Table.INSTANCES]
+            else all_instances.join(touched, "series_instance_uid", "left_semi")
+        )
         stacks = (
-            build_series(all_instances.join(touched, "series_instance_uid", "left_semi"))
+            build_series(members)
             .withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
             .persist(StorageLevel.MEMORY_AND_DISK)  # small (no pixels): collected below and stored by the series commit
         )
