@@ -196,8 +196,8 @@ class SparkConfig(_Section):
         True,
         description=(
             "Start the local JVM with the class archive (class-data sharing) that `radlake setup-jars` builds "
-            "for this machine's Java and jars, if there is one. Measured on 2 cores: session start 5.7 -> 2.9 s, "
-            "a 10,000-file ingest 1.5-2.5 s faster. false: neither build nor use it."
+            "for this machine's Java and jars, if there is one. Measured on 2 cores: session start 5.7 -> 2.9 s "
+            "(job times change within noise). false: neither build nor use it."
         ),
     )
     extra: dict[str, str] = Field(default_factory=dict, description="Any other spark.* settings.")

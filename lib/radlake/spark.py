@@ -17,8 +17,8 @@ Set-up also builds a JVM class archive (class-data sharing, ``.jsa``) for this m
 Java and jars, by running a small ingest in a JVM that writes the classes it loaded at
 exit (:func:`build_class_archive`). A local session maps that archive instead of finding,
 parsing and verifying thousands of Spark and Delta classes in ~300 jars again: measured
-on 2 cores, session start 5.7 -> 2.9 s, and a 10,000-file ingest 1.5-2.5 s faster (its
-first Delta commits, query plans and writes load classes too). The archive is named by a
+on 2 cores, session start 5.7 -> 2.9 s (a 10,000-file ingest's own time changed within
+this machine's noise, 0 to 1 s). The archive is named by a
 fingerprint of the Java build, the Python environment and the jars
 (:func:`class_archive_path`), so another Java or other jars simply run without it.
 
