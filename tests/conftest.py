@@ -163,8 +163,16 @@ PIPELINE_SETTINGS = {
             "max_train_minutes": 4,
             "val_images_logged": 1,
             "score_threshold": 0.05,  # an undertrained model still gives boxes to crop
+            "promotion_floors": {},  # and is promoted, so that every later step runs
         },
-        "schmorl": {"epochs": 1, "image_size": 64, "batch_size": 8, "max_train_minutes": 4, "val_images_logged": 1},
+        "schmorl": {
+            "epochs": 1,
+            "image_size": 64,
+            "batch_size": 8,
+            "max_train_minutes": 4,
+            "val_images_logged": 1,
+            "promotion_floors": {},
+        },
     },
     "crops": {"size": 64, "source": "both", "min_score": 0.05},
 }

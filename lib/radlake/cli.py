@@ -226,6 +226,31 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="external validation: score a labelled archive with a model pair in tables of its own and measure it",
+        description="Ingest a labelled archive into tables of its own (never the training tables), import its "
+        "labels, score it with the vertebra and Schmorl's-node models as the score job does, and report vertebra "
+        "AP@0.5, level identification, the share of series with every level right, the share marked uncertain and "
+        "Schmorl's-node FROC (0.25-4 false positives per frame), over the archive and per study; logged as an "
+        "MLflow run in <mlflow.experiment>-evaluation, linked to both model versions.",
+    )
+    p.add_argument("--archive", required=True, help="the labelled DICOM archive (folder, Volume path or URI)")
+    p.add_argument("--labels", required=True, dest="labels_file", help="its labels: synth labels.json or COCO-style")
+    p.add_argument(
+        "--vertebra-model", metavar="URI", help="default score.vertebra_model, else models:/<models.vertebra>@champion"
+    )
+    p.add_argument(
+        "--schmorl-model", metavar="URI", help="default score.schmorl_model, else models:/<models.schmorl>@champion"
+    )
+    p.add_argument(
+        "--root",
+        help="storage root of the evaluation's own tables (default <storage.root>/evaluation/<archive>-<hash>)",
+    )
+    p.add_argument("--summary-json", help="also write the metrics and the per-study rows as JSON to this file")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
         "export-sr",
         parents=[common],
         help="write the findings as DICOM Comprehensive 3D SR (TID 1500), one file per study",
@@ -468,6 +493,28 @@ def _cmd_score(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
     summary = score_archive(
         get_spark(config), config, vertebra_model=args.vertebra_model, schmorl_model=args.schmorl_model
+    )
+    print(format_summary(summary))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, config: RadlakeConfig) -> int:
+    from pathlib import Path
+
+    from radlake.spark import get_spark
+    from radlake.workflow.evaluate import check_evaluate_config, evaluate_models, format_summary
+
+    check_evaluate_config(config)
+    summary = evaluate_models(
+        get_spark(config),
+        config,
+        archive=args.archive,
+        labels_file=args.labels_file,
+        vertebra_model=args.vertebra_model,
+        schmorl_model=args.schmorl_model,
+        root=args.root,
     )
     print(format_summary(summary))
     if args.summary_json:

@@ -237,13 +237,37 @@ class LoaderConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """Training-time augmentations (geometry in pixels of the resized image; none at evaluation)."""
+    """Training-time augmentations (:mod:`radlake.data.transforms`; none at evaluation).
+
+    Geometry is in pixels of the network input. Appearance follows what differs between
+    scanners and sites: coil bias, point-spread function, noise, bit depth, contrast.
+    """
 
     enabled: bool = True
     scale_range: tuple[float, float] = Field((0.85, 1.15), description="Random zoom factor range.")
-    translate_fraction: float = Field(0.08, ge=0, le=0.5, description="Random shift, fraction of the image side.")
+    translate_fraction: float = Field(
+        0.08,
+        ge=0,
+        le=0.5,
+        description="Random shift, fraction of the input side (physical inputs: of the training window, "
+        "which can then reach past the frame's edges and cut bodies).",
+    )
     gamma_range: tuple[float, float] = Field((0.7, 1.4), description="Random intensity gamma range.")
-    noise_std: float = Field(0.03, ge=0, description="Gaussian noise std on the [0, 1] normalised intensities.")
+    contrast_range: tuple[float, float] = Field(
+        (0.75, 1.3), description="Random contrast factor about mid-grey, applied to the [0, 1] intensities."
+    )
+    noise_std: float = Field(
+        0.05, ge=0, description="Rician noise of a std drawn up to this, on the [0, 1] normalised intensities."
+    )
+    bias_strength: float = Field(
+        0.25, ge=0, description="Std of the log gain of a smooth multiplicative bias field (0: none)."
+    )
+    blur_sigma_px: float = Field(
+        1.0, ge=0, description="Half the samples are blurred by a Gaussian of std up to this, input pixels."
+    )
+    min_bits: int = Field(
+        6, ge=1, le=8, description="30 % of the samples are quantised to 2**b grey levels, b in [min_bits, 8]."
+    )
 
 
 class DetectorConfig(_Section):
@@ -256,7 +280,19 @@ class DetectorConfig(_Section):
         "tiny", description="tiny: a small conv FPN for CPUs; the others are torchvision backbones."
     )
     weights: Path | None = Field(None, description="Local backbone or model weights (.pt); none are downloaded.")
-    image_size: int = Field(256, ge=32, description="Side in pixels of the square network input.")
+    image_size: int = Field(
+        256,
+        ge=32,
+        description="Side in pixels of the square training input: a window of the field of view when "
+        "input_spacing_mm is set, else every input letterboxed.",
+    )
+    input_spacing_mm: float | None = Field(
+        None,
+        gt=0,
+        description="Resample every frame to this pixel size (mm) before the network, from its PixelSpacing: "
+        "a 256 px, 1.2 mm frame and a 512 px, 0.6 mm one then show the same anatomy at the same size. "
+        "Unset: letterbox to image_size (the Schmorl's detector, whose crops are already sized by their vertebra).",
+    )
     batch_size: int = Field(8, ge=1, description="Images per step per process.")
     epochs: int = Field(30, ge=1)
     max_train_minutes: float | None = Field(10, gt=0, description="Hard stop of training after this wall time.")
@@ -272,6 +308,12 @@ class DetectorConfig(_Section):
     nms_iou: float = Field(0.5, gt=0, le=1)
     detections_per_image: int = Field(30, ge=1)
     val_images_logged: int = Field(6, ge=0, description="Validation images drawn with boxes in the run.")
+    val_every_epochs: int = Field(
+        1,
+        ge=1,
+        description="Evaluate on the validation split every this many epochs (and after the last): validation "
+        "takes its time out of max_train_minutes. A sweep's pruner sees the validated epochs only.",
+    )
     negatives_per_positive: float | None = Field(
         None,
         ge=0,
@@ -279,7 +321,26 @@ class DetectorConfig(_Section):
         "(drawn by seed); unset keeps every image.",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    promotion_floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="Absolute floors on the training run's metrics (logged names, e.g. test_map_50): a model under "
+        "any of them is registered but never becomes champion, even on an empty registry.",
+    )
 
+
+#: Where ``train.vertebra`` differs from :class:`DetectorConfig`'s defaults: frames resampled to
+#: 1 mm pixels and cut to 288 px windows (288 mm of field of view; at 1.25 mm the bodies span
+#: under three stride-8 cells and FCOS's boxes stayed half a body off for the whole CPU
+#: budget), class-agnostic NMS at IoU 0.3 (vertebral bodies do not overlap: a box that
+#: overlaps another by a third is a duplicate), validation every third epoch, and the floors a
+#: vertebra model must reach on its test split to become champion.
+VERTEBRA_DEFAULTS: dict[str, Any] = {
+    "input_spacing_mm": 1.0,
+    "image_size": 288,
+    "nms_iou": 0.3,
+    "val_every_epochs": 3,
+    "promotion_floors": {"test_map_50": 0.8, "test_level_id_rate": 0.8},
+}
 
 #: Where ``train.schmorl`` differs from :class:`DetectorConfig`'s defaults. Vertebra crops
 #: are small and nodes few: 128 px crops upsampled to 256 px (a node spans a few
@@ -294,20 +355,23 @@ SCHMORL_DEFAULTS: dict[str, Any] = {
     "score_threshold": 0.05,
     "detections_per_image": 10,
     "negatives_per_positive": 2.0,
+    "promotion_floors": {"test_ap_30": 0.3},
 }
 
 
 class TrainConfig(_Section):
-    """The detectors radlake trains (``train.schmorl`` keys not given take :data:`SCHMORL_DEFAULTS`)."""
+    """The detectors radlake trains (keys not given take :data:`VERTEBRA_DEFAULTS` / :data:`SCHMORL_DEFAULTS`)."""
 
-    vertebra: DetectorConfig = Field(default_factory=DetectorConfig)
+    vertebra: DetectorConfig = Field(default_factory=lambda: DetectorConfig(**VERTEBRA_DEFAULTS))
     schmorl: DetectorConfig = Field(default_factory=lambda: DetectorConfig(**SCHMORL_DEFAULTS))
 
     @model_validator(mode="before")
     @classmethod
-    def _schmorl_defaults_under_partial_settings(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("schmorl"), dict):
-            data = {**data, "schmorl": {**SCHMORL_DEFAULTS, **data["schmorl"]}}
+    def _detector_defaults_under_partial_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, defaults in (("vertebra", VERTEBRA_DEFAULTS), ("schmorl", SCHMORL_DEFAULTS)):
+                if isinstance(data.get(name), dict):
+                    data = {**data, name: {**defaults, **data[name]}}
         return data
 
 
@@ -360,6 +424,13 @@ class ScoreConfig(_Section):
     merge_iou: float = Field(
         0.3, gt=0, le=1, description="NMS IoU merging the same node found in two overlapping crops (source pixels)."
     )
+    level_min_probability: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Posterior of a vertebra's level (decoded over its whole stack) below which the level is "
+        "reported uncertain instead of named.",
+    )
 
     def model_uris(self, models: ModelsConfig) -> tuple[str, str]:
         """(vertebra, Schmorl's) model URIs: the configured ones, else the champions of ``models``."""
@@ -367,6 +438,27 @@ class ScoreConfig(_Section):
             self.vertebra_model or f"models:/{models.vertebra}@champion",
             self.schmorl_model or f"models:/{models.schmorl}@champion",
         )
+
+
+class EvaluateConfig(_Section):
+    """External validation of registered models (``radlake evaluate``; :mod:`radlake.workflow.evaluate`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    schema_: str | None = Field(
+        None,
+        alias="schema",
+        description="Unity Catalog schema of the evaluation tables (catalog set); default <storage.schema>_evaluation. "
+        "Locally they go under <storage.root>/evaluation/<archive>-<hash> or --root.",
+    )
+    schmorl_threshold: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Lowest Schmorl's-node score kept while scoring the evaluation archive, so that the FROC curve "
+        "reaches 4 false positives per image (the operating point is still score.schmorl_threshold); at most "
+        "score.schmorl_threshold.",
+    )
 
 
 class RadlakeConfig(_Section):
@@ -385,6 +477,7 @@ class RadlakeConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     crops: CropsConfig = Field(default_factory=CropsConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def with_vertebra_model(self, uri: str) -> RadlakeConfig:
         """A copy whose ``crops.vertebra_model`` is ``uri`` (the vertebra model behind crops and Schmorl's runs)."""

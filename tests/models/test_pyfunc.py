@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from radlake.dicom.pixels import encode_pixels
 from radlake.models.detector import REGRESSION_BIAS, build_detector, vertebra_spec
+from radlake.models.levels import LEVELS
 from radlake.models.pyfunc import log_detector, udf_result_type
 
 
@@ -47,8 +48,13 @@ def test_predicts_boxes_in_source_pixels(logged):
     for detections, (_, row) in zip(out, frame.iterrows(), strict=True):
         assert 0 < len(detections) <= 5
         for d in detections:
-            assert set(d) == {"label", "level", "score", "x0", "y0", "x1", "y1"}
-            assert d["label"] == "vertebra" and d["level"]
+            assert set(d) == {
+                "label", "level", "score", "x0", "y0", "x1", "y1", "level_status", "level_probability", "level_scores"
+            }  # fmt: skip
+            assert d["label"] == "vertebra" and len(d["level_scores"]) == len(LEVELS)
+            # An untrained model sees no anchor: a level is named only when its status says so.
+            assert d["level_status"] in {"identified", "uncertain", "outside"}
+            assert (d["level"] in LEVELS) == (d["level_status"] == "identified")
             # boxes are in the frame's pixels, clipped to it (not the letterboxed network input)
             assert 0 <= d["x0"] < d["x1"] <= row["width"] and 0 <= d["y0"] < d["y1"] <= row["height"]
     assert model.metadata.signature.inputs.input_names() == ["pixels", "dtype", "height", "width", "pixel_spacing"]
@@ -73,6 +79,7 @@ def test_runs_as_a_spark_udf(spark, logged):
     rows = scored.select("height", "detections").collect()
     assert [len(r.detections) > 0 for r in rows] == [True, True]
     assert all(d.label == "vertebra" and d.x1 >= d.x0 for r in rows for d in r.detections)
+    assert all(len(d.level_scores) == len(LEVELS) and d.level_status for r in rows for d in r.detections)
 
 
 def test_params_raise_the_score_threshold(logged):
@@ -98,3 +105,38 @@ def test_udf_passes_params(spark, logged):
         for t in (0.0, 1.01)
     ]
     assert counts[0] > 0 and counts[1] == 0
+
+
+class _OlderDetector(mlflow.pyfunc.PythonModel):
+    """What detectors logged before the level fields returned: no status, probability or evidence."""
+
+    def predict(self, context, model_input, params=None):
+        box = {"label": "vertebra", "level": "L3", "score": 0.9, "x0": 1.0, "y0": 2.0, "x1": 30.0, "y1": 20.0}
+        return pd.DataFrame({"detections": [[box] for _ in range(len(model_input))]})
+
+
+def test_a_detector_without_the_level_fields_still_runs_as_a_udf(spark, logged):
+    from radlake.models.levels import _evidence
+    from radlake.models.pyfunc import _signature, detection_fields, detections_column
+
+    older_fields = ("label", "level", "score", "x0", "y0", "x1", "y1")
+
+    import cloudpickle
+
+    _, frame, _ = logged
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Spark's workers cannot import this test module
+    try:
+        with mlflow.start_run():
+            model = _OlderDetector()
+            signature = _signature(vertebra_spec(), older_fields)
+            info = mlflow.pyfunc.log_model(name="older", python_model=model, signature=signature)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert detection_fields(info.model_uri) == older_fields
+    df = spark.createDataFrame(frame)
+    [row] = df.limit(1).select(detections_column(spark, info.model_uri).alias("d")).collect()
+    [d] = row.d
+    assert d.level == "L3" and d.level_status is None and d.level_scores is None
+    # The stack decoding then takes the level it named as its only evidence.
+    evidence = _evidence(d.asDict())
+    assert int(np.argmax(evidence)) == LEVELS.index("L3")

@@ -327,6 +327,10 @@ def test_config_validation_names_the_field():
         ({"zip_fraction": 1.5}, "zip_fraction"),
         ({"node_size_mm": (8.0, 4.0)}, "node_size_mm"),
         ({"transfer_syntaxes": ["explicit", "explicit"]}, "transfer_syntaxes"),
+        ({"image_sizes": [256, 2048]}, "image_sizes"),
+        ({"image_sizes": []}, "image_sizes"),
+        ({"fov_mm": (380.0, 220.0)}, "fov_mm"),
+        ({"contrast_gamma": (0.1, 1.0)}, "contrast_gamma"),
         ({"unknown_knob": 1}, "unknown_knob"),
     ]:
         with pytest.raises(ValidationError) as info:
@@ -345,3 +349,31 @@ def test_generate_archive_checks_its_arguments(tmp_path):
         generate_archive(tmp_path / "new", CONFIG, workers=0)
     with pytest.raises(TypeError, match="config"):
         generate_archive(tmp_path / "new", {"studies": 1})  # type: ignore[arg-type]
+
+
+def test_sites_differ_per_study_in_matrix_field_of_view_and_contrast(tmp_path):
+    """The site knobs: each study draws its own matrix, pixel size and look; defaults leave studies alike."""
+    varied = SynthConfig(
+        studies=4,
+        seed=5,
+        image_sizes=(128, 160),
+        fov_mm=(200.0, 400.0),
+        sagittal_slices=3,
+        axial_slices=1,
+        coronal_slices=1,
+        contrast_gamma=(0.6, 1.6),
+        blur_px=(0.3, 1.5),
+    )
+    labels = json.loads(generate_archive(tmp_path / "varied", varied, workers=2).labels_path.read_text())
+    by_study: dict[str, set] = {}
+    for image in labels["images"].values():
+        by_study.setdefault(image["study_instance_uid"], set()).add((image["rows"], tuple(image["pixel_spacing"])))
+    assert all(len(sizes) == 1 for sizes in by_study.values())  # one matrix and spacing per study
+    assert {rows for sizes in by_study.values() for rows, _ in sizes} == {128, 160}
+    columns = [spacing[1] * rows for sizes in by_study.values() for rows, spacing in sizes]
+    assert all(200 <= fov <= 400 for fov in columns) and max(columns) - min(columns) > 20
+    # image_size fixes one matrix for every study.
+    plain = json.loads(
+        generate_archive(tmp_path / "plain", varied.model_copy(update={"image_size": 128})).labels_path.read_text()
+    )
+    assert {image["rows"] for image in plain["images"].values()} == {128}

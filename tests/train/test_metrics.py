@@ -7,10 +7,12 @@ from radlake.train.metrics import (
     FROC_RATES,
     ImageResult,
     ap_at_iou,
+    archive_metrics,
     crop_auc,
     detection_metrics,
     froc,
     lesion_metrics,
+    level_metrics,
     match,
 )
 
@@ -143,3 +145,41 @@ def test_lesion_metrics_without_truth_has_no_nan():
     assert "crop_auc" not in m and not any(k.startswith("froc") for k in m)
     assert m["fp_per_image"] == 0.5 and m["detection_rate"] == 0.0 and m["n_true_boxes"] == 0.0
     assert m["ap_30"] == 0.0
+
+
+def _frame(series, pred_classes, uncertain, true_classes, *, found=None):
+    """One frame of ``len(true_classes)`` stacked bodies; ``found`` (default all) says which were detected."""
+    truth = [[0, 40 * k, 30, 40 * k + 30] for k in range(len(true_classes))]
+    found = list(range(len(true_classes))) if found is None else found
+    r = _result([truth[k] for k in found], [0.9] * len(found), pred_classes, truth, true_classes, study="study")
+    r.extra = {"series_key": series, "uncertain": np.array(uncertain, bool)}
+    return r
+
+
+def test_level_metrics_count_uncertain_bodies_as_not_identified_and_score_series():
+    frames = [
+        _frame("a", [20, 21], [False, False], [20, 21]),  # series a: every level right
+        _frame("a", [20, 21], [False, False], [20, 21], found=[0, 1]),
+        _frame("b", [20, 0], [False, True], [20, 21]),  # series b: one body uncertain
+        _frame("c", [20, 22], [False, False], [20, 21]),  # series c: one body named wrong
+        _frame("d", [20], [False], [20, 21], found=[0]),  # series d: right, but one body missed
+    ]
+    m = level_metrics(frames)
+    assert m["level_id_rate"] == pytest.approx(7 / 9)
+    assert m["level_uncertain_rate"] == pytest.approx(1 / 9) and m["level_wrong_rate"] == pytest.approx(1 / 9)
+    assert m["series_all_levels_right"] == pytest.approx(2 / 4)  # a and d
+    assert m["series_all_found_and_right"] == pytest.approx(1 / 4)  # a only
+    assert m["n_series"] == 4
+    # A series with nothing found is not "all right".
+    assert level_metrics([_frame("e", [], [], [20], found=[])])["series_all_levels_right"] == 0.0
+
+
+def test_archive_metrics_report_both_stages():
+    vertebrae = [_frame("a", [20, 21], [False, False], [20, 21])]
+    node = [[2, 2, 8, 8]]
+    nodes = [_result(node + [[12, 50, 18, 56]], [0.9, 0.5], [1, 1], node, [1])]
+    m = archive_metrics(vertebrae, nodes, schmorl_threshold=0.4)
+    assert m["vertebra_ap_50"] == pytest.approx(1.0) and m["level_id_rate"] == 1.0
+    assert m["schmorl_froc_sens_at_1fp"] == 1.0 and m["schmorl_sensitivity"] == 1.0
+    assert m["schmorl_fp_per_image"] == 1.0  # the second node box at 0.5 is above the operating point
+    assert (m["n_frames"], m["n_true_vertebrae"], m["n_true_nodes"]) == (1, 2, 1)

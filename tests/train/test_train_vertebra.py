@@ -28,6 +28,8 @@ TRAIN = [
     "train.vertebra.val_images_logged=2",
     "loader.num_workers=1",
 ]
+#: The comparison tests below compare two barely trained models: no absolute floor.
+NO_FLOORS = "train.vertebra.promotion_floors={}"
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +46,35 @@ def trained(spark, labelled_archive, tmp_path_factory):
             "spark.shuffle_partitions=2",
             f"loader.cache_dir={root / 'cache'}",
             *TRAIN,
+            NO_FLOORS,
         ],
     )
     result = train_detector(spark, cfg, "vertebra")
     return cfg, result
+
+
+def test_an_untrained_model_is_refused_as_champion_even_on_an_empty_registry(trained):
+    cfg, result = trained
+    floors = {"test_map_50": 0.8, "test_level_id_rate": 0.8}  # the defaults of train.vertebra
+    cfg = cfg.model_copy(
+        update={
+            "models": cfg.models.model_copy(update={"vertebra": "floor_test_vertebra"}),  # a registry with no model
+            "train": cfg.train.model_copy(
+                update={"vertebra": cfg.train.vertebra.model_copy(update={"promotion_floors": floors})}
+            ),
+        }
+    )
+    metrics = mlflow.MlflowClient().get_run(result.run_id).data.metrics
+    assert metrics["test_map_50"] < 0.8  # two epochs at 128 px: not a usable detector
+    verdict = register_and_promote(cfg, get_stage("vertebra"), result.run_id)
+    assert not verdict.promoted and verdict.previous_champion is None
+    assert "under the promotion floors" in verdict.reason and "test_map_50" in verdict.reason
+    client = mlflow.MlflowClient()
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("floor_test_vertebra", "champion")
+    assert str(client.get_model_version_by_alias("floor_test_vertebra", "challenger").version) == verdict.version
+    tags = client.get_model_version("floor_test_vertebra", verdict.version).tags
+    assert "test_map_50" in tags["radlake.floor_failures"] and tags["radlake.promoted"] == "false"
 
 
 def test_run_logs_params_metrics_data_and_artifacts(trained):

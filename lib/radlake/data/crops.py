@@ -7,8 +7,9 @@ Order of work:
 2. the labelled frames (``images`` of studies with vertebra annotations) still
    without crops from this model and source are chosen;
 3. ``predicted`` crops: the model runs over those frames as an MLflow pyfunc Spark
-   UDF; its boxes at or above ``crops.min_score`` (boxes and scores only, no pixels) are
-   kept for the cut. ``ground_truth`` crops: the labelled vertebra boxes. ``both``: each;
+   UDF; its boxes at or above ``crops.min_score`` (boxes and scores only, no pixels),
+   except those its level decoding puts outside the labelled levels, are kept for the
+   cut. ``ground_truth`` crops: the labelled vertebra boxes. ``both``: each;
 4. on the executors, each frame is decoded once and every vertebra of it is cut,
    resampled (:mod:`radlake.models.crops`) and given the Schmorl's nodes inside it in
    crop pixels;
@@ -171,9 +172,12 @@ def predicted_vertebrae(frames: DataFrame, model: ResolvedModel, min_score: floa
         "sop_instance_uid", "frame_index", detections_column(frames.sparkSession, model.uri).alias("_d")
     )
     box = F.array(F.col("d.x0"), F.col("d.y0"), F.col("d.x1"), F.col("d.y1"))
+    # Bodies the model's decoding puts outside the labelled levels (a sacral segment, a false
+    # detection) get no crop, as in scoring; detectors without a level status keep every body.
     return (
         scored.select("sop_instance_uid", "frame_index", F.explode("_d").alias("d"))
         .where(F.col("d.score") >= min_score)
+        .where(~F.coalesce(F.col("d.level_status") == "outside", F.lit(False)))
         .groupBy("sop_instance_uid", "frame_index")
         .agg(F.collect_list(_box_struct("predicted", F.col("d.level"), F.col("d.score"), box)).alias("vertebrae"))
     )

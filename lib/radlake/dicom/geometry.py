@@ -483,3 +483,54 @@ def box_geometry(
     out["corners_patient_mm"] = points[:4].tolist()
     out["center_patient_mm"] = points[4].tolist()
     return out
+
+
+def in_plane_frame(
+    *,
+    position: Sequence[float] | None,
+    orientation: Sequence[float] | None,
+    pixel_spacing: Sequence[float] | None,
+    origin: Sequence[float] | None,
+) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+    """Where one frame of a stack sits in the stack's image plane, for comparing boxes across frames.
+
+    Frames of one stack are parallel, so a point of any of them has in-plane coordinates
+    ``(u, v)``: mm along the row direction (x) and the column direction (y) from
+    ``origin``. A pixel ``(x, y)`` of this frame is at ``(u0 + x * column spacing,
+    v0 + y * row spacing)``.
+
+    Parameters
+    ----------
+    position, orientation
+        ImagePositionPatient of this frame (mm, LPS) and ImageOrientationPatient.
+    pixel_spacing
+        ``[row spacing, column spacing]`` mm.
+    origin
+        A point shared by the stack (e.g. its first frame's ImagePositionPatient), mm, LPS.
+
+    Returns
+    -------
+    tuple
+        ``(u0, v0)`` mm, ``(column spacing, row spacing)`` mm per pixel, and ``caudal``:
+        the unit vector in the plane, in ``(u, v)``, pointing to the patient's feet
+        (−z in LPS). Missing or invalid geometry gives ``(0, 0)``, 1 mm per pixel and
+        ``(0, 1)`` (rows run head to feet, as sagittal and coronal images are displayed).
+    """
+    try:
+        spacing = _spacing_array(pixel_spacing)
+        steps = (float(spacing[1]), float(spacing[0]))
+    except ValueError:
+        steps = (1.0, 1.0)
+    try:
+        row_dir, col_dir = _orientation_array(orientation)
+    except ValueError:
+        return (0.0, 0.0), steps, (0.0, 1.0)
+    feet = np.array([0.0, 0.0, -1.0])
+    caudal = np.array([feet @ row_dir, feet @ col_dir])
+    norm = float(np.linalg.norm(caudal))
+    caudal_uv = (float(caudal[0] / norm), float(caudal[1] / norm)) if norm > 1e-6 else (0.0, 1.0)
+    try:
+        offset = _position_vector(position) - _position_vector(origin)
+    except ValueError:
+        return (0.0, 0.0), steps, caudal_uv
+    return (float(offset @ row_dir), float(offset @ col_dir)), steps, caudal_uv

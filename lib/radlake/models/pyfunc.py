@@ -1,10 +1,17 @@
 """The detector as an MLflow pyfunc: preprocessing, the network and post-processing in one model.
 
 Input: ``images`` rows — ``pixels`` (bytes), ``dtype``, ``height``, ``width`` and
-``pixel_spacing`` (row, column mm). Output: per row, an array of detections
-``{label, level, score, x0, y0, x1, y1}`` with the box ``xyxy`` in pixels of the source
-frame (x = column, y = row, origin at its top-left corner). For a vertebra detector
-``level`` is the vertebral level; detectors without levels return ``None`` there.
+``pixel_spacing`` (row, column mm; a detector with ``input_spacing_mm`` resamples the
+frame to that pixel size with it). Output: per row, an array of detections
+``{label, level, score, x0, y0, x1, y1, level_status, level_probability, level_scores}``
+with the box ``xyxy`` in pixels of the source frame (x = column, y = row, origin at its
+top-left corner). For a vertebra detector ``level`` is the level decoded over the bodies
+of this frame (:mod:`radlake.models.levels`), ``None`` unless ``level_status`` is
+``identified`` (``uncertain``: no anchor settles the count; ``outside``: not one of the
+labelled vertebrae), ``level_probability`` its posterior and ``level_scores`` the body's
+evidence per level of :data:`radlake.models.levels.LEVELS`, from which the scoring job
+decodes a whole stack of frames at once. Detectors without levels return ``None`` in the
+level fields.
 
 Parameters (:data:`PARAMS`, in the signature's param schema): ``score_threshold`` (the
 lowest score returned; default the one it was logged with) and ``batch_size`` (images per
@@ -13,7 +20,9 @@ a served model's request.
 
 The model bundles radlake's own code (``code_paths``), so it loads with
 ``mlflow.pyfunc.load_model`` in a fresh process and as ``mlflow.pyfunc.spark_udf``
-(use :func:`udf_result_type` as its ``result_type`` and select ``.detections``).
+(use :func:`udf_result_type` as its ``result_type`` and select ``.detections``;
+:func:`detections_column` does this, and gives detectors logged before the level fields
+the same struct with those fields null).
 
 Example
 -------
@@ -46,7 +55,12 @@ DETECTION_FIELDS = (
     ("y0", "double"),
     ("x1", "double"),
     ("y1", "double"),
+    ("level_status", "string"),
+    ("level_probability", "double"),
+    ("level_scores", "array<double>"),
 )
+#: Fields a detector may leave out (``None``): the level fields, absent from plain detectors and older models.
+OPTIONAL_FIELDS = ("level", "level_status", "level_probability", "level_scores")
 INPUT_COLUMNS = ("pixels", "dtype", "height", "width", "pixel_spacing")
 #: Inference parameters (``predict(..., params=...)``, ``spark_udf(params=...)``, the ``params`` of a
 #: served model's request): the lowest score returned (default: the threshold the model was logged with;
@@ -57,15 +71,32 @@ DEFAULT_BATCH_SIZE = 8
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pydicom", "mlflow")
 
 
-def udf_result_type() -> str:
+def udf_result_type(fields: tuple[str, ...] | None = None) -> str:
     """The Spark SQL type of the model's output, for ``mlflow.pyfunc.spark_udf(result_type=...)``.
 
     A struct with one field, ``detections``: MLflow's UDF converts struct results
     field by field, while a bare array of structs is not converted (select
-    ``udf(...).detections``).
+    ``udf(...).detections``). ``fields`` (default all of :data:`DETECTION_FIELDS`) names
+    the detection fields the model returns: MLflow needs every field it is asked for.
     """
-    fields = ", ".join(f"{name}: {kind}" for name, kind in DETECTION_FIELDS)
-    return f"struct<detections: array<struct<{fields}>>>"
+    wanted = DETECTION_FIELDS if fields is None else [(n, k) for n, k in DETECTION_FIELDS if n in fields]
+    return "struct<detections: array<struct<" + ", ".join(f"{name}: {kind}" for name, kind in wanted) + ">>>"
+
+
+def detection_fields(model_uri: str) -> tuple[str, ...]:
+    """The fields of :data:`DETECTION_FIELDS` that the model's signature declares for each detection.
+
+    Detectors logged before the level fields existed declare only the first seven.
+    """
+    signature = mlflow.models.get_model_info(model_uri).signature
+    declared: set[str] = set()
+    if signature is not None and signature.outputs is not None:
+        for spec in signature.outputs.inputs:
+            if spec.name == "detections":
+                declared = {p.name for p in getattr(getattr(spec.type, "dtype", None), "properties", [])}
+    return tuple(name for name, _ in DETECTION_FIELDS if name in declared) or tuple(
+        name for name, _ in DETECTION_FIELDS if name not in OPTIONAL_FIELDS[1:]
+    )
 
 
 class ModelSignatureError(RadlakeError):
@@ -116,10 +147,20 @@ def detections_column(spark, model_uri: str, params: dict[str, Any] | None = Non
     """
     from pyspark.sql import functions as F
 
+    fields = detection_fields(model_uri)
     udf = mlflow.pyfunc.spark_udf(
-        spark, model_uri, result_type=udf_result_type(), env_manager="local", params=params or None
+        spark, model_uri, result_type=udf_result_type(fields), env_manager="local", params=params or None
     )
-    return udf(*(F.col(c).cast("long") if c in ("height", "width") else F.col(c) for c in INPUT_COLUMNS)).detections
+    found = udf(*(F.col(c).cast("long") if c in ("height", "width") else F.col(c) for c in INPUT_COLUMNS)).detections
+    if len(fields) == len(DETECTION_FIELDS):
+        return found
+    # An older detector: the same struct, its missing fields null.
+    return F.transform(
+        found,
+        lambda d: F.struct(
+            *(d[name] if name in fields else F.lit(None).cast(kind).alias(name) for name, kind in DETECTION_FIELDS)
+        ),
+    )
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
@@ -159,35 +200,57 @@ def predict_rows(model, spec, rows: pd.DataFrame, batch_size: int = DEFAULT_BATC
     records = rows.to_dict("records")
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        prepared = [prepare_frame(r["pixels"], r["dtype"], r["height"], r["width"], spec.image_size) for r in chunk]
+        prepared = [
+            prepare_frame(
+                r["pixels"],
+                r["dtype"],
+                r["height"],
+                r["width"],
+                spec.image_size,
+                pixel_spacing=_spacing(r.get("pixel_spacing")),
+                input_spacing_mm=spec.input_spacing_mm,
+            )
+            for r in chunk
+        ]
         with torch.inference_mode():
             outputs = model([image for image, _ in prepared])
-        for row, (_, box), output in zip(chunk, prepared, outputs, strict=True):
-            found = (_as_output(d, box.scale, spec, row["height"], row["width"]) for d in postprocess(output, spec))
+        for row, (_, geometry), output in zip(chunk, prepared, outputs, strict=True):
+            found = (_as_output(d, geometry, spec, row["height"], row["width"]) for d in postprocess(output, spec))
             out.append([d for d in found if d is not None])
     return out
 
 
-def _as_output(detection: dict, scale: float, spec, height: int, width: int) -> dict | None:
+def _spacing(value) -> list[float] | None:
+    """PixelSpacing as a list (Spark hands arrays to pandas as numpy arrays), or ``None``."""
+    if value is None:
+        return None
+    values = [float(v) for v in value]
+    return values if len(values) == 2 else None
+
+
+def _as_output(detection: dict, geometry, spec, height: int, width: int) -> dict | None:
     """A detection in source pixels, clipped to the frame (``None`` if nothing of it is inside)."""
-    x0, y0, x1, y1 = (float(v) / scale for v in detection["box_xyxy"])
+    x0, y0, x1, y1 = (float(v) for v in geometry.boxes_to_source([detection["box_xyxy"]])[0])
     x0, x1 = min(max(x0, 0.0), float(width)), min(max(x1, 0.0), float(width))
     y0, y1 = min(max(y0, 0.0), float(height)), min(max(y1, 0.0), float(height))
     if x1 <= x0 or y1 <= y0:
         return None
-    level = detection["class_name"] if spec.kind == "level" else None
+    levels = spec.kind == "level"
     return {
         "label": spec.label,
-        "level": level,
+        "level": detection["class_name"] if levels else None,
         "score": float(detection["score"]),
         "x0": x0,
         "y0": y0,
         "x1": x1,
         "y1": y1,
+        "level_status": detection.get("level_status") if levels else None,
+        "level_probability": detection.get("level_probability") if levels else None,
+        "level_scores": detection.get("level_scores") if levels else None,
     }
 
 
-def _signature(spec):
+def _signature(spec, fields: tuple[str, ...] | None = None):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
@@ -200,8 +263,14 @@ def _signature(spec):
             ColSpec(Array("double"), "pixel_spacing"),
         ]
     )
-    kinds = {"string": "string", "double": "double"}
-    detection = Object([Property(name, kinds[kind], required=name != "level") for name, kind in DETECTION_FIELDS])
+    kinds = {"string": "string", "double": "double", "array<double>": Array("double")}
+    detection = Object(
+        [
+            Property(name, kinds[kind], required=name not in OPTIONAL_FIELDS)
+            for name, kind in DETECTION_FIELDS
+            if fields is None or name in fields
+        ]
+    )
     outputs = Schema([ColSpec(Array(detection), "detections")])
     params = ParamSchema(
         [

@@ -1,6 +1,9 @@
 """Register a training run's model, mark it ``challenger``, and promote it to ``champion`` if it wins.
 
-Promotion compares the challenger with the current champion on the same frozen test
+A model must first clear its detector's absolute floors (``train.<detector>.promotion_floors``,
+metric names as the training run logged them, e.g. ``test_map_50``): under any of them
+it is registered but never becomes champion, not even on an empty registry, and the
+verdict names the metric that failed. Then promotion compares the challenger with the current champion on the same frozen test
 split: the training runs record the digest of their test split
 (``radlake.test_split_digest``); when the digests agree their logged test metrics
 are compared directly, otherwise the champion is evaluated again on the
@@ -62,6 +65,26 @@ def _wins(challenger: dict[str, float], champion: dict[str, float], primary: str
     return challenger.get(secondary, 0.0) - champion.get(secondary, 0.0) > TOLERANCE
 
 
+def floor_failures(metrics: dict[str, float], floors: dict[str, float]) -> list[str]:
+    """The floors ``metrics`` (a run's logged metrics) does not reach, each said in words.
+
+    A metric the run did not log fails its floor.
+
+    Examples
+    --------
+    >>> floor_failures({"test_map_50": 0.0, "test_level_id_rate": 0.9}, {"test_map_50": 0.8, "test_level_id_rate": 0.8})
+    ['test_map_50 = 0.000 is under its floor 0.8']
+    """
+    failed = []
+    for name, floor in sorted(floors.items()):
+        value = metrics.get(name)
+        if value is None:
+            failed.append(f"{name} was not logged (floor {floor:g})")
+        elif not value >= floor - TOLERANCE:
+            failed.append(f"{name} = {value:.3f} is under its floor {floor:g}")
+    return failed
+
+
 def register_and_promote(config: RadlakeConfig, stage: DetectorStage, run_id: str) -> PromotionResult:
     """Register ``runs:/<run_id>/model`` under ``models.<detector>``, alias it, promote it if it beats the champion."""
     from radlake.tracking import configure_mlflow, detector_experiment
@@ -78,7 +101,11 @@ def register_and_promote(config: RadlakeConfig, stage: DetectorStage, run_id: st
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     current = _champion(client, name)
     champion_metrics = None
-    if current is None:
+    failures = floor_failures(dict(run.data.metrics), getattr(config.train, stage.name).promotion_floors)
+    if failures:
+        promoted = False
+        reason = f"version {mv.version} is under the promotion floors: {'; '.join(failures)}"
+    elif current is None:
         promoted, reason = True, "no champion yet"
     else:
         champion_run = client.get_run(current.run_id)
@@ -100,6 +127,7 @@ def register_and_promote(config: RadlakeConfig, stage: DetectorStage, run_id: st
         "radlake.challenger_metrics": json.dumps(challenger, sort_keys=True),
         "radlake.champion_metrics": json.dumps(champion_metrics, sort_keys=True),
         "radlake.promoted": str(promoted).lower(),
+        "radlake.floor_failures": json.dumps(failures),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, mv.version, key, value)
@@ -134,6 +162,7 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: DetectorStage
     from radlake.models.pyfunc import INPUT_COLUMNS
     from radlake.train.metrics import ImageResult, evaluate_results
 
+    kind = stage.spec(RadlakeConfig()).kind  # the kind of a detector does not depend on its settings
     cache = mlflow.MlflowClient().get_run(run_id).data.tags.get("radlake.test_cache")
     if not cache:
         raise RuntimeError(f"Run {run_id} does not record its test cache (tag radlake.test_cache)")
@@ -146,9 +175,11 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: DetectorStage
                 {
                     "box_xyxy": [d["x0"], d["y0"], d["x1"], d["y1"]],
                     "score": d["score"],
-                    "class_index": level_to_class(d["level"]) if d.get("level") else 1,
+                    # A level detector's body without a named level (uncertain) has no class; lesions have one.
+                    "class_index": level_to_class(d["level"]) if d.get("level") else (0 if kind == "level" else 1),
                 }
                 for d in detections
+                if d.get("level_status") != "outside"
             ]
         )
         results.append(
@@ -163,6 +194,5 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: DetectorStage
                 true_classes=np.asarray(row["labels"], np.int64),
             )
         )
-    kind = stage.spec(RadlakeConfig()).kind  # the kind of a detector does not depend on its settings
     metrics = evaluate_results(results, score_threshold=0.0, kind=kind)
     return {k: metrics[k] for k in (stage.primary_metric, stage.secondary_metric) if k and k in metrics}

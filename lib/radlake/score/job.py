@@ -17,14 +17,22 @@ Order of work:
    settings the Schmorl's model was trained with);
 5. stage 2, the Schmorl's-node detector, runs on each crop as a second UDF
    (``score_threshold = score.schmorl_threshold``); its boxes are mapped back to the
-   frame's pixels, the same node found in two overlapping crops is merged (NMS at
-   ``score.merge_iou``), each node gets the level of its crop's vertebra and the
-   endplate it sits on, and every box is given in millimetres and patient coordinates
-   (:func:`radlake.dicom.geometry.box_geometry`, per-frame ImagePositionPatient);
-6. the rows are appended to ``predictions`` in one Delta commit (a killed run adds
-   nothing; a re-run finds every frame done and adds nothing), and ``study_findings``
-   is rebuilt from ``predictions`` for the series that were scored (Delta MERGE on the
-   series and model pair).
+   frame's pixels;
+6. per series stack (:mod:`radlake.score.stacks`), the levels of all its vertebrae are
+   decoded at once over the stack's frames (``score.level_min_probability``: below it a
+   level is ``uncertain`` and not named), the same node found in two overlapping crops
+   is merged (NMS at ``score.merge_iou``), each node gets the level of its crop's
+   vertebra and the endplate it sits on, and every box is given in millimetres and
+   patient coordinates (:func:`radlake.dicom.geometry.box_geometry`, per-frame
+   ImagePositionPatient);
+7. the rows go into ``predictions`` in one Delta MERGE on the frame and the model pair
+   (a killed run adds nothing; a re-run finds every frame done and adds nothing), and
+   ``study_findings`` is rebuilt from ``predictions`` for the series that were scored
+   (Delta MERGE on the series and model pair).
+
+The unit of work is the series stack, since its levels are decoded together: a stack
+with any frame not yet scored by this pair is scored whole again (its earlier rows are
+updated), so frames that arrive later are labelled with their whole stack.
 
 The scoring job is one MLflow run (``score``, in ``mlflow.experiment``, nested under
 an active run) whose id is written on every row. Pixels stay on the executors; the
@@ -50,6 +58,7 @@ from radlake.errors import RadlakeError
 from radlake.ingest.schema import struct_fields
 from radlake.models.levels import LEVELS
 from radlake.score.schema import MODEL_PAIR_FIELDS, PREDICTIONS, STUDY_FINDINGS
+from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, finish_stacks
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
@@ -63,12 +72,17 @@ class NothingToScoreError(RadlakeError):
 
 
 _DOUBLES = ArrayType(DoubleType())
-#: A crop of one found vertebra, cut on the executors (stage 2's input).
+#: A crop of one found vertebra, cut on the executors (stage 2's input); ``vertebra_index`` is
+#: the vertebra's place in its frame's detections, ``level_*`` its evidence for the stack's decoding.
 SCORE_CROP = StructType(
     struct_fields(
         ("sop_instance_uid", StringType()),
         ("frame_index", IntegerType()),
+        ("vertebra_index", IntegerType()),
         ("level", StringType()),
+        ("level_status", StringType()),
+        ("level_probability", DoubleType()),
+        ("level_scores", _DOUBLES),
         ("score", DoubleType()),
         ("box", _DOUBLES),
         ("crop_box", _DOUBLES),
@@ -83,50 +97,8 @@ SCORE_CROP = StructType(
 #: Frames per Arrow batch yielded by the crop cutter (each frame gives ~15 crops of 64 KB).
 _CROP_FRAMES_PER_BATCH = 16
 _KEYS = ["sop_instance_uid", "frame_index"]
-#: Columns of ``images`` carried into ``predictions``.
-_IMAGE_COLUMNS = (
-    "study_instance_uid",
-    "series_instance_uid",
-    "series_key",
-    "slice_index",
-    "plane",
-    "height",
-    "width",
-    "pixel_spacing",
-)
-#: Columns of ``predictions`` added in Spark, not by the executors.
-_RUN_COLUMNS = (
-    *(f.name for f in MODEL_PAIR_FIELDS),
-    "vertebra_threshold",
-    "schmorl_threshold",
-    "crop_margin_fraction",
-    "crop_size",
-    "score_run_id",
-    "scored_at",
-)
-FRAME_RESULT = StructType([f for f in PREDICTIONS.fields if f.name not in _RUN_COLUMNS])
-_BOX = StructType(struct_fields(("level", StringType()), ("score", DoubleType()), ("box", _DOUBLES)))
-_RAW_NODE = StructType(
-    struct_fields(
-        ("parent_level", StringType()),
-        ("vertebra_box", _DOUBLES),
-        ("crop_box", _DOUBLES),
-        ("score", DoubleType()),
-        ("box", _DOUBLES),
-    )
-)
-#: What :func:`finish_frames` reads per frame: the image keys and geometry (``position`` is
-#: this frame's ImagePositionPatient), the vertebrae found and the nodes found in their
-#: crops, all boxes ``xyxy`` in the frame's pixels.
-FRAMES_TO_FINISH = StructType(
-    [f for f in FRAME_RESULT.fields if f.name in ("sop_instance_uid", "frame_index", *_IMAGE_COLUMNS)]
-    + struct_fields(
-        ("position", _DOUBLES),
-        ("orientation", _DOUBLES),
-        ("vertebrae", ArrayType(_BOX)),
-        ("nodes", ArrayType(_RAW_NODE)),
-    )
-)
+#: Stack of a frame: its series stack, or the frame alone when it has none.
+_STACK = "_stack"
 _PAIR = ["vertebra_model_uri", "schmorl_model_uri"]
 
 
@@ -188,7 +160,7 @@ def cut_scoring_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: flo
                     continue
                 frame = decode_pixels(row["pixels"], row["dtype"], row["height"], row["width"])
                 spacing = row["pixel_spacing"]
-                for v in found:
+                for index, v in enumerate(found):
                     box = [v["x0"], v["y0"], v["x1"], v["y1"]]
                     crop, geometry = cut_vertebra(frame, box, margin_fraction, size)
                     buf, dtype = encode_pixels(crop)
@@ -196,7 +168,11 @@ def cut_scoring_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: flo
                         {
                             "sop_instance_uid": row["sop_instance_uid"],
                             "frame_index": row["frame_index"],
+                            "vertebra_index": index,
                             "level": v["level"],
+                            "level_status": v.get("level_status"),
+                            "level_probability": v.get("level_probability"),
+                            "level_scores": v.get("level_scores"),
                             "score": v["score"],
                             "box": box,
                             "crop_box": list(geometry.region_xyxy_px),
@@ -212,87 +188,9 @@ def cut_scoring_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: flo
                 yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
 
-def _inside(node: dict, width: int, height: int) -> dict | None:
-    """A node box clipped to its crop's region and to the frame (``None`` if nothing is left).
-
-    A box can reach into the crop's letterbox padding or past the frame's edge, where the
-    crop region did.
-    """
-    cx0, cy0, cx1, cy1 = node["crop_box"]
-    x0, y0, x1, y1 = node["box"]
-    x0, x1 = max(x0, cx0, 0.0), min(x1, cx1, float(width))
-    y0, y1 = max(y0, cy0, 0.0), min(y1, cy1, float(height))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return {**node, "box": [x0, y0, x1, y1]}
-
-
-def finish_frames(batches: Iterator[pa.RecordBatch], *, merge_iou: float):
-    """Executor side: one frame's vertebrae and raw node boxes → its :data:`FRAME_RESULT` row.
-
-    Nodes found twice (in the overlapping crops of neighbouring vertebrae) are merged by
-    NMS at ``merge_iou`` (after clipping each box to its crop's region and the frame); the survivor keeps the level of its crop's vertebra, and the
-    endplate comes from where it sits in that vertebra (``ImageOrientationPatient[5]``
-    says which way the rows run). Every box gets its mm and patient coordinates.
-    """
-    import numpy as np
-    import torch
-    from pyspark.sql.pandas.types import to_arrow_schema
-    from torchvision.ops import nms
-
-    from radlake.dicom.geometry import box_geometry
-    from radlake.models.crops import endplate_of
-
-    schema = to_arrow_schema(FRAME_RESULT)
-    for batch in batches:
-        out = []
-        for row in batch.to_pylist():
-            spacing, position, orientation = row["pixel_spacing"], row["position"], row["orientation"]
-            if orientation is not None and len(orientation) != 6:
-                orientation = None
-
-            def geometry(box, spacing=spacing, position=position, orientation=orientation) -> dict:
-                box_px = [round(float(v), 3) for v in box]  # 1/1000 pixel, as in ``annotations``
-                return {
-                    "box_xyxy_px": box_px,
-                    **box_geometry(box_px, pixel_spacing=spacing, position=position, orientation=orientation),
-                }
-
-            vertebrae = sorted(row["vertebrae"] or [], key=lambda v: (v["box"][1] + v["box"][3]) / 2)
-            nodes = [n for n in (_inside(n, row["width"], row["height"]) for n in row["nodes"] or []) if n]
-            if nodes:
-                boxes = torch.tensor([n["box"] for n in nodes], dtype=torch.float64)
-                scores = torch.tensor([n["score"] for n in nodes], dtype=torch.float64)
-                nodes = [nodes[i] for i in nms(boxes, scores, merge_iou).tolist()]
-            row_z = orientation[5] if orientation is not None else None
-            found_nodes = [
-                {
-                    "parent_level": n["parent_level"],
-                    "endplate": endplate_of(n["box"], n["vertebra_box"], row_z),
-                    "score": float(n["score"]),
-                    **geometry(n["box"]),
-                }
-                for n in nodes
-            ]
-            out.append(
-                {
-                    **{k: row[k] for k in FRAME_RESULT.fieldNames() if k in row},
-                    "vertebrae": [
-                        {
-                            "level": v["level"],
-                            "score": float(v["score"]),
-                            **geometry(v["box"]),
-                        }
-                        for v in vertebrae
-                    ],
-                    "schmorl_nodes": found_nodes,
-                    "n_vertebrae": len(vertebrae),
-                    "n_schmorl_nodes": len(found_nodes),
-                    "max_schmorl_score": float(np.max([n["score"] for n in found_nodes])) if found_nodes else None,
-                }
-            )
-        if out:
-            yield pa.RecordBatch.from_pylist(out, schema=schema)
+def _stack_key() -> Any:
+    """A frame's stack: its ``series_key``, or the frame itself when it belongs to none."""
+    return F.coalesce(F.col("series_key"), F.concat_ws("/", "sop_instance_uid", F.col("frame_index").cast("string")))
 
 
 def _valid_pixels() -> Any:
@@ -334,12 +232,14 @@ def _frame_geometry(spark: SparkSession, config: RadlakeConfig) -> DataFrame:
 
 
 def _level_sort(array_col: str, key: str | None = None) -> Any:
-    """``array_col`` sorted head to feet by level (:data:`LEVELS`; unknown levels first)."""
+    """``array_col`` sorted head to feet by level (:data:`LEVELS`; unknown levels first, uncertain ones last)."""
     order = "array(" + ", ".join(f"'{level}'" for level in LEVELS) + ")"
     pick = (lambda v: f"{v}.{key}") if key else (lambda v: v)
-    return F.expr(
-        f"array_sort({array_col}, (l, r) -> int(array_position({order}, {pick('l')}) - array_position({order}, {pick('r')})))"
-    )
+
+    def rank(v: str) -> str:
+        return f"coalesce(array_position({order}, {pick(v)}), {len(LEVELS) + 1})"
+
+    return F.expr(f"array_sort({array_col}, (l, r) -> int({rank('l')} - {rank('r')}))")
 
 
 @dataclass(frozen=True)
@@ -443,17 +343,19 @@ def score_archive(
                 "images_version": images_ref.version(spark),
             }
         )
-        images = images_ref.read(spark)
+        images = images_ref.read(spark).withColumn(_STACK, _stack_key())
         done = (
             predictions_ref.read(spark)
             .where((F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri))
             .select(*_KEYS)
         )
-        todo_all = images.join(done, _KEYS, "left_anti").withColumn("_ok", _valid_pixels())
-        counts = todo_all.groupBy(F.when(F.col("_ok"), F.lit("ok")).otherwise(_skip_reason()).alias("r")).count()
+        unscored = images.join(done, _KEYS, "left_anti").withColumn("_ok", _valid_pixels())
+        counts = unscored.groupBy(F.when(F.col("_ok"), F.lit("ok")).otherwise(_skip_reason()).alias("r")).count()
         by_reason = {r["r"]: int(r["count"]) for r in counts.collect()}
         frames_total = images.count()
-        todo = todo_all.where("_ok").drop("_ok")
+        # A stack with a new frame is scored whole: its levels are decoded over all its frames.
+        stacks = unscored.where("_ok").select(_STACK).distinct()
+        todo = images.join(stacks, _STACK, "left_semi").where(_valid_pixels())
         skipped = {k: v for k, v in by_reason.items() if k != "ok"}
         quarantine_ref = table_ref(config, Table.QUARANTINE)
         if quarantine_ref.exists(spark):
@@ -462,6 +364,7 @@ def score_archive(
                 skipped["pixels_failed_at_ingest"] = failed
 
         if by_reason.get("ok"):
+            by_reason["ok"] = todo.count()  # before the MERGE: frames scored again with their stack count here
             _score_frames(spark, config, todo, *checked, run_id)
 
         written = (
@@ -545,7 +448,11 @@ def _score_frames(
     crops = stage1.mapInArrow(cut, SCORE_CROP)
     stage2 = crops.select(
         *_KEYS,
+        "vertebra_index",
         "level",
+        "level_status",
+        "level_probability",
+        "level_scores",
         "score",
         "box",
         "crop_box",
@@ -553,17 +460,26 @@ def _score_frames(
         _detections(spark, schmorl_checked, sc.schmorl_threshold, sc.batch_size).alias("d"),
     )
     to_frame = (
-        "transform(d, x -> struct(level AS parent_level, box AS vertebra_box, crop_box, x.score AS score, array("
+        "transform(d, x -> struct(vertebra_index, box AS vertebra_box, crop_box, x.score AS score, array("
         "x.x0 / crop_scale + crop_box[0], x.y0 / crop_scale + crop_box[1], "
         "x.x1 / crop_scale + crop_box[0], x.y1 / crop_scale + crop_box[1]) AS box))"
     )
+    found = F.struct(
+        F.col("vertebra_index").alias("index"),
+        "level",
+        "level_status",
+        "level_probability",
+        "level_scores",
+        "score",
+        "box",
+    )
     per_frame = stage2.groupBy(*_KEYS).agg(
-        F.collect_list(F.struct("level", "score", "box")).alias("vertebrae"),
+        F.collect_list(found).alias("vertebrae"),
         F.flatten(F.collect_list(F.expr(to_frame))).alias("nodes"),
     )
     geometry = _frame_geometry(spark, config)
     frames = (
-        todo.select(*_KEYS, *_IMAGE_COLUMNS)
+        todo.select(*_KEYS, *IMAGE_COLUMNS, _STACK)
         .join(geometry, "sop_instance_uid", "left")
         .withColumn(
             "position",
@@ -573,9 +489,14 @@ def _score_frames(
             ).otherwise(F.col("position")),
         )
         .join(per_frame, _KEYS, "left")
-        .select(*FRAMES_TO_FINISH.fieldNames())
+        .select(*FRAMES_TO_FINISH.fieldNames(), _STACK)
     )
-    finished = frames.mapInArrow(partial(finish_frames, merge_iou=sc.merge_iou), FRAME_RESULT)
+    merge_iou, min_probability = sc.merge_iou, sc.level_min_probability
+
+    def finish(table: pa.Table) -> pa.Table:  # typed: pyspark infers the grouped-Arrow UDF kind from the hints
+        return finish_stacks(table, merge_iou=merge_iou, min_probability=min_probability)
+
+    finished = frames.groupBy(_STACK).applyInArrow(finish, FRAME_RESULT)
     now = datetime.now(UTC)
     run_columns = {
         **{
@@ -591,10 +512,10 @@ def _score_frames(
         "scored_at": F.lit(now),
     }
     new = finished.withColumns(run_columns).select(*PREDICTIONS.fieldNames())
-    # One atomic append: the frames were chosen by anti-join, so a re-run or a run after a
-    # killed one adds each frame once.
-    writer = new.write.format("delta").mode("append")
-    writer.saveAsTable(predictions_ref.name) if predictions_ref.name else writer.save(predictions_ref.path)
+    # One atomic MERGE on the frame and the model pair: a stack scored again updates its rows,
+    # and a re-run or a run after a killed one adds each frame once.
+    keys = [*_KEYS, *_PAIR]
+    predictions_ref.merge(spark, new, keys=keys, update_columns=[c for c in PREDICTIONS.fieldNames() if c not in keys])
 
 
 def update_study_findings(
@@ -613,12 +534,22 @@ def update_study_findings(
         F.first("series_instance_uid").alias("series_instance_uid"),
         F.first("plane").alias("plane"),
         F.count("*").cast("int").alias("frames_scored"),
-        F.array_distinct(F.flatten(F.collect_list(F.expr("transform(vertebrae, v -> v.level)")))).alias("levels_seen"),
+        F.array_distinct(
+            F.flatten(F.collect_list(F.expr("filter(transform(vertebrae, v -> v.level), x -> x IS NOT NULL)")))
+        ).alias("levels_seen"),
+        F.sum(F.expr("size(filter(vertebrae, v -> v.level_status = 'uncertain'))"))
+        .cast("int")
+        .alias("vertebrae_uncertain"),
+        F.sum(F.expr("size(filter(schmorl_nodes, n -> n.parent_level_status = 'uncertain'))"))
+        .cast("int")
+        .alias("nodes_level_uncertain"),
         F.max("max_schmorl_score").alias("max_score"),
         *[F.first(c).alias(c) for c in pair_columns],
     )
     nodes = predictions.select("series_key", "sop_instance_uid", "frame_index", F.explode("schmorl_nodes").alias("n"))
-    levels = nodes.groupBy("series_key", F.col("n.parent_level").alias("level")).agg(
+    levels = nodes.groupBy(
+        "series_key", F.col("n.parent_level").alias("level"), F.col("n.parent_level_status").alias("level_status")
+    ).agg(
         F.max("n.score").alias("max_score"),
         F.count("*").cast("int").alias("nodes"),
         F.countDistinct("sop_instance_uid", "frame_index").cast("int").alias("frames"),
@@ -629,6 +560,7 @@ def update_study_findings(
         F.collect_list(
             F.struct(
                 "level",
+                "level_status",
                 "max_score",
                 "nodes",
                 "frames",
@@ -642,7 +574,7 @@ def update_study_findings(
         series.join(per_series, "series_key", "left")
         .withColumn("level_findings", F.coalesce(_level_sort("level_findings", "level"), F.array()))
         .withColumn("levels_seen", _level_sort("levels_seen"))
-        .withColumn("levels_with_nodes", F.expr("transform(level_findings, f -> f.level)"))
+        .withColumn("levels_with_nodes", F.expr("filter(transform(level_findings, f -> f.level), x -> x IS NOT NULL)"))
         .withColumn("score_run_id", F.lit(run_id))
         .withColumn("updated_at", F.lit(datetime.now(UTC)))
         .select(*STUDY_FINDINGS.fieldNames())
@@ -673,7 +605,7 @@ def findings_summary(
         {
             "study_instance_uid": r["study_instance_uid"],
             "series_key": r["series_key"],
-            "levels": {f["level"]: round(float(f["max_score"]), 3) for f in r["level_findings"]},
+            "levels": {(f["level"] or "uncertain"): round(float(f["max_score"]), 3) for f in r["level_findings"]},
         }
         for r in rows
     ]

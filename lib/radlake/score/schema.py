@@ -26,7 +26,7 @@ from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StringType, St
 
 from radlake.ingest.schema import struct_fields
 
-__all__ = ["FINDING", "LEVEL_FINDING", "MODEL_PAIR_FIELDS", "PREDICTIONS", "STUDY_FINDINGS"]
+__all__ = ["FINDING", "LEVEL_FINDING", "MODEL_PAIR_FIELDS", "PREDICTIONS", "RUN_COLUMNS", "STUDY_FINDINGS"]
 
 _S, _I, _D = StringType(), IntegerType(), DoubleType()
 _DOUBLES = ArrayType(DoubleType())
@@ -39,13 +39,21 @@ BOX_FIELDS = struct_fields(
     ("corners_patient_mm", ArrayType(_DOUBLES)),
 )
 
-#: One vertebra found: its level (``L1`` …), score, box.
-VERTEBRA = StructType(struct_fields(("level", _S), ("score", _D)) + BOX_FIELDS)
+#: One vertebra found: its level (``L1`` …), decoded over the whole stack
+#: (:mod:`radlake.score.stacks`), named only when ``level_status`` is ``identified``; null
+#: when it is ``uncertain`` (nothing in view anchors the count: the level is never guessed);
+#: ``level_probability`` is the posterior of the most probable level. Score, box.
+VERTEBRA = StructType(
+    struct_fields(("level", _S), ("level_status", _S), ("level_probability", _D), ("score", _D)) + BOX_FIELDS
+)
 
-#: One Schmorl's node found: the level of the vertebra crop it was found in, the endplate
-#: (``superior`` / ``inferior``, from the node's position in that vertebra and the image's
-#: head-to-feet direction), score, box.
-FINDING = StructType(struct_fields(("parent_level", _S), ("endplate", _S), ("score", _D)) + BOX_FIELDS)
+#: One Schmorl's node found: the level of the vertebra crop it was found in and that level's
+#: status (``parent_level`` null when ``uncertain``), the endplate (``superior`` /
+#: ``inferior``, from the node's position in that vertebra and the image's head-to-feet
+#: direction), score, box.
+FINDING = StructType(
+    struct_fields(("parent_level", _S), ("parent_level_status", _S), ("endplate", _S), ("score", _D)) + BOX_FIELDS
+)
 
 #: The two models behind a row: pinned URI, registered name and version, run id.
 MODEL_PAIR_FIELDS = struct_fields(
@@ -90,12 +98,25 @@ PREDICTIONS = StructType(
     )
 )
 
+#: Columns of ``predictions`` set per scoring run in Spark, not by the executors.
+RUN_COLUMNS = (
+    *(f.name for f in MODEL_PAIR_FIELDS),
+    "vertebra_threshold",
+    "schmorl_threshold",
+    "crop_margin_fraction",
+    "crop_size",
+    "score_run_id",
+    "scored_at",
+)
+
 #: One level of a series with at least one Schmorl's node: the highest node score, the
 #: number of nodes and of frames they were found on, the endplates, and the frame of the
-#: best node (``best_sop_instance_uid``, ``best_frame_index``).
+#: best node (``best_sop_instance_uid``, ``best_frame_index``). Nodes in vertebrae whose
+#: level is uncertain form one entry with ``level`` null and ``level_status`` ``uncertain``.
 LEVEL_FINDING = StructType(
     struct_fields(
         ("level", _S),
+        ("level_status", _S),
         ("max_score", _D),
         ("nodes", _I),
         ("frames", _I),
@@ -107,7 +128,9 @@ LEVEL_FINDING = StructType(
 
 #: One row per series stack and model pair (key ``(series_key, vertebra_model_uri,
 #: schmorl_model_uri)``), rebuilt from ``predictions`` for the series a scoring run touched.
-#: ``levels_with_nodes`` is ordered head to feet (C2 … S1, :data:`radlake.models.levels.LEVELS`).
+#: ``levels_with_nodes`` is ordered head to feet (C2 … S1, :data:`radlake.models.levels.LEVELS`)
+#: and holds identified levels only; ``vertebrae_uncertain`` counts the vertebrae (on all
+#: frames) whose level is uncertain, and ``nodes_level_uncertain`` the nodes in them.
 STUDY_FINDINGS = StructType(
     struct_fields(
         ("study_instance_uid", _S),
@@ -115,6 +138,8 @@ STUDY_FINDINGS = StructType(
         ("series_key", _S),
         ("plane", _S),
         ("frames_scored", _I),
+        ("vertebrae_uncertain", _I),
+        ("nodes_level_uncertain", _I),
         ("levels_seen", ArrayType(_S)),
         ("levels_with_nodes", ArrayType(_S)),
         ("level_findings", ArrayType(LEVEL_FINDING)),

@@ -23,6 +23,10 @@ Document structure
   below), finding site the level of the vertebra it was found in, with the endplate
   (``superior`` / ``inferior``) as topographical modifier, and the Schmorl's-node model
   as the algorithm.
+* **A level that is not identified is not named.** When the stack's decoding left a
+  vertebra's level uncertain (nothing in view anchors the count), its group has no
+  finding site and carries the qualitative evaluation :data:`LEVEL_IDENTIFICATION` =
+  :data:`LEVEL_UNCERTAIN`; so do the groups of the nodes found in it.
 
 Why a group of its own for each node: a TID 1410 group holds **exactly one** image region
 (highdicom's ``referenced_region`` is a single :class:`~highdicom.sr.ImageRegion`), and a
@@ -100,6 +104,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DETECTOR_SCORE",
+    "LEVEL_IDENTIFICATION",
+    "LEVEL_UNCERTAIN",
     "PRIVATE_SCHEME",
     "S1_VERTEBRA",
     "SCHMORL_NODE",
@@ -129,6 +135,10 @@ SCHMORL_NODE = Code("SCHMORL_NODE", PRIVATE_SCHEME, "Schmorl's node")
 S1_VERTEBRA = Code("S1_VERTEBRA", PRIVATE_SCHEME, "S1 vertebra")
 #: A detector's confidence score in [0, 1] for one box (unit: UCUM ``1``, no units).
 DETECTOR_SCORE = Code("DETECTOR_SCORE", PRIVATE_SCHEME, "Detector score")
+#: Qualitative evaluation of how a vertebra's level was identified ...
+LEVEL_IDENTIFICATION = Code("LEVEL_IDENTIFICATION", PRIVATE_SCHEME, "Vertebral level identification")
+#: ... its value when the level is uncertain: not named, never guessed.
+LEVEL_UNCERTAIN = Code("LEVEL_UNCERTAIN", PRIVATE_SCHEME, "Level uncertain: no anchor vertebra in view")
 
 #: Finding-site code of each level of :data:`radlake.models.levels.LEVELS`.
 LEVEL_CODES: dict[str, Code] = {
@@ -541,6 +551,17 @@ def _frame_label(frame: Mapping[str, Any]) -> str:
     return text + (f", frame {int(frame['frame_index']) + 1}" if multi else "")
 
 
+def _uncertain(status: str | None) -> list[hd.sr.QualitativeEvaluation]:
+    """The qualitative evaluation that says a level is uncertain, or nothing for an identified one."""
+    import highdicom as hd
+
+    return [hd.sr.QualitativeEvaluation(LEVEL_IDENTIFICATION, LEVEL_UNCERTAIN)] if status == "uncertain" else []
+
+
+def _level_text(level: str | None, uncertain: list) -> str:
+    return "level uncertain" if uncertain else (level or "?")
+
+
 def _groups(
     document: Mapping[str, Any], frames: Iterable[Mapping[str, Any]]
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
@@ -561,6 +582,7 @@ def _groups(
         vertebrae = sorted(frame.get("vertebrae") or [], key=lambda v: (rank.get(v.get("level"), -1), v["box_xyxy_px"]))
         for v in vertebrae:
             site = level_code(v.get("level"))
+            unsure = _uncertain(v.get("level_status"))
             key = (frame["sop_instance_uid"], frame["frame_index"], "vertebra", v.get("level"), v["box_xyxy_px"])
             measurements = []
             if v.get("score") is not None:
@@ -568,7 +590,7 @@ def _groups(
             groups.append(
                 hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                     tracking_identifier=hd.sr.TrackingIdentifier(
-                        uid=_uid(*pair, *key), identifier=f"Vertebra {v.get('level') or '?'} ({where})"
+                        uid=_uid(*pair, *key), identifier=f"Vertebra {_level_text(v.get('level'), unsure)} ({where})"
                     ),
                     referenced_region=_region(frame, v["box_xyxy_px"]),
                     finding_category=codes.SCT.AnatomicalStructure,
@@ -576,6 +598,7 @@ def _groups(
                     finding_sites=[hd.sr.FindingSite(site)] if site is not None else None,
                     algorithm_id=vertebra_algorithm,
                     measurements=measurements or None,
+                    qualitative_evaluations=unsure or None,
                 )
             )
         nodes = sorted(
@@ -583,6 +606,7 @@ def _groups(
         )
         for n in nodes:
             site = level_code(n.get("parent_level"))
+            unsure = _uncertain(n.get("parent_level_status"))
             modifier = ENDPLATE_CODES.get(str(n.get("endplate") or "").lower())
             key = (frame["sop_instance_uid"], frame["frame_index"], "schmorl", n.get("parent_level"), n["box_xyxy_px"])
             measurements = []
@@ -593,7 +617,7 @@ def _groups(
                 hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                     tracking_identifier=hd.sr.TrackingIdentifier(
                         uid=_uid(*pair, *key),
-                        identifier=f"Schmorl's node {n.get('parent_level') or '?'}{endplate} ({where})",
+                        identifier=f"Schmorl's node {_level_text(n.get('parent_level'), unsure)}{endplate} ({where})",
                     ),
                     referenced_region=_region(frame, n["box_xyxy_px"]),
                     finding_category=codes.SCT.MorphologicallyAbnormalStructure,
@@ -603,6 +627,7 @@ def _groups(
                     else None,
                     algorithm_id=schmorl_algorithm,
                     measurements=measurements or None,
+                    qualitative_evaluations=unsure or None,
                 )
             )
     return groups

@@ -167,8 +167,26 @@ def _study_summary(spine: Spine) -> dict[str, Any]:
 
 
 def _streams(config: SynthConfig, index: int) -> list[np.random.SeedSequence]:
-    """The study's four independent random streams: anatomy, protocol, identity, noise."""
-    return np.random.SeedSequence([config.seed, index]).spawn(4)
+    """The study's five independent random streams: anatomy, protocol, identity, noise, site.
+
+    Children of one seed sequence by position, so adding a stream changes none of the others.
+    """
+    return np.random.SeedSequence([config.seed, index]).spawn(5)
+
+
+@dataclass(frozen=True)
+class Site:
+    """What one study's site draws: matrix size (pixels), point-spread std (pixels), contrast power."""
+
+    size: int
+    blur_px: float
+    contrast_gamma: float
+
+
+def _sample_site(rng: np.random.Generator, config: SynthConfig) -> Site:
+    sizes = config.matrix_sizes
+    size = sizes[0] if len(sizes) == 1 else int(rng.choice(sizes))
+    return Site(size, float(rng.uniform(*config.blur_px)), float(rng.uniform(*config.contrast_gamma)))
 
 
 def study_spine(config: SynthConfig, index: int) -> Spine:
@@ -196,10 +214,11 @@ def study_spine(config: SynthConfig, index: int) -> Spine:
 
 def _write_study(config: SynthConfig, index: int, zipped: bool, out_dir: str) -> _StudyResult:
     """Generate, write and (if ``zipped``) pack one study; returns its labels."""
-    anatomy_ss, protocol_ss, identity_ss, noise_ss = _streams(config, index)
+    anatomy_ss, protocol_ss, identity_ss, noise_ss, site_ss = _streams(config, index)
     spine = sample_spine(np.random.default_rng(anatomy_ss), config)
+    site = _sample_site(np.random.default_rng(site_ss), config)
     protocol_rng = np.random.default_rng(protocol_ss)
-    scanner, plans = plan_study(protocol_rng, spine, config, codec_offset=3 * index + config.seed)
+    scanner, plans = plan_study(protocol_rng, spine, config, codec_offset=3 * index + config.seed, size=site.size)
     identity = sample_identity(np.random.default_rng(identity_ss))
     noise_rng = np.random.default_rng(noise_ss)
 
@@ -242,14 +261,16 @@ def _write_study(config: SynthConfig, index: int, zipped: bool, out_dir: str) ->
             sop_uid = make_uid(key, config.seed, index, "instance", plan.number, instance_number)
             rendered = render_slice(spine, geom, with_boxes=sagittal)
             gain = _gain(bias, geom)
+            tissue_signal = rendered.image if site.contrast_gamma == 1.0 else rendered.image**site.contrast_gamma
             magnitude = acquire(
-                rendered.image,
+                tissue_signal,
                 gain,
                 sigma=sigma,
                 rng=noise_rng,
                 ghosting=plan.ghosting,
                 ghost_period=plan.ghost_period,
                 phase_axis=0 if plan.phase_direction == "COL" else 1,
+                blur_px=site.blur_px,
             )
             stored = to_stored(
                 magnitude, bits_stored=plan.bits_stored, peak=peak, rescale=plan.rescale, monochrome1=plan.monochrome1

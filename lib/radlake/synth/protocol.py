@@ -190,7 +190,7 @@ def _available(codecs: tuple[Codec, ...]) -> list[Codec]:
 
 
 def plan_study(
-    rng: np.random.Generator, spine: Spine, config: SynthConfig, *, codec_offset: int = 0
+    rng: np.random.Generator, spine: Spine, config: SynthConfig, *, codec_offset: int = 0, size: int | None = None
 ) -> tuple[Scanner, list[SeriesPlan]]:
     """Draw the scanner and plan the study's three series.
 
@@ -206,6 +206,8 @@ def plan_study(
         Transfer syntaxes are dealt round-robin over the series of the archive: series k
         of this study gets codec ``(codec_offset + k) % n``, so any two studies hold every
         available syntax when there are at most six.
+    size: int | None
+        Matrix size of every series (rows = columns, pixels); default the first of ``config.matrix_sizes``.
 
     Returns
     -------
@@ -226,7 +228,7 @@ def plan_study(
         rescale=rescale,
         descriptions=descriptions,
     )
-    size = config.image_size
+    size = size or config.matrix_sizes[0]
     codecs = _available(tuple(config.transfer_syntaxes))
     verts = spine.vertebrae
 
@@ -284,7 +286,7 @@ def plan_study(
     l3 = verts["L3"].frame
     centre = l3.origin + l3.axes[0] * _u(rng, -40.0, 45.0) + l3.axes[1] * -_u(rng, 5.0, 35.0)
     centre = centre + np.array([_u(rng, -3.0, 3.0), 0.0, 0.0])
-    fov = _u(rng, 240.0, 340.0)
+    fov = _u(rng, *config.fov_mm)
     col_spacing = round(fov / size, 6)
     row_spacing = col_spacing if rng.random() < 0.7 else round(col_spacing * _u(rng, 0.9, 1.1), 6)
     tilt = math.radians(config.max_tilt_deg)

@@ -6,8 +6,9 @@
 - ``detection_rate``: share of true boxes matched by a prediction at or above the
   score threshold with IoU ≥ 0.5 (greedy by score, one prediction per true box).
 - ``level_id_rate`` (level detectors): share of matched true boxes whose predicted
-  level is right; ``study_all_levels``: share of studies where every true box of every
-  image is matched with the right level.
+  level is right (a body whose level is uncertain, class 0, is not right);
+  ``level_uncertain_rate``: share of them whose level is uncertain; ``study_all_levels``:
+  share of studies where every true box of every image is matched with the right level.
 - ``fp_per_image``: unmatched predictions at or above the threshold, per image.
 
 Lesion metrics (``lesion_metrics``), for a second-stage detector of small lesions
@@ -114,7 +115,7 @@ def coco_ap(results: list[ImageResult]) -> dict[str, float | np.ndarray]:
 def detection_metrics(results: list[ImageResult], *, score_threshold: float, levels: bool) -> dict[str, float]:
     """Every metric of the module docstring (``levels`` adds the level metrics)."""
     ap = coco_ap(results)
-    n_true = n_found = n_right = n_fp = 0
+    n_true = n_found = n_right = n_fp = n_unsure = 0
     study_ok: dict[str, bool] = defaultdict(lambda: True)
     for r in results:
         truth_to_pred, matched = match(r, score_threshold)
@@ -126,6 +127,7 @@ def detection_metrics(results: list[ImageResult], *, score_threshold: float, lev
             predicted = r.pred_classes[truth_to_pred] if len(r.pred_classes) else np.zeros(len(truth_to_pred), np.int64)
             right = found & (predicted == r.true_classes)
             n_right += int(right.sum())
+            n_unsure += int((found & (predicted == 0)).sum())
             study_ok[r.study_uid] &= bool(right.all())
     metrics = {
         "map_50": ap["map_50"],
@@ -137,6 +139,7 @@ def detection_metrics(results: list[ImageResult], *, score_threshold: float, lev
     }
     if levels:
         metrics["level_id_rate"] = n_right / n_found if n_found else 0.0
+        metrics["level_uncertain_rate"] = n_unsure / n_found if n_found else 0.0
         metrics["study_all_levels"] = sum(study_ok.values()) / len(study_ok) if study_ok else 0.0
     return metrics
 
@@ -289,3 +292,103 @@ def evaluate_results(results: list[ImageResult], *, score_threshold: float, kind
     if kind == "plain":
         metrics.update(lesion_metrics(results, score_threshold=score_threshold))
     return metrics
+
+
+def level_metrics(results: list[ImageResult], *, score_threshold: float = 0.0) -> dict[str, float]:
+    """How well the levels of the found vertebrae are named, over frames and over series stacks.
+
+    Parameters
+    ----------
+    results : list of ImageResult
+        One per frame: predicted classes are 1-based level indices, 0 for a body whose
+        level was not named (``extra["uncertain"]``, a bool array per prediction, says
+        which of those are uncertain); ``extra["series_key"]`` groups frames into stacks.
+    score_threshold : float
+        Predictions below it are ignored.
+
+    Returns
+    -------
+    dict of str to float
+        Over the found vertebrae (true boxes matched at IoU 0.5): ``level_id_rate`` (level
+        named and right; an uncertain body counts as not right), ``level_uncertain_rate``
+        and ``level_wrong_rate`` (named, but another level). Over series stacks:
+        ``series_all_levels_right``, the share of stacks in which every found vertebra has
+        its right level named, and ``series_all_found_and_right``, in which moreover every
+        labelled vertebra was found; a stack with no vertebra found counts as neither.
+        ``n_series``.
+    """
+    found = right = unsure = 0
+    series_right: dict[str, bool] = defaultdict(lambda: True)
+    series_complete: dict[str, bool] = defaultdict(lambda: True)
+    series_found: dict[str, int] = defaultdict(int)
+    for r in results:
+        key = str(r.extra.get("series_key") or r.study_uid)
+        truth_to_pred, _ = match(r, score_threshold)
+        hit = truth_to_pred >= 0
+        uncertain = np.asarray(r.extra.get("uncertain", np.zeros(len(r.pred_scores), bool)), bool)
+        named = r.pred_classes[truth_to_pred[hit]] if hit.any() else np.zeros(0, np.int64)
+        ok = named == r.true_classes[hit]
+        found += int(hit.sum())
+        right += int(ok.sum())
+        unsure += int(uncertain[truth_to_pred[hit]].sum()) if hit.any() else 0
+        series_right[key] &= bool(ok.all())
+        series_complete[key] &= bool(ok.all() and hit.all())
+        series_found[key] += int(hit.sum())
+    for key, n in series_found.items():
+        if n == 0:
+            series_right[key] = series_complete[key] = False
+    return {
+        "level_id_rate": right / found if found else 0.0,
+        "level_uncertain_rate": unsure / found if found else 0.0,
+        "level_wrong_rate": (found - right - unsure) / found if found else 0.0,
+        "series_all_levels_right": sum(series_right.values()) / len(series_right) if series_right else 0.0,
+        "series_all_found_and_right": sum(series_complete.values()) / len(series_complete) if series_complete else 0.0,
+        "n_series": float(len(series_right)),
+    }
+
+
+def archive_metrics(
+    vertebrae: list[ImageResult], nodes: list[ImageResult], *, schmorl_threshold: float
+) -> dict[str, float]:
+    """Both detectors end to end on labelled frames, as ``radlake evaluate`` reports them.
+
+    Parameters
+    ----------
+    vertebrae : list of ImageResult
+        Per frame: the vertebrae reported (classes as in :func:`level_metrics`) and the
+        labelled ones.
+    nodes : list of ImageResult
+        The same frames: Schmorl's nodes reported and labelled.
+    schmorl_threshold : float
+        The operating point of ``schmorl_sensitivity`` / ``schmorl_fp_per_image``.
+
+    Returns
+    -------
+    dict of str to float
+        ``vertebra_*`` (:func:`detection_metrics`: ``ap_50``, ``map``, ``detection_rate``,
+        ``fp_per_image``), the :func:`level_metrics`, ``schmorl_froc_*`` (false positives
+        per frame), ``schmorl_ap_30``, ``schmorl_sensitivity`` and ``schmorl_fp_per_image``
+        at ``schmorl_threshold``, and the counts ``n_frames``, ``n_true_vertebrae``,
+        ``n_true_nodes``. FROC values are left out when no node is labelled.
+    """
+    out: dict[str, float] = {}
+    det = detection_metrics(vertebrae, score_threshold=0.0, levels=False)
+    out.update({f"vertebra_{k}": det[k] for k in ("map_50", "map", "detection_rate", "fp_per_image")})
+    out["vertebra_ap_50"] = out.pop("vertebra_map_50")
+    out.update(level_metrics(vertebrae))
+    lesions = froc(nodes)
+    out.update({f"schmorl_{k}": v for k, v in lesions.items() if not np.isnan(v)})
+    n_true = n_found = n_fp = 0
+    for r in nodes:
+        truth_to_pred, matched = match(r, schmorl_threshold, iou=LESION_IOU)
+        n_true += len(truth_to_pred)
+        n_found += int((truth_to_pred >= 0).sum())
+        n_fp += int(((r.pred_scores >= schmorl_threshold) & ~matched).sum())
+    if n_true:
+        out["schmorl_ap_30"] = ap_at_iou(nodes, LESION_IOU)
+        out["schmorl_sensitivity"] = n_found / n_true
+    out["schmorl_fp_per_image"] = n_fp / len(nodes) if nodes else 0.0
+    out["n_frames"] = float(len(vertebrae))
+    out["n_true_vertebrae"] = float(sum(len(r.true_boxes) for r in vertebrae))
+    out["n_true_nodes"] = float(n_true)
+    return out

@@ -39,7 +39,15 @@ from radlake.models.levels import LEVELS
 from radlake.tables import Table, table_ref
 from radlake.tracking import configure_mlflow, detector_experiment
 from radlake.train.schmorl import end_to_end_metrics, pin_vertebra_model, schmorl_view
-from radlake.train.view import IMAGE_COLUMNS, SPLITS, VIEW_TABLES, NoTrainingDataError, detection_view, pin_versions
+from radlake.train.view import (
+    IMAGE_COLUMNS,
+    SPLITS,
+    STACK_COLUMNS,
+    VIEW_TABLES,
+    NoTrainingDataError,
+    detection_view,
+    pin_versions,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -64,6 +72,8 @@ class DetectorStage:
     #: Extra metrics after training, from the logged model (``runs:/<run>/model``): the
     #: Schmorl's stage's end-to-end evaluation.
     evaluate: Callable[[SparkSession, RadlakeConfig, Mapping[str, int], str], dict[str, float]] | None = None
+    #: Columns of the Parquet cache (what the loader reads).
+    cache_columns: tuple[str, ...] = CACHE_COLUMNS
 
 
 def _settings(config: RadlakeConfig, name: str) -> dict[str, Any]:
@@ -74,6 +84,7 @@ def _settings(config: RadlakeConfig, name: str) -> dict[str, Any]:
         "score_threshold": d.score_threshold,
         "nms_iou": d.nms_iou,
         "detections_per_image": d.detections_per_image,
+        "input_spacing_mm": d.input_spacing_mm,
     }
 
 
@@ -96,6 +107,7 @@ STAGES: dict[str, DetectorStage] = {
         spec=lambda config: vertebra_spec(**_settings(config, "vertebra")),
         primary_metric="map_50",
         secondary_metric="level_id_rate",
+        cache_columns=(*CACHE_COLUMNS, *STACK_COLUMNS),
     ),
     "schmorl": DetectorStage(
         name="schmorl",
@@ -251,7 +263,7 @@ def prepare_training_data(
         config, stage_tags = stage.prepare(config)
     settings = getattr(config.train, detector)
     pinned = pin_versions(spark, config, stage.tables, versions)
-    view = stage.view(spark, config, pinned).select(*CACHE_COLUMNS, "split")
+    view = stage.view(spark, config, pinned).select(*stage.cache_columns, "split")
     caches = {}
     sizes = {}
     for split in SPLITS:
@@ -303,6 +315,7 @@ def worker_settings(config: RadlakeConfig, data: TrainingData, run_id: str) -> d
         "weights": str(settings.weights) if settings.weights else None,
         "augment": settings.augment.model_dump(),
         "val_images_logged": settings.val_images_logged,
+        "val_every_epochs": settings.val_every_epochs,
     }
 
 

@@ -107,7 +107,7 @@ def end_to_end_metrics(
     """Stage 1 then stage 2 on whole frames (see the module docstring); metrics prefixed ``e2e_``.
 
     ``split`` chooses the frames (of studies with vertebra annotations): one split, or
-    every labelled frame (``None``: a held-out archive, :mod:`radlake.workflow.heldout`).
+    every labelled frame (``None``: an archive of other studies).
     """
     import numpy as np
     import torch

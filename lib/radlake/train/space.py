@@ -18,9 +18,10 @@ The file (default ``conf/sweep/<detector>.yml``) holds::
 ``hyperband``, ``threshold``, ``none``) and ``sampler.type`` a sampler (``tpe``, ``random``);
 their other keys are passed to the Optuna class as keyword arguments.
 
-``augment_strength`` (s ≥ 0) scales the configured augmentation: zoom and shift ranges
-and noise by s, the gamma range as ``gamma ** s``; s = 0 turns augmentation off, s = 1 is
-the configured augmentation. A wrong key anywhere is a :class:`~radlake.errors.ConfigError`
+``augment_strength`` (s ≥ 0) scales the configured augmentation: zoom and shift ranges,
+noise, bias field and blur by s, the gamma and contrast ranges as ``value ** s``, the bits
+lost to quantisation by s; s = 0 turns augmentation off, s = 1 is the configured
+augmentation. A wrong key anywhere is a :class:`~radlake.errors.ConfigError`
 that names it.
 """
 
@@ -272,10 +273,15 @@ def scaled_augment(base: AugmentConfig, strength: float) -> AugmentConfig:
         return base.model_copy(update={"enabled": False})
     lo, hi = base.scale_range
     g_lo, g_hi = base.gamma_range
+    c_lo, c_hi = base.contrast_range
     return AugmentConfig(
         enabled=base.enabled,
         scale_range=(max(0.05, 1 - (1 - lo) * strength), 1 + (hi - 1) * strength),
         translate_fraction=min(0.5, base.translate_fraction * strength),
         gamma_range=(g_lo**strength, g_hi**strength),
+        contrast_range=(c_lo**strength, c_hi**strength),
         noise_std=base.noise_std * strength,
+        bias_strength=base.bias_strength * strength,
+        blur_sigma_px=base.blur_sigma_px * strength,
+        min_bits=min(8, max(1, round(8 - (8 - base.min_bits) * strength))),
     )

@@ -7,8 +7,10 @@ run can be repeated on exactly the same data (``radlake reproduce``).
 
 Columns: ``sop_instance_uid``, ``frame_index``, ``study_instance_uid``, ``split``,
 ``pixels``, ``dtype``, ``height``, ``width``, ``pixel_spacing`` (row, column mm),
-``boxes_xyxy_px`` (``array<array<double>>``, source pixels, x = column, y = row) and
-``labels`` (``array<int>``, 1-based class indices of the detector).
+``series_key`` and ``slice_index`` (the frame's stack and place in it: evaluation decodes
+the levels of a stack at once, as scoring does), ``boxes_xyxy_px``
+(``array<array<double>>``, source pixels, x = column, y = row) and ``labels``
+(``array<int>``, 1-based class indices of the detector).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ IMAGE_COLUMNS = (
     "width",
     "pixel_spacing",
 )
+#: ``images`` columns that place a frame in its series stack (level detectors' views carry them).
+STACK_COLUMNS = ("series_key", "slice_index")
 
 
 class NoTrainingDataError(RadlakeError):
@@ -107,12 +111,13 @@ def detection_view(
     )
     return (
         read[Table.IMAGES]
-        .select(*IMAGE_COLUMNS)
+        .select(*IMAGE_COLUMNS, *STACK_COLUMNS)
         .join(studies, "study_instance_uid", "left_semi")
         .join(read[Table.SPLITS].select("study_instance_uid", "split"), "study_instance_uid")
         .join(boxes, ["sop_instance_uid", "frame_index"], "left")
         .select(
             *IMAGE_COLUMNS,
+            *STACK_COLUMNS,
             "split",
             F.coalesce(F.expr("transform(_boxes, b -> b.box)"), F.array().cast("array<array<double>>")).alias(
                 "boxes_xyxy_px"

@@ -45,8 +45,9 @@ def train_worker(settings: dict[str, Any], *, on_epoch: Callable[[int, dict[str,
         CPU threads of this process) and ``end_run`` (default True: ``False`` leaves the
         MLflow run RUNNING after the model is logged).
     on_epoch
-        Called on rank 0 after each epoch's metrics are logged, with the epoch (0-based)
-        and its row (``train_*`` losses, ``val_*`` metrics). Only for world size 1: an
+        Called on rank 0 after each validated epoch's metrics are logged (every
+        ``val_every_epochs`` epochs and the last), with the epoch (0-based) and its row
+        (``train_*`` losses, ``val_*`` metrics). Only for world size 1: an
         exception it raises stops training there, before the test evaluation and the model.
     """
     import torch
@@ -87,7 +88,9 @@ def train_worker(settings: dict[str, Any], *, on_epoch: Callable[[int, dict[str,
         world_size=world,
         shuffle=True,
         seed=settings["seed"],
-        transform=DetectionTransform(spec.image_size, augment),
+        transform=DetectionTransform(
+            spec.image_size, augment, input_spacing_mm=spec.input_spacing_mm, class_of_label=spec.class_of_label()
+        ),
         collate_fn=collate_detection,
         drop_last=True,
     )
@@ -131,10 +134,13 @@ def train_worker(settings: dict[str, Any], *, on_epoch: Callable[[int, dict[str,
         train_loader.dataset.set_epoch(epoch)
         losses = train_one_epoch(ddp, optimizer, train_loader, device, should_stop=should_stop, all_reduce=all_reduce)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
+        last = state["progress"] >= 1.0 or epoch == settings["epochs"] - 1
+        validate = last or (epoch + 1) % max(1, int(settings.get("val_every_epochs", 1))) == 0
         if logger is not None:
-            row.update(logger.validate(model, spec, device, epoch))
+            if validate:
+                row.update(logger.validate(model, spec, device, epoch))
             logger.log_epoch(row, epoch)
-            if on_epoch is not None:
+            if on_epoch is not None and validate:
                 on_epoch(epoch, row)
         history.append(row)
         if state["progress"] >= 1.0:
@@ -171,7 +177,11 @@ class _RankZeroLogger:
             rank=0,
             world_size=1,
             shuffle=False,
-            transform=DetectionTransform(self.settings["spec"]["image_size"], None),
+            transform=DetectionTransform(
+                self.settings["spec"]["image_size"],
+                None,
+                input_spacing_mm=self.settings["spec"].get("input_spacing_mm"),
+            ),
             collate_fn=collate_detection,
             drop_last=False,
         )
@@ -232,6 +242,7 @@ class _RankZeroLogger:
         import matplotlib.pyplot as plt
         import mlflow
 
+        from radlake.models.levels import LEVELS
         from radlake.train.engine import predict
         from radlake.train.plots import draw_detections
 
@@ -244,9 +255,11 @@ class _RankZeroLogger:
             for image, target, result in zip(images, targets, results, strict=True):
                 if shown >= n or not len(result.true_boxes):
                     continue
-                scale = float(target["scale"])
-                result.pred_boxes, result.true_boxes = result.pred_boxes * scale, result.true_boxes * scale
-                fig = draw_detections(image[0].numpy(), result, spec.classes, spec.score_threshold)
+                geometry = target["geometry"]
+                result.pred_boxes = geometry.boxes_to_input(result.pred_boxes)
+                result.true_boxes = geometry.boxes_to_input(result.true_boxes)
+                names = LEVELS if spec.kind == "level" else spec.classes  # level detectors report levels
+                fig = draw_detections(image[0].numpy(), result, names, spec.score_threshold)
                 mlflow.log_figure(fig, f"plots/val_examples/{shown:02d}.png")
                 plt.close(fig)
                 shown += 1

@@ -40,9 +40,14 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from radlake.config import RadlakeConfig
-from radlake.errors import ConfigError
+from radlake.errors import ConfigError, RadlakeError
 from radlake.tables import Table, table_ref
 from radlake.workflow.task_values import publish
+
+
+class PipelineError(RadlakeError):
+    """A step cannot hand the next steps what they need (e.g. no champion after a refused promotion)."""
+
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -138,12 +143,18 @@ def _train(detector: str):
 def _promote(detector: str):
     def step(spark, config, state):
         from radlake.registry.promote import register_and_promote
-        from radlake.registry.resolve import resolve_model_uri
+        from radlake.registry.resolve import ModelNotFoundError, resolve_model_uri
         from radlake.train.run import get_stage
 
         run_id = _need(state, f"{detector}_run_id", f"promote_{detector}", f"--{detector}-run-id")
         result = register_and_promote(config, get_stage(detector), run_id)
-        champion = resolve_model_uri(f"models:/{result.model_name}@champion")
+        try:
+            champion = resolve_model_uri(f"models:/{result.model_name}@champion")
+        except ModelNotFoundError:
+            raise PipelineError(
+                f"promote_{detector}: version {result.version} of {result.model_name} was not promoted "
+                f"({result.reason}) and there is no champion for the next steps to use"
+            ) from None
         outputs = {
             f"{detector}_model": champion.uri,
             f"{detector}_version": result.version,
