@@ -105,6 +105,12 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+#: The benchmarks' archives keep one site's look (the generator's defaults before it drew a site per
+#: study: SNR 10-40, 240-340 mm, blur 0.6 px, no contrast change), so that their figures compare with
+#: earlier runs; the matrix is fixed by each benchmark's ``image_size``.
+SINGLE_SITE = {"snr": (10.0, 40.0), "fov_mm": (240.0, 340.0), "blur_px": (0.6, 0.6), "contrast_gamma": (1.0, 1.0)}
+
+
 def synthetic_archive(config, name: str) -> Path:
     """``WORK/<name>``: the synthetic archive of ``config`` (a ``SynthConfig``), generated once and reused."""
     import shutil

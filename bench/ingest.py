@@ -53,7 +53,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from bench.common import WORK, Timer, TreeMemory, synthetic_archive, write_result
+from bench.common import SINGLE_SITE, WORK, Timer, TreeMemory, synthetic_archive, write_result
 from radlake.config import IngestConfig
 
 #: The issue's targets, on both archives: (comparison, bound) of a ratio in ``ratios``.
@@ -76,7 +76,7 @@ def ensure_archive(studies: int, *, image_size: int = 384) -> Path:
     """The benchmark archive for ``studies`` studies, generated once and reused."""
     from radlake.synth import SynthConfig
 
-    config = SynthConfig(studies=studies, seed=2024, image_size=image_size, zip_fraction=0.0)
+    config = SynthConfig(studies=studies, seed=2024, image_size=image_size, zip_fraction=0.0, **SINGLE_SITE)
     return synthetic_archive(config, f"ingest-archive-{studies}x{image_size}")
 
 

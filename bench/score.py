@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import WORK, Timer, TreeMemory, _rss_bytes, synthetic_archive, write_result
+from bench.common import SINGLE_SITE, WORK, Timer, TreeMemory, _rss_bytes, synthetic_archive, write_result
 
 SAGITTAL_SLICES = 20
 IMAGE_SIZE = 384
@@ -65,6 +65,7 @@ def ensure_sagittal_archive(images: int) -> Path:
         axial_slices=1,  # the fewest the generator allows: only the sagittal frames are scored
         coronal_slices=1,
         zip_fraction=0.0,
+        **SINGLE_SITE,
     )
     return synthetic_archive(config, f"score-archive-{studies}x{IMAGE_SIZE}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from bench.common import WORK, Timer, write_result
+from bench.common import SINGLE_SITE, WORK, Timer, write_result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="bench synth")
     parser.add_argument("--studies", type=int, default=40)
     args = parser.parse_args(argv)
-    config = SynthConfig(studies=args.studies, seed=11, image_size=384)
+    config = SynthConfig(studies=args.studies, seed=11, image_size=384, **SINGLE_SITE)
     runs = {}
     for workers in (1, 2):
         out = WORK / f"synth-{workers}"

@@ -20,7 +20,7 @@ from pydicom import config as pydicom_config
 from radlake.dicom.geometry import Plane, classify_plane, order_slices, slice_positions_mm
 from radlake.errors import RadlakeError
 from radlake.synth import ArchiveExistsError, Codec, SynthConfig, generate_archive, study_spine
-from radlake.synth.acquisition import to_stored
+from radlake.synth.acquisition import rose_visible, to_stored
 from radlake.synth.writer import CODEC_UIDS, codec_available
 
 CONFIG = SynthConfig(
@@ -377,3 +377,40 @@ def test_sites_differ_per_study_in_matrix_field_of_view_and_contrast(tmp_path):
         generate_archive(tmp_path / "plain", varied.model_copy(update={"image_size": 128})).labels_path.read_text()
     )
     assert {image["rows"] for image in plain["images"].values()} == {128}
+
+
+def test_rose_criterion_weighs_contrast_noise_and_size():
+    # contrast 1 over noise 1 on 25 pixels: 1 * 5 = 5, just visible; on 16 pixels, not.
+    assert rose_visible(2.0, 1.0, 25, gain=1.0, sigma=1.0)
+    assert not rose_visible(2.0, 1.0, 16, gain=1.0, sigma=1.0)
+    assert not rose_visible(2.0, 1.0, 25, gain=1.0, sigma=1.1)  # more noise
+    assert rose_visible(2.0, 1.0, 16, gain=1.5, sigma=1.0)  # a brighter coil region
+    assert rose_visible(1.0, 2.0, 25, gain=1.0, sigma=1.0)  # darker than its background counts too
+    assert rose_visible(2.0, 1.0, 1, gain=1.0, sigma=0.0)  # noiseless: everything drawn is seen
+
+
+def _node_boxes(config: SynthConfig, out: Path) -> dict[tuple, set]:
+    """Node boxes per sagittal image, keyed by study, series and slice in the order written (UIDs hash the config)."""
+    labels = json.loads(generate_archive(out, config, workers=1).labels_path.read_text())
+    studies: dict[str, int] = {}
+    series: dict[str, int] = {}
+    boxes = {}
+    for image in labels["images"].values():
+        study = studies.setdefault(image["study_instance_uid"], len(studies))
+        number = series.setdefault(image["series_instance_uid"], len(series))
+        boxes[(study, number, image["slice_index"])] = {tuple(n["xyxy"]) for n in image["nodes"]}
+    return boxes
+
+
+def test_nodes_lost_in_the_noise_are_not_labelled(tmp_path):
+    """The same anatomy at a low SNR labels a subset of the nodes labelled at a high one (a reader cannot mark what the noise hides)."""
+    base = SynthConfig(
+        studies=2, seed=11, image_size=256, node_fraction=1.0, node_size_mm=(3.0, 6.0), sagittal_slices=3,
+        axial_slices=1, coronal_slices=1, zip_fraction=0.0,
+    )  # fmt: skip
+    clear = _node_boxes(base.model_copy(update={"snr": (400.0, 400.0)}), tmp_path / "clear")
+    noisy = _node_boxes(base.model_copy(update={"snr": (2.0, 2.0)}), tmp_path / "noisy")
+    n_clear, n_noisy = sum(map(len, clear.values())), sum(map(len, noisy.values()))
+    assert noisy.keys() == clear.keys()
+    assert all(noisy[key] <= clear[key] for key in clear)
+    assert n_clear > 0 and n_noisy < n_clear

@@ -14,7 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["BiasField", "StoredImage", "acquire", "sample_bias", "to_stored"]
+__all__ = ["ROSE_THRESHOLD", "BiasField", "StoredImage", "acquire", "rose_visible", "sample_bias", "to_stored"]
+
+#: Rose criterion: an object is detectable by a reader when its contrast over the noise, times the
+#: square root of its area in pixels, reaches about 5 (Rose 1948; Burgess 1999).
+ROSE_THRESHOLD = 5.0
 
 
 @dataclass(frozen=True)
@@ -151,3 +155,33 @@ def to_stored(
         values = (top - values).astype(np.uint16)
         centre = slope * (top - 0.5 * (lo + hi)) + intercept
     return StoredImage(values, round(centre, 2), round(width, 2))
+
+
+def rose_visible(
+    signal: float, background: float, pixels: int, *, gain: float, sigma: float, contrast_gamma: float = 1.0
+) -> bool:
+    """Whether a lesion can be seen on the acquired image (the Rose criterion, :data:`ROSE_THRESHOLD`).
+
+    Parameters
+    ----------
+    signal, background: float
+        Mean noiseless signal over the lesion's pixels with and without it (tissue units,
+        before the study's contrast power).
+    pixels: int
+        The lesion's pixels in this image.
+    gain: float
+        The bias field's gain at the lesion.
+    sigma: float
+        Noise standard deviation per channel, in the units of the image after the contrast power.
+    contrast_gamma: float
+        The study's contrast power applied to the tissue signal.
+
+    Returns
+    -------
+    bool
+        ``gain * |signal**gamma - background**gamma| / sigma * sqrt(pixels) >= ROSE_THRESHOLD``.
+    """
+    if sigma <= 0:
+        return True
+    contrast = gain * abs(max(signal, 0.0) ** contrast_gamma - max(background, 0.0) ** contrast_gamma)
+    return contrast / sigma * float(np.sqrt(max(pixels, 0))) >= ROSE_THRESHOLD

@@ -32,7 +32,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,13 @@ import numpy as np
 
 from radlake import __version__
 from radlake.errors import RadlakeError
-from radlake.synth.acquisition import BiasField, acquire, sample_bias, to_stored
+from radlake.synth.acquisition import BiasField, acquire, rose_visible, sample_bias, to_stored
 from radlake.synth.anatomy import Fracture, Spine, sample_spine
 from radlake.synth.labels import image_entry, write_labels
 from radlake.synth.params import SynthConfig
 from radlake.synth.phi import sample_identity
 from radlake.synth.protocol import SeriesKind, SeriesPlan, plan_study
-from radlake.synth.render import SliceGeometry, half_grid, render_slice, upsample_half
+from radlake.synth.render import RenderedSlice, SliceGeometry, half_grid, render_slice, upsample_half
 from radlake.synth.writer import CODEC_UIDS, InstanceContext, encode_instance, file_name, make_uid
 
 __all__ = ["ArchiveExistsError", "SynthSummary", "generate_archive", "study_spine"]
@@ -261,7 +261,9 @@ def _write_study(config: SynthConfig, index: int, zipped: bool, out_dir: str) ->
             sop_uid = make_uid(key, config.seed, index, "instance", plan.number, instance_number)
             rendered = render_slice(spine, geom, with_boxes=sagittal)
             gain = _gain(bias, geom)
-            tissue_signal = rendered.image if site.contrast_gamma == 1.0 else rendered.image**site.contrast_gamma
+            # The site's contrast power acts on signal, which is never negative (the renderer's
+            # soft edges can undershoot zero by a hair; a fractional power of that is nan).
+            tissue_signal = np.maximum(rendered.image, 0.0) ** site.contrast_gamma
             magnitude = acquire(
                 tissue_signal,
                 gain,
@@ -289,6 +291,7 @@ def _write_study(config: SynthConfig, index: int, zipped: bool, out_dir: str) ->
             codecs[transfer_syntax] += 1
             if sagittal:
                 member = f"{folder}/{relative}" if nested else relative
+                rendered = _visible_nodes(rendered, gain, sigma=sigma, contrast_gamma=site.contrast_gamma)
                 images[sop_uid] = image_entry(
                     rendered,
                     study_uid=study_uid,
@@ -330,6 +333,25 @@ def _write_study(config: SynthConfig, index: int, zipped: bool, out_dir: str) ->
         **_study_summary(spine),
     }
     return _StudyResult(index, study_uid, study, images, len(plans), len(files), zipped, dict(codecs))
+
+
+def _visible_nodes(rendered: RenderedSlice, gain: np.ndarray, *, sigma: float, contrast_gamma: float) -> RenderedSlice:
+    """``rendered`` with only the nodes a reader can see on the acquired image (:func:`rose_visible`).
+
+    A node drawn in a slice but lost in its noise is not labelled there, as a reader would
+    not mark it; the study summary still lists every node of the anatomy.
+    """
+    kept = []
+    for node in rendered.nodes:
+        x0, y0, x1, y1 = node.xyxy
+        row = min(max(int((y0 + y1) / 2), 0), gain.shape[0] - 1)
+        col = min(max(int((x0 + x1) / 2), 0), gain.shape[1] - 1)
+        if rose_visible(
+            node.signal, node.background, node.pixels, gain=float(gain[row, col]), sigma=sigma,
+            contrast_gamma=contrast_gamma,
+        ):  # fmt: skip
+            kept.append(node)
+    return replace(rendered, nodes=tuple(kept))
 
 
 def _gain(bias: BiasField, geom: SliceGeometry) -> np.ndarray:

@@ -98,11 +98,19 @@ class VertebraBox:
 
 @dataclass(frozen=True)
 class NodeBox:
-    """A Schmorl's node's box in one image, with the body and endplate it belongs to."""
+    """A Schmorl's node's box in one image, with the body and endplate it belongs to.
+
+    ``signal`` and ``background`` are the mean noiseless signal (tissue units) over the
+    node's pixels with and without the node painted, ``pixels`` their number: what
+    :func:`radlake.synth.acquisition.rose_visible` needs to say whether a reader can see it.
+    """
 
     parent_level: str
     endplate: Endplate
     xyxy: tuple[float, float, float, float]
+    signal: float = 0.0
+    background: float = 0.0
+    pixels: int = 0
 
 
 @dataclass(frozen=True)
@@ -428,6 +436,7 @@ def render_slice(spine: Spine, geom: SliceGeometry, *, with_boxes: bool = True) 
             parent = spine.items[item.clip_to]
             parent_k = [_soft(sd, pix_mm) for sd in _distances(parent, wpts, offsets, normal)]
         occ = _fill(sd_k, width, parent_k)
+        before = None  # a node's window before it is painted: its contrast is what a reader sees
 
         # In-image part of the window.
         ir0, ir1, ic0, ic1 = max(r0, 0), min(r1, rows), max(c0, 0), min(c1, cols)
@@ -448,6 +457,7 @@ def render_slice(spine: Spine, geom: SliceGeometry, *, with_boxes: bool = True) 
             else:
                 fill = colour * o
             a = paint.opacity
+            before = img[target].copy() if item.kind is ItemKind.NODE and with_boxes else None
             img[target] = img[target] * (1.0 - a * o) + a * fill
             if paint.core_intensity is not None:
                 core_sd = _distances(item, wpts[sl], offsets, normal, scale=paint.core_scale)
@@ -485,7 +495,10 @@ def render_slice(spine: Spine, geom: SliceGeometry, *, with_boxes: bool = True) 
             ref = 0.5 * math.pi * radii[0] * 0.5 * (radii[1] + radii[2]) / px_area
             if total >= max(MIN_NODE_PIXELS, MIN_NODE_FRACTION * ref) and n_in >= 0.5 * total:
                 assert item.endplate is not None
-                node_boxes.append(NodeBox(str(item.level), item.endplate, xyxy))
+                here = inside[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0]
+                signal = float(img[ir0:ir1, ic0:ic1][here].mean()) if before is not None else 0.0
+                background = float(before[here].mean()) if before is not None else 0.0
+                node_boxes.append(NodeBox(str(item.level), item.endplate, xyxy, signal, background, n_in))
 
     visible = {b.level for b in body_boxes}
     nodes = tuple(n for n in node_boxes if n.parent_level in visible)
