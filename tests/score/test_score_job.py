@@ -19,7 +19,8 @@ from radlake.dicom.pixels import encode_pixels
 from radlake.models.detector import REGRESSION_BIAS, build_detector, schmorl_spec, vertebra_spec
 from radlake.models.pyfunc import ModelSignatureError, log_detector
 from radlake.registry.resolve import ModelNotFoundError
-from radlake.score.job import FRAME_RESULT, finish_frames, score_archive
+from radlake.score.job import score_archive
+from radlake.score.stacks import FRAME_RESULT, finish_stacks
 from radlake.tables import Table, table_ref
 from radlake.tracking import configure_mlflow
 
@@ -40,11 +41,13 @@ def _example() -> pd.DataFrame:
 
 
 def _register(config, spec, seed: int) -> str:
-    """Log an untrained, seeded detector and make it the champion of its registered model; returns its version."""
+    """Log an untrained, seeded, confident detector and make it the champion of its registered model; returns its version."""
     configure_mlflow(config)
     torch.manual_seed(seed)
     model = build_detector(spec)
     torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
+    # Confident in its (untrained) boxes: the level decoding would call faint boxes false detections.
+    torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, 3.0)
     name = config.models.vertebra if spec.name == "vertebra" else config.models.schmorl
     with mlflow.start_run(run_name=f"score-test-{spec.name}-{seed}"):
         info = log_detector(model, spec, input_example=_example(), registered_model_name=name)
@@ -198,10 +201,10 @@ def test_frames_whose_pixels_cannot_be_decoded_are_skipped_and_counted(spark, sc
     assert summary.frames_scored == 0 and summary.skipped == {"no_pixels": 2}
 
 
-def _frame_batch(nodes, vertebrae, orientation=(0, 1, 0, 0, 0, -1)) -> pa.RecordBatch:
+def _frame_table(nodes, vertebrae, orientation=(0, 1, 0, 0, 0, -1)) -> pa.Table:
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from radlake.score.job import FRAMES_TO_FINISH
+    from radlake.score.stacks import FRAMES_TO_FINISH
 
     row = {
         "sop_instance_uid": "1.2",
@@ -219,33 +222,35 @@ def _frame_batch(nodes, vertebrae, orientation=(0, 1, 0, 0, 0, -1)) -> pa.Record
         "vertebrae": vertebrae,
         "nodes": nodes,
     }
-    return pa.RecordBatch.from_pylist([row], schema=to_arrow_schema(FRAMES_TO_FINISH))
+    return pa.Table.from_pylist([row], schema=to_arrow_schema(FRAMES_TO_FINISH))
 
 
 def test_finish_merges_a_node_found_in_two_crops_and_names_its_endplate():
-    l1 = {"level": "L1", "score": 0.9, "box": [20.0, 10.0, 60.0, 40.0]}
-    l2 = {"level": "L2", "score": 0.8, "box": [20.0, 45.0, 60.0, 75.0]}
+    # Two vertebrae as a detector logged before the level evidence names them: levels only.
+    l1 = {"index": 1, "level": "L1", "score": 0.9, "box": [20.0, 10.0, 60.0, 40.0]}
+    l2 = {"index": 0, "level": "L2", "score": 0.8, "box": [20.0, 45.0, 60.0, 75.0]}
     nodes = [
         # the same node, on L1's inferior endplate, seen from both crops
         {
-            "parent_level": "L1",
+            "vertebra_index": 1,
             "vertebra_box": l1["box"],
             "crop_box": [10, 2, 70, 48],
             "score": 0.7,
             "box": [30.0, 36.0, 36.0, 41.0],
         },
         {
-            "parent_level": "L2",
+            "vertebra_index": 0,
             "vertebra_box": l2["box"],
             "crop_box": [10, 37, 70, 83],
             "score": 0.5,
             "box": [30.5, 36.0, 36.0, 41.5],
         },
     ]
-    (out,) = list(finish_frames(iter([_frame_batch(nodes, [l2, l1])]), merge_iou=0.3))
+    out = finish_stacks(_frame_table(nodes, [l2, l1]), merge_iou=0.3, min_probability=0.8)
     row = out.to_pylist()[0]
     assert out.schema.names == FRAME_RESULT.fieldNames()
     assert [v["level"] for v in row["vertebrae"]] == ["L1", "L2"]  # head to feet
+    assert {v["level_status"] for v in row["vertebrae"]} == {"identified"}
     assert row["n_schmorl_nodes"] == 1
     (node,) = row["schmorl_nodes"]
     assert (node["parent_level"], node["endplate"], node["score"]) == ("L1", "inferior", 0.7)
@@ -272,6 +277,8 @@ def test_a_detector_logged_without_params_is_held_to_the_threshold(spark, scored
     torch.manual_seed(1)
     model = build_detector(spec)
     torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
+    # Confident in its (untrained) boxes: the level decoding would call faint boxes false detections.
+    torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, 3.0)
     configure_mlflow(cfg)
     # as logged before the signature had params
     with_params = _signature(spec)

@@ -58,7 +58,7 @@ from radlake.errors import RadlakeError
 from radlake.ingest.schema import struct_fields
 from radlake.models.levels import LEVELS
 from radlake.score.schema import MODEL_PAIR_FIELDS, PREDICTIONS, STUDY_FINDINGS
-from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, finish_stacks
+from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
@@ -75,14 +75,9 @@ _DOUBLES = ArrayType(DoubleType())
 #: A crop of one found vertebra, cut on the executors (stage 2's input); ``vertebra_index`` is
 #: the vertebra's place in its frame's detections, ``level_*`` its evidence for the stack's decoding.
 SCORE_CROP = StructType(
-    struct_fields(
-        ("sop_instance_uid", StringType()),
-        ("frame_index", IntegerType()),
-        ("vertebra_index", IntegerType()),
-        ("level", StringType()),
-        ("level_status", StringType()),
-        ("level_probability", DoubleType()),
-        ("level_scores", _DOUBLES),
+    struct_fields(("sop_instance_uid", StringType()), ("frame_index", IntegerType()), ("vertebra_index", IntegerType()))
+    + LEVEL_EVIDENCE
+    + struct_fields(
         ("score", DoubleType()),
         ("box", _DOUBLES),
         ("crop_box", _DOUBLES),
@@ -446,13 +441,11 @@ def _score_frames(
     )
     cut = partial(cut_scoring_crops, margin_fraction=config.crops.margin_fraction, size=config.crops.size)
     crops = stage1.mapInArrow(cut, SCORE_CROP)
+    evidence = [f.name for f in LEVEL_EVIDENCE]
     stage2 = crops.select(
         *_KEYS,
         "vertebra_index",
-        "level",
-        "level_status",
-        "level_probability",
-        "level_scores",
+        *evidence,
         "score",
         "box",
         "crop_box",
@@ -464,15 +457,7 @@ def _score_frames(
         "x.x0 / crop_scale + crop_box[0], x.y0 / crop_scale + crop_box[1], "
         "x.x1 / crop_scale + crop_box[0], x.y1 / crop_scale + crop_box[1]) AS box))"
     )
-    found = F.struct(
-        F.col("vertebra_index").alias("index"),
-        "level",
-        "level_status",
-        "level_probability",
-        "level_scores",
-        "score",
-        "box",
-    )
+    found = F.struct(F.col("vertebra_index").alias("index"), *evidence, "score", "box")
     per_frame = stage2.groupBy(*_KEYS).agg(
         F.collect_list(found).alias("vertebrae"),
         F.flatten(F.collect_list(F.expr(to_frame))).alias("nodes"),

@@ -47,17 +47,16 @@ IMAGE_COLUMNS = (
 )
 #: One predictions row as the executors build it (the run columns are added in Spark).
 FRAME_RESULT = StructType([f for f in PREDICTIONS.fields if f.name not in RUN_COLUMNS])
+#: What stage 1 says of a vertebra's level (the pyfunc's fields), carried to the stack's decoding.
+LEVEL_EVIDENCE = struct_fields(
+    ("level", StringType()),
+    ("level_status", StringType()),
+    ("level_probability", DoubleType()),
+    ("level_scores", _DOUBLES),
+)
 #: A vertebra found by stage 1: its place in the frame's detections (``index``), box, score and level evidence.
 FOUND_VERTEBRA = StructType(
-    struct_fields(
-        ("index", IntegerType()),
-        ("level", StringType()),
-        ("level_status", StringType()),
-        ("level_probability", DoubleType()),
-        ("level_scores", _DOUBLES),
-        ("score", DoubleType()),
-        ("box", _DOUBLES),
-    )
+    struct_fields(("index", IntegerType())) + LEVEL_EVIDENCE + struct_fields(("score", DoubleType()), ("box", _DOUBLES))
 )
 #: A node found by stage 2 in the crop of vertebra ``vertebra_index``, mapped to the frame's pixels.
 FOUND_NODE = StructType(
