@@ -78,7 +78,14 @@ def test_anisotropic_pixels_are_resampled_per_axis():
     assert fallback.scale == pytest.approx(256 / 200)
 
 
-@pytest.mark.parametrize("augment", [None, AugmentConfig(noise_std=0, gamma_range=(1, 1))])
+@pytest.mark.parametrize(
+    "augment",
+    [
+        None,
+        AugmentConfig(noise_std=0, gamma_range=(1, 1)),
+        AugmentConfig(noise_std=0, gamma_range=(1, 1), flip_vertical=1.0, flip_horizontal=1.0),
+    ],
+)
 def test_transform_box_follows_the_bright_body(augment):
     torch.manual_seed(3)
     image, target = DetectionTransform(256, augment)(_row())
@@ -87,6 +94,8 @@ def test_transform_box_follows_the_bright_body(augment):
     inside = image[0, int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
     assert inside.min() > 0.5  # the box still sits on the bright block
     assert target["labels"].tolist() == [7]
+    if augment is not None and augment.flip_vertical:  # the block sat in the frame's upper half
+        assert y0 > 128
 
 
 @pytest.mark.parametrize("seed", range(4))

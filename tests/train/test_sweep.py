@@ -52,6 +52,7 @@ def _overrides(root: Path, warehouse: Path) -> list[str]:
         f"loader.cache_dir={root / 'cache'}",
         "loader.num_workers=0",
         "train.vertebra.batch_size=2",
+        "train.vertebra.val_every_epochs=1",  # pruning reads every epoch's validation
         "train.vertebra.max_train_minutes=3",
         "train.vertebra.val_images_logged=0",
         "models.vertebra=sweep_vertebra",

@@ -21,6 +21,7 @@ from radlake.train.view import NoTrainingDataError
 
 TRAIN = [
     "train.vertebra.epochs=2",
+    "train.vertebra.val_every_epochs=1",  # a validation per epoch: the curves below
     "train.vertebra.image_size=128",
     "train.vertebra.batch_size=2",
     "train.vertebra.num_processes=2",

@@ -20,7 +20,11 @@ on scanners and sites it never saw:
   coarse quantisation (bit depth, ``min_bits`` to 8 bits), then the contrast
   (``contrast_range``) and gamma (``gamma_range``) of another weighting or window.
 
-No left-right flip: on sagittal images it swaps anterior and posterior.
+- **Flips** (``flip_vertical``, ``flip_horizontal``), off unless configured: a whole
+  sagittal frame has a top (the head) and a front, a Schmorl's crop is symmetric enough
+  (a node of either endplate, anywhere along it). The target's ``geometry`` keeps the
+  unflipped mapping (flips are training-only; nothing maps training outputs back).
+
 Randomness comes from torch's generator of the worker process, which the
 DataLoader seeds from the training seed, so a run is repeatable.
 """
@@ -106,6 +110,7 @@ class DetectionTransform:
             else:
                 image, geometry = self._zoom_shift(image, geometry, zoom)
             boxes, labels = self._boxes_inside(geometry.boxes_to_input(boxes), labels, image.shape[-2:])
+            image, boxes = self._flip(image, boxes)
             image = self._appearance(image)
         else:
             boxes = geometry.boxes_to_input(boxes)
@@ -181,6 +186,17 @@ class DetectionTransform:
         inside = (clipped[:, 2:] - clipped[:, :2]).clamp(min=0).prod(1)
         keep = inside / area >= MIN_VISIBLE_FRACTION
         return clipped[keep], labels[keep]
+
+    def _flip(self, image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flip top-bottom and left-right with the configured probabilities; ``boxes`` (xyxy input px) follow."""
+        height, width = image.shape[-2:]
+        if self.augment.flip_vertical > 0 and torch.rand(()) < self.augment.flip_vertical:
+            image = image.flip(-2)
+            boxes = torch.stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], dim=1)
+        if self.augment.flip_horizontal > 0 and torch.rand(()) < self.augment.flip_horizontal:
+            image = image.flip(-1)
+            boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        return image, boxes
 
     # Appearance ---------------------------------------------------------------------------
 

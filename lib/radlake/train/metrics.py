@@ -72,6 +72,17 @@ def match(result: ImageResult, score_threshold: float, iou: float = MATCH_IOU) -
     return truth_to_pred, matched_pred
 
 
+def operating_point(results: list[ImageResult], score_threshold: float, *, iou: float) -> tuple[int, int, int]:
+    """(true boxes, true boxes found, false positives) over ``results`` at one score threshold and IoU."""
+    n_true = n_found = n_fp = 0
+    for r in results:
+        truth_to_pred, matched = match(r, score_threshold, iou=iou)
+        n_true += len(truth_to_pred)
+        n_found += int((truth_to_pred >= 0).sum())
+        n_fp += int(((r.pred_scores >= score_threshold) & ~matched).sum())
+    return n_true, n_found, n_fp
+
+
 def _update_class_agnostic(metric, results: list[ImageResult]) -> None:
     """Feed ``results`` to a torchmetrics ``MeanAveragePrecision`` with every box as class 1."""
     for r in results:
@@ -266,12 +277,7 @@ def lesion_metrics(results: list[ImageResult], *, score_threshold: float) -> dic
         (``nan``: ``crop_auc`` with a single class, FROC without true boxes) is left
         out rather than logged, since MLflow cannot plot ``nan``.
     """
-    n_true = n_found = n_fp = 0
-    for r in results:
-        truth_to_pred, matched = match(r, score_threshold, iou=LESION_IOU)
-        n_true += len(truth_to_pred)
-        n_found += int((truth_to_pred >= 0).sum())
-        n_fp += int(((r.pred_scores >= score_threshold) & ~matched).sum())
+    n_true, n_found, n_fp = operating_point(results, score_threshold, iou=LESION_IOU)
     metrics = {
         "ap_30": ap_at_iou(results, 0.3),
         "ap_50": ap_at_iou(results, 0.5),
@@ -378,12 +384,7 @@ def archive_metrics(
     out.update(level_metrics(vertebrae))
     lesions = froc(nodes)
     out.update({f"schmorl_{k}": v for k, v in lesions.items() if not np.isnan(v)})
-    n_true = n_found = n_fp = 0
-    for r in nodes:
-        truth_to_pred, matched = match(r, schmorl_threshold, iou=LESION_IOU)
-        n_true += len(truth_to_pred)
-        n_found += int((truth_to_pred >= 0).sum())
-        n_fp += int(((r.pred_scores >= schmorl_threshold) & ~matched).sum())
+    n_true, n_found, n_fp = operating_point(nodes, schmorl_threshold, iou=LESION_IOU)
     if n_true:
         out["schmorl_ap_30"] = ap_at_iou(nodes, LESION_IOU)
         out["schmorl_sensitivity"] = n_found / n_true

@@ -79,6 +79,11 @@ def _crops(spark: SparkSession, config: RadlakeConfig, versions: Mapping[str, in
 def schmorl_view(spark: SparkSession, config: RadlakeConfig, versions: Mapping[str, int]) -> DataFrame:
     """Crops of ``crops.vertebra_model`` (pinned) with their node boxes and the study split.
 
+    With ``crops.source`` ``both``, the validation and test splits keep the vertebra
+    model's crops alone (what scoring cuts, and half the crops to evaluate), unless the
+    model found nothing in a split (an untrained model): that split keeps its
+    ground-truth crops. The ground-truth crops add training examples.
+
     Raises
     ------
     NoTrainingDataError
@@ -91,9 +96,18 @@ def schmorl_view(spark: SparkSession, config: RadlakeConfig, versions: Mapping[s
             f"of {config.crops.vertebra_model}: run `radlake crops --vertebra-model {config.crops.vertebra_model}` first."
         )
     splits = table_ref(config, Table.SPLITS).read(spark, version=versions[Table.SPLITS.value])
-    return crops.join(splits.select("study_instance_uid", "split"), "study_instance_uid").select(
-        *IMAGE_COLUMNS, "split", "boxes_xyxy_px", "labels"
-    )
+    view = crops.join(splits.select("study_instance_uid", "split"), "study_instance_uid")
+    if config.crops.source == "both":
+        predicted = view.where(F.col("source") == "predicted").select("split").distinct()
+        unscored = (
+            view.select("split").distinct().join(predicted, "split", "left_anti").withColumn("_unscored", F.lit(True))
+        )
+        view = (
+            view.join(F.broadcast(unscored), "split", "left")
+            .where((F.col("split") == "train") | (F.col("source") == "predicted") | F.col("_unscored").isNotNull())
+            .drop("_unscored")
+        )
+    return view.select(*IMAGE_COLUMNS, "split", "boxes_xyxy_px", "labels")
 
 
 def end_to_end_metrics(
