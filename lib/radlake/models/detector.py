@@ -172,8 +172,7 @@ def build_detector(spec: DetectorSpec, weights: str | Path | None = None) -> FCO
         )
     # torchvision's FCOS passes box distances through a ReLU from a conv initialised at zero:
     # objects of a few strides (few positive locations) let it die at 0 (seen on Schmorl's
-    # nodes: right centres, zero width; on vertebrae at 1.25 mm: boxes half a body off for
-    # hundreds of steps). Start every distance at one anchor size.
+    # nodes: right centres, zero width). Start every distance at one anchor size.
     torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
     if weights is not None:
         _load_weights(model, Path(weights))

@@ -14,18 +14,22 @@ self-consistent sequence:
    false detection). Labelled bodies get strictly increasing levels going caudally; a
    step of one level is expected, a step of two or three means bodies were missed in
    between, and how likely each is follows from the distance between the two bodies in
-   units of their box height (adjacent box centres are about 1.1 box heights apart). The exact posterior of every body's level is computed by forward-backward
-   over this semi-Markov chain (:func:`decode_levels`); the labels are the most probable
-   joint sequence (Viterbi), each with its posterior probability.
+   units of their box height (adjacent box centres are about 1.1 box heights apart).
+   The exact posterior of every body's level is computed by forward-backward over this
+   semi-Markov chain (:func:`decode_levels`); the labels are the most probable joint
+   sequence (Viterbi), each with its posterior probability.
 3. **Uncertain when nothing anchors the count.** Without an anchor in view (a series
    cut above L5) every offset of the sequence is equally likely, the posterior of each
    level is low, and the body is marked *uncertain* instead of named
    (:attr:`LevelDecoding.uncertain`).
 4. **Stacks.** A vertebra on neighbouring sagittal slices is the same vertebra:
-   :func:`link_tracks` joins the bodies of a stack's frames by their position in the
-   image plane (patient coordinates, mm), the evidence of each track is pooled, and the
-   stack is decoded once (:func:`label_stack`), so the mid-sagittal slices, where S1 is
-   clear, label the lateral ones.
+   :func:`link_tracks` joins the bodies of a stack's frames by their place along the
+   spine in the image plane (patient coordinates, mm), the evidence of each track is
+   pooled, and the stack is decoded once (:func:`label_stack`, :func:`label_frames`), so
+   the mid-sagittal slices, where S1 is clear, label the lateral ones.
+
+The constants below were set on the synthetic ground truth and on the demo archive's own
+validation and test series (never on an evaluation archive); each says what it was set on.
 
 Coordinates: ``positions_mm`` are along the cranio-caudal axis of the image plane,
 increasing towards the feet; in-plane centres ``(u, v)`` are mm along the rows' and the
@@ -365,42 +369,42 @@ class Body:
     level_scores: np.ndarray
 
 
-def _iou_uv(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two ``(u0, v0, u1, v1)`` boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+def _along_and_across(body: Body) -> tuple[float, float, float, float]:
+    """(start, end) of a body along the spine's caudal direction, its centre across it and its width across, mm."""
+    cu, cv = body.caudal_uv
+    u, v = body.center_uv_mm
+    w, h = body.size_uv_mm
+    along, across = u * cu + v * cv, u * cv - v * cu
+    half = 0.5 * (abs(w * cu) + abs(h * cv))
+    return along - half, along + half, across, abs(w * cv) + abs(h * cu)
 
 
-def link_tracks(bodies: Sequence[Body], *, min_iou: float = 0.3) -> np.ndarray:
+def link_tracks(bodies: Sequence[Body], *, min_overlap: float = 0.5) -> np.ndarray:
     """``(N,)`` track id of every body: the same vertebra on different frames of a stack.
 
-    Bodies are taken by descending score; each joins the track whose mean box (in the
-    image plane, mm) it overlaps most, at IoU ``min_iou`` or more, among the tracks with
-    no body on its frame yet; otherwise it starts a track.
+    Bodies are taken by descending score; each joins the track it overlaps most along
+    the spine (at least ``min_overlap`` of the shorter extent, and its centre within a
+    body width across the spine), among the tracks with no body on its frame yet;
+    otherwise it starts a track. Along the spine, not by box IoU: off the midline a body's
+    box shrinks and shifts across the spine (scoliosis, an oblique stack) while its place
+    along the spine stays.
     """
-    boxes = np.array(
-        [
-            [b.center_uv_mm[0] - b.size_uv_mm[0] / 2, b.center_uv_mm[1] - b.size_uv_mm[1] / 2,
-             b.center_uv_mm[0] + b.size_uv_mm[0] / 2, b.center_uv_mm[1] + b.size_uv_mm[1] / 2]
-            for b in bodies
-        ],
-        dtype=np.float64,
-    ).reshape(-1, 4)  # fmt: skip
+    extents = [_along_and_across(b) for b in bodies]
     track = np.full(len(bodies), -1, dtype=np.int64)
     members: list[list[int]] = []
     for index in sorted(range(len(bodies)), key=lambda i: -bodies[i].score):
+        start, end, across, width = extents[index]
         here = bodies[index].slice_position_mm
-        best, best_iou = -1, min_iou
+        best, best_overlap = -1, min_overlap
         for t, rows in enumerate(members):
             if any(abs(bodies[r].slice_position_mm - here) < 1e-3 for r in rows):
                 continue
-            iou = _iou_uv(boxes[index], boxes[rows].mean(axis=0))
-            if iou >= best_iou:
-                best, best_iou = t, iou
+            ref = extents[rows[0]]  # the track's clearest view
+            overlap = min(end, ref[1]) - max(start, ref[0])
+            shorter = max(min(end - start, ref[1] - ref[0]), _EPS)
+            if abs(across - ref[2]) > max(width, ref[3]) or overlap / shorter < best_overlap:
+                continue
+            best, best_overlap = t, overlap / shorter
         if best < 0:
             members.append([index])
             track[index] = len(members) - 1
@@ -430,7 +434,10 @@ def label_stack(
     track = link_tracks(bodies)
     n_tracks = int(track.max()) + 1
     # The clearest views of a vertebra (mid-sagittal: largest cross-section, highest score) dominate.
-    weights = np.array([max(b.score, _EPS) * b.size_uv_mm[0] * b.size_uv_mm[1] for b in bodies]) ** VIEW_WEIGHT_POWER
+    weights = (
+        np.array([max(b.score, _EPS) * max(b.size_uv_mm[0] * b.size_uv_mm[1], 1.0) for b in bodies])
+        ** VIEW_WEIGHT_POWER
+    )
     centres = np.array([b.center_uv_mm for b in bodies], dtype=np.float64)
     heights = np.array([b.size_uv_mm[1] for b in bodies], dtype=np.float64)
     evidence = np.stack([np.asarray(b.level_scores, dtype=np.float64) for b in bodies])
