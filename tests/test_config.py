@@ -37,7 +37,8 @@ def test_a_partial_schmorl_setting_keeps_the_schmorl_defaults():
 
     cfg = load_config(overrides=["train.schmorl.epochs=5", "train.vertebra.epochs=7"])
     assert cfg.train.schmorl.epochs == 5 and cfg.train.vertebra.epochs == 7
-    assert cfg.train.schmorl.batch_size == SCHMORL_DEFAULTS["batch_size"] != cfg.train.vertebra.batch_size
+    assert cfg.train.schmorl.image_size == SCHMORL_DEFAULTS["image_size"] != cfg.train.vertebra.image_size
+    assert cfg.train.schmorl.augment.flip_vertical == 0.5 and cfg.train.vertebra.augment.flip_vertical == 0.0
     assert cfg.train.schmorl.negatives_per_positive == 2.0 and cfg.train.vertebra.negatives_per_positive is None
     assert RadlakeConfig().train.schmorl.score_threshold == SCHMORL_DEFAULTS["score_threshold"]
 

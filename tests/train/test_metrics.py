@@ -37,6 +37,11 @@ def test_perfect_detections_with_one_wrong_level():
     assert m["map_50"] == pytest.approx(1.0)
     assert m["detection_rate"] == 1.0 and m["fp_per_image"] == 0.0
     assert m["level_id_rate"] == 0.5 and m["study_all_levels"] == 0.0
+    assert m["level_wrong_rate"] == 0.5 and m["level_right_or_uncertain_rate"] == 0.5
+    # The wrong one marked uncertain instead (class 0): not identified, but no longer misleading.
+    m = detection_metrics([_result(truth, [0.9, 0.8], [3, 0], truth, [3, 4])], score_threshold=0.5, levels=True)
+    assert m["level_id_rate"] == 0.5 and m["level_uncertain_rate"] == 0.5
+    assert m["level_wrong_rate"] == 0.0 and m["level_right_or_uncertain_rate"] == 1.0
 
 
 def test_no_predictions_and_low_scores():

@@ -14,6 +14,7 @@ import sys
 import mlflow
 import pytest
 
+from radlake.config import VERTEBRA_DEFAULTS
 from radlake.registry.promote import register_and_promote
 from radlake.registry.resolve import ModelNotFoundError, resolve_model_uri
 from radlake.train.run import get_stage, train_detector
@@ -56,7 +57,7 @@ def trained(spark, labelled_archive, tmp_path_factory):
 
 def test_an_untrained_model_is_refused_as_champion_even_on_an_empty_registry(trained):
     cfg, result = trained
-    floors = {"test_map_50": 0.8, "test_level_id_rate": 0.8}  # the defaults of train.vertebra
+    floors = VERTEBRA_DEFAULTS["promotion_floors"]
     cfg = cfg.model_copy(
         update={
             "models": cfg.models.model_copy(update={"vertebra": "floor_test_vertebra"}),  # a registry with no model

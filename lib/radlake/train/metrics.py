@@ -7,7 +7,9 @@
   score threshold with IoU ≥ 0.5 (greedy by score, one prediction per true box).
 - ``level_id_rate`` (level detectors): share of matched true boxes whose predicted
   level is right (a body whose level is uncertain, class 0, is not right);
-  ``level_uncertain_rate``: share of them whose level is uncertain; ``study_all_levels``:
+  ``level_uncertain_rate``: share of them whose level is uncertain; ``level_wrong_rate``:
+  share named with another level (what misleads a reader), ``level_right_or_uncertain_rate``
+  its complement; ``study_all_levels``:
   share of studies where every true box of every image is matched with the right level.
 - ``fp_per_image``: unmatched predictions at or above the threshold, per image.
 
@@ -151,6 +153,8 @@ def detection_metrics(results: list[ImageResult], *, score_threshold: float, lev
     if levels:
         metrics["level_id_rate"] = n_right / n_found if n_found else 0.0
         metrics["level_uncertain_rate"] = n_unsure / n_found if n_found else 0.0
+        metrics["level_wrong_rate"] = (n_found - n_right - n_unsure) / n_found if n_found else 0.0
+        metrics["level_right_or_uncertain_rate"] = 1.0 - metrics["level_wrong_rate"] if n_found else 0.0
         metrics["study_all_levels"] = sum(study_ok.values()) / len(study_ok) if study_ok else 0.0
     return metrics
 

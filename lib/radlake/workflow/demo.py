@@ -69,7 +69,18 @@ def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> Non
     print("[demo] ingest:", json.dumps(_brief(steps["ingest"]["details"]["ingest"]), indent=2))
     print("[demo] labels:", json.dumps(_brief(steps["labels"]["details"]["labels"]), indent=2))
     for detector, wanted in (
-        ("vertebra", ("test_map_50", "test_map", "test_detection_rate", "test_level_id_rate", "test_study_all_levels")),
+        (
+            "vertebra",
+            (
+                "test_map_50",
+                "test_map",
+                "test_detection_rate",
+                "test_level_id_rate",
+                "test_level_uncertain_rate",
+                "test_level_wrong_rate",
+                "test_study_all_levels",
+            ),
+        ),
         ("schmorl", _SCHMORL_SHOWN),
     ):
         train, promote = steps[f"train_{detector}"], steps[f"promote_{detector}"]
