@@ -16,9 +16,14 @@ mlflow server --backend-store-uri sqlite:////tmp/rl-doc/mlflow.db --host 127.0.0
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import mlflow
 
 from radlake.config import RadlakeConfig
+
+if TYPE_CHECKING:
+    from radlake.tables import Table
 
 
 def configure_mlflow(config: RadlakeConfig, experiment: str | None = None) -> str:
@@ -65,3 +70,17 @@ def detector_experiment(config: RadlakeConfig, detector: str) -> str:
     """The experiment of one detector's runs: ``train.<detector>.experiment`` or ``<mlflow.experiment>-<detector>``."""
     settings = getattr(config.train, detector)
     return settings.experiment or f"{config.mlflow.experiment}-{detector}"
+
+
+def log_table_input(config: RadlakeConfig, table: Table, version: int, *, context: str) -> None:
+    """Log one Delta table of ``config`` at ``version`` as an input of the active MLflow run (name ``<table>@v<version>``)."""
+    import warnings
+
+    from radlake.tables import table_ref
+
+    ref = table_ref(config, table)
+    kwargs = {"table_name": ref.name} if ref.name else {"path": ref.path}
+    with warnings.catch_warnings():  # MLflow's hint about integer columns in the schema: not actionable here
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.load_delta(**kwargs, version=version, name=f"{table.value}@v{version}")
+    mlflow.log_input(dataset, context=context, tags={"table": table.value, "version": str(version)})

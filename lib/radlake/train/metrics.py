@@ -125,6 +125,17 @@ def coco_ap(results: list[ImageResult]) -> dict[str, float | np.ndarray]:
     }
 
 
+def _level_rates(found: int, right: int, uncertain: int) -> dict[str, float]:
+    """Of ``found`` vertebrae: the shares named right (``level_id_rate``), uncertain and named wrong."""
+    if not found:
+        return {"level_id_rate": 0.0, "level_uncertain_rate": 0.0, "level_wrong_rate": 0.0}
+    return {
+        "level_id_rate": right / found,
+        "level_uncertain_rate": uncertain / found,
+        "level_wrong_rate": (found - right - uncertain) / found,
+    }
+
+
 def detection_metrics(results: list[ImageResult], *, score_threshold: float, levels: bool) -> dict[str, float]:
     """Every metric of the module docstring (``levels`` adds the level metrics)."""
     ap = coco_ap(results)
@@ -151,9 +162,7 @@ def detection_metrics(results: list[ImageResult], *, score_threshold: float, lev
         "n_true_boxes": float(n_true),
     }
     if levels:
-        metrics["level_id_rate"] = n_right / n_found if n_found else 0.0
-        metrics["level_uncertain_rate"] = n_unsure / n_found if n_found else 0.0
-        metrics["level_wrong_rate"] = (n_found - n_right - n_unsure) / n_found if n_found else 0.0
+        metrics.update(_level_rates(n_found, n_right, n_unsure))
         metrics["level_right_or_uncertain_rate"] = 1.0 - metrics["level_wrong_rate"] if n_found else 0.0
         metrics["study_all_levels"] = sum(study_ok.values()) / len(study_ok) if study_ok else 0.0
     return metrics
@@ -348,9 +357,7 @@ def level_metrics(results: list[ImageResult], *, score_threshold: float = 0.0) -
         if n == 0:
             series_right[key] = series_complete[key] = False
     return {
-        "level_id_rate": right / found if found else 0.0,
-        "level_uncertain_rate": unsure / found if found else 0.0,
-        "level_wrong_rate": (found - right - unsure) / found if found else 0.0,
+        **_level_rates(found, right, unsure),
         "series_all_levels_right": sum(series_right.values()) / len(series_right) if series_right else 0.0,
         "series_all_found_and_right": sum(series_complete.values()) / len(series_complete) if series_complete else 0.0,
         "n_series": float(len(series_right)),

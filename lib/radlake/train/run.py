@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,8 @@ from radlake.config import RadlakeConfig, config_as_yaml
 from radlake.errors import ConfigError
 from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
 from radlake.models.levels import LEVELS
-from radlake.tables import Table, table_ref
-from radlake.tracking import configure_mlflow, detector_experiment
+from radlake.tables import Table
+from radlake.tracking import configure_mlflow, detector_experiment, log_table_input
 from radlake.train.schmorl import end_to_end_metrics, pin_vertebra_model, schmorl_view
 from radlake.train.view import (
     IMAGE_COLUMNS,
@@ -390,11 +389,4 @@ def log_dataset_inputs(
 ) -> None:
     """Each table the view reads, at its pinned version, as an MLflow dataset input."""
     for table in stage.tables:
-        ref = table_ref(config, table)
-        kwargs = {"table_name": ref.name} if ref.name else {"path": ref.path}
-        with warnings.catch_warnings():  # MLflow's hint about integer columns in the schema: not actionable here
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.load_delta(
-                **kwargs, version=pinned[table.value], name=f"{table.value}@v{pinned[table.value]}"
-            )
-        mlflow.log_input(dataset, context="training", tags={"table": table.value, "version": str(pinned[table.value])})
+        log_table_input(config, table, pinned[table.value], context="training")

@@ -98,14 +98,11 @@ def schmorl_view(spark: SparkSession, config: RadlakeConfig, versions: Mapping[s
     splits = table_ref(config, Table.SPLITS).read(spark, version=versions[Table.SPLITS.value])
     view = crops.join(splits.select("study_instance_uid", "split"), "study_instance_uid")
     if config.crops.source == "both":
-        predicted = view.where(F.col("source") == "predicted").select("split").distinct()
-        unscored = (
-            view.select("split").distinct().join(predicted, "split", "left_anti").withColumn("_unscored", F.lit(True))
-        )
+        scored = view.groupBy("split").agg(F.max((F.col("source") == "predicted").cast("int")).alias("_scored"))
         view = (
-            view.join(F.broadcast(unscored), "split", "left")
-            .where((F.col("split") == "train") | (F.col("source") == "predicted") | F.col("_unscored").isNotNull())
-            .drop("_unscored")
+            view.join(F.broadcast(scored), "split")
+            .where((F.col("split") == "train") | (F.col("source") == "predicted") | (F.col("_scored") == 0))
+            .drop("_scored")
         )
     return view.select(*IMAGE_COLUMNS, "split", "boxes_xyxy_px", "labels")
 

@@ -357,19 +357,12 @@ def _link_to_models(metrics: dict[str, float], vertebra, schmorl) -> None:
 
 def _log_dataset(spark: SparkSession, config: RadlakeConfig) -> None:
     """The evaluation archive's ``annotations`` table, at its current version, as the run's evaluation dataset."""
-    import warnings
-
-    import mlflow
-
     from radlake.tables import Table, table_ref
+    from radlake.tracking import log_table_input
 
-    ref = table_ref(config, Table.ANNOTATIONS)
-    version = ref.version(spark)
-    kwargs = {"table_name": ref.name} if ref.name else {"path": ref.path}
-    with warnings.catch_warnings():  # MLflow's hint about integer columns in the schema: not actionable here
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.load_delta(**kwargs, version=version, name=f"annotations@v{version}")
-    mlflow.log_input(dataset, context="evaluation", tags={"table": "annotations", "version": str(version)})
+    log_table_input(
+        config, Table.ANNOTATIONS, table_ref(config, Table.ANNOTATIONS).version(spark), context="evaluation"
+    )
 
 
 def _log_artifacts(
