@@ -84,6 +84,7 @@ class TablesConfig(_Section):
     series: str = "series"
     images: str = "images"
     quarantine: str = "quarantine"
+    duplicates: str = "duplicates"
     ingest_files: str = "ingest_files"
     annotations: str = "annotations"
     splits: str = "splits"

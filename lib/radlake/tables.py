@@ -41,6 +41,8 @@ class Table(str, Enum):
     """Decoded 2D frames used for training and scoring."""
     QUARANTINE = "quarantine"
     """Files or instances that could not be ingested, with the stage and reason."""
+    DUPLICATES = "duplicates"
+    """Extra copies of stored instances (same SOPInstanceUID, same content), with the copy kept."""
     INGEST_FILES = "ingest_files"
     """Ledger of stored files already ingested (location, size, modification time), written last."""
     ANNOTATIONS = "annotations"

@@ -120,7 +120,7 @@ def test_no_identifying_value_of_any_real_file_survives():
         assert header["00120062"]["Value"] == ["YES"]  # PatientIdentityRemoved
         assert not any(int(k[:4], 16) % 2 for k in header)  # no private tags
         checked += 1
-    assert checked > 200
+    assert checked > 160  # damaged instances (radlake.dicom.integrity) are refused before de-identification
 
 
 def _mr_with_phi() -> tuple[bytes, dict[str, str]]:

@@ -28,7 +28,7 @@ PHI_TAGS = ("PatientName", "PatientBirthDate", "PatientID", "AccessionNumber", "
 
 
 #: The tables an ingest run writes (labels and splits come later).
-INGEST_TABLES = (Table.INSTANCES, Table.SERIES, Table.IMAGES, Table.QUARANTINE, Table.INGEST_FILES)
+INGEST_TABLES = (Table.INSTANCES, Table.SERIES, Table.IMAGES, Table.QUARANTINE, Table.DUPLICATES, Table.INGEST_FILES)
 
 
 def _config(root: Path, **extra):
@@ -123,9 +123,14 @@ def test_every_file_ends_in_exactly_one_table(spark, archive, ingested):
     evil = quarantine.where(F.col("path").endswith("evil.zip")).collect()
     assert [r.member for r in evil] == ["../escape.dcm"]
     failed_names = {Path(r.path).name for r in quarantine.where("stage = 'header' OR stage = 'source'").collect()}
-    assert {"empty.dcm", "notes.txt", "random.dcm", "header_cut.dcm", "labels.json"} <= failed_names
+    assert {"empty.dcm", "notes.txt", "random.dcm", "header_cut.dcm", "labels.json", "pixels_cut.dcm"} <= failed_names
+    # A file cut in its pixel data is caught in the header pass, with its SOPInstanceUID and the sizes.
+    cut_pixels = quarantine.where(F.col("path").endswith("pixels_cut.dcm")).first()
+    assert cut_pixels.error_class == "TruncatedFile" and cut_pixels.sop_instance_uid
+    assert "8192 bytes declared" in cut_pixels.error_message
+    # A frame cut inside intact RLE items is only found by decoding.
     pixel_failures = {Path(r.path).name: r for r in quarantine.where("stage = 'pixels'").collect()}
-    assert set(pixel_failures) == {"pixels_cut.dcm", "frame5_cut.dcm"}
+    assert set(pixel_failures) == {"frame5_cut.dcm"}
     # A frame that fails ends its instance: the frames before it are kept, the failure names the frame.
     cut = pixel_failures["frame5_cut.dcm"]
     assert cut.frame_index == 5
@@ -136,13 +141,20 @@ def test_every_file_ends_in_exactly_one_table(spark, archive, ingested):
     assert not ingested_paths & quarantined_paths
 
 
-def test_conflicting_duplicate_is_quarantined_not_overwritten(spark, archive, ingested):
+def test_a_byte_identical_copy_is_recorded_as_a_duplicate_of_the_kept_one(spark, archive, ingested):
     cfg, summary = ingested
-    # CT_small.dcm is stored twice (real/ and inside evil.zip) with identical bytes: one row, counted unchanged.
+    # CT_small.dcm is stored twice (real/ and inside evil.zip) with identical bytes: one instance, one duplicate.
     instances = _read(spark, cfg, Table.INSTANCES)
     ct_uid = pydicom.dcmread(TEST_FILES / "CT_small.dcm").SOPInstanceUID
-    assert instances.where(F.col("sop_instance_uid") == ct_uid).count() == 1
-    assert summary.unchanged_instances >= 1
+    [kept] = instances.where(F.col("sop_instance_uid") == ct_uid).collect()
+    [copy] = _read(spark, cfg, Table.DUPLICATES).collect()
+    assert (copy.sop_instance_uid, copy.same_bytes, copy.kept_content_sha256) == (ct_uid, True, kept.content_sha256)
+    assert {(kept.path, kept.member), (copy.path, copy.member)} == {
+        (f"file:{archive / 'bad' / 'evil.zip'}", "ok/inside.dcm"),
+        (f"file:{archive / 'real' / 'CT_small.dcm'}", None),
+    }
+    assert (copy.kept_path, copy.kept_member) == (kept.path, kept.member)
+    assert summary.duplicates == 1 and summary.unchanged_instances == 0
     assert summary.conflicts == 0 and summary.quarantined == 8  # 7 bad files + the ../ member
 
 
@@ -212,12 +224,20 @@ def test_rerun_is_a_no_op_and_new_files_are_ingested_alone(spark, archive, inges
     extra = archive / "later"
     extra.mkdir()
     shutil.copy(TEST_FILES / "MR_small_implicit.dcm", extra / "implicit.dcm")
+    changed = pydicom.dcmread(TEST_FILES / "MR_small.dcm")
+    changed.PixelData = (changed.pixel_array + 1).astype(changed.pixel_array.dtype).tobytes()
+    changed.save_as(extra / "edited.dcm")
     later = run_ingest(spark, cfg, archive=str(archive))
-    assert later.files_ingested == 1
-    # Same SOPInstanceUID as MR_small.dcm but other bytes (another transfer syntax): a conflict, not an overwrite.
-    assert later.conflicts == 1 and later.new_instances == 0
+    assert later.files_ingested == 2 and later.new_instances == 0
+    # Same SOPInstanceUID as the stored MR_small.dcm. In another transfer syntax, the same content: a
+    # duplicate. With other pixel values: a conflict, never an overwrite.
+    assert later.duplicates == 1 and later.conflicts == 1
+    copy = _read(spark, cfg, Table.DUPLICATES).where(F.col("path").endswith("implicit.dcm")).first()
+    assert copy.same_bytes is False and copy.kept_path.endswith("real/MR_small.dcm")
+    assert copy.transfer_syntax_uid == pydicom.uid.ImplicitVRLittleEndian
     conflict = _read(spark, cfg, Table.QUARANTINE).where("stage = 'conflict'").first()
-    assert conflict.path.endswith("implicit.dcm")
+    assert conflict.path.endswith("edited.dcm") and "(other pixel values)" in conflict.error_message
+    assert _read(spark, cfg, Table.INSTANCES).where(F.col("sop_instance_uid") == changed.SOPInstanceUID).count() == 1
 
 
 def test_killed_run_restarts_without_loss_or_duplicates(spark, archive, tmp_path, monkeypatch):
@@ -387,3 +407,32 @@ def test_unseen_files_compares_path_size_and_time_with_the_ledger(spark, tmp_pat
     assert sorted(Path(f.path).name for f in unseen) == ["three.dcm", "two.dcm"]
     assert isinstance(unseen[0], ListedFile)
     assert unseen_files([], ledger) == []
+
+
+def _copies_archive(root: Path) -> Path:
+    """One instance four times: cut short (first by path), RLE, explicit VR, implicit VR."""
+    archive = root / "copies"
+    for folder, name in (("a_cut", "MR_truncated.dcm"), ("b", "MR_small_RLE.dcm"), ("c", "MR_small.dcm")):
+        (archive / folder).mkdir(parents=True)
+        shutil.copy(TEST_FILES / name, archive / folder / name)
+    shutil.copy(TEST_FILES / "MR_small_implicit.dcm", archive / "c" / "MR_small_implicit.dcm")
+    return archive
+
+
+@pytest.mark.parametrize("listing", ["as listed", "reversed"])
+def test_the_kept_copy_is_a_sound_one_whatever_the_listing_order(spark, tmp_path, monkeypatch, listing):
+    archive = _copies_archive(tmp_path)
+    if listing == "reversed":
+        listed = ingest_job.list_archive
+        monkeypatch.setattr(ingest_job, "list_archive", lambda *a, **k: list(reversed(listed(*a, **k))))
+    cfg = _config(tmp_path / "root")
+    summary = run_ingest(spark, cfg, archive=str(archive))
+    assert (summary.new_instances, summary.duplicates, summary.conflicts) == (1, 2, 0)
+    [kept] = _read(spark, cfg, Table.INSTANCES).collect()
+    assert kept.path.endswith("b/MR_small_RLE.dcm")  # the first sound copy by path, whatever the order
+    copies = {Path(r.path).name: r for r in _read(spark, cfg, Table.DUPLICATES).collect()}
+    assert set(copies) == {"MR_small.dcm", "MR_small_implicit.dcm"}
+    assert all(not c.same_bytes and c.kept_path == kept.path for c in copies.values())
+    [cut] = _read(spark, cfg, Table.QUARANTINE).collect()  # the damaged copy, before it by path, is refused
+    assert cut.path.endswith("MR_truncated.dcm") and cut.error_class == "TruncatedFile"
+    assert cut.sop_instance_uid == kept.sop_instance_uid

@@ -36,6 +36,7 @@ import json
 import math
 import re
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from radlake.dicom.integrity import Damage, Dimensions, check_pixel_data, locate_pixel_data, truncated_header
 from radlake.dicom.sources import Failure, Stage
 
 if TYPE_CHECKING:
@@ -124,6 +126,9 @@ class HeaderResult:
         The file is a DICOMDIR (a directory of files, not an instance).
     error: Failure | None
         Stage ``header`` failure; None on success.
+    sop_instance_uid: str | None
+        On the failure of an instance whose header parsed but whose data is damaged
+        (:mod:`radlake.dicom.integrity`): its SOPInstanceUID, as stored; else None.
     """
 
     columns: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +138,7 @@ class HeaderResult:
     frame_orientations: list[list[float]] | None = None
     is_dicomdir: bool = False
     error: Failure | None = None
+    sop_instance_uid: str | None = None
 
 
 def is_dicomdir(ds: Dataset) -> bool:
@@ -188,6 +194,7 @@ def parse_header(
     deid: Deidentifier | None,
     max_json_bytes: int = 65536,
     oblique_tolerance_deg: float = 30.0,
+    max_decoded_bytes: int = 1 << 30,
 ) -> HeaderResult:
     """Parse, de-identify and describe one instance; never raises.
 
@@ -203,6 +210,10 @@ def parse_header(
         elements first, then their largest top-level elements, until they fit.
     oblique_tolerance_deg: float
         Passed to :func:`radlake.dicom.geometry.classify_plane` for ``plane``.
+    max_decoded_bytes: int
+        An instance whose declared dimensions decode to more is refused
+        (:func:`radlake.dicom.integrity.check_instance`, which also refuses truncated
+        files and pixel data shorter than its dimensions, reading no pixel data).
 
     Returns
     -------
@@ -227,14 +238,27 @@ def parse_header(
         for keyword in ("SOPInstanceUID", "SOPClassUID"):
             if not str(ds.get(keyword, "") or "").strip():
                 raise InvalidDicomError(f"missing {keyword}: not a DICOM instance")
-        has_pixels = data[stop : stop + 4] in _PIXEL_TAGS_LE + _PIXEL_TAGS_BE
+        located = locate_pixel_data(data, ds, stop)
+        damage = located if isinstance(located, Failure) else truncated_header(ds, located)
+        if damage is not None:
+            return HeaderResult(error=damage, sop_instance_uid=str(ds.SOPInstanceUID).strip())
+        uid = str(ds.SOPInstanceUID).strip()
+        buffer, at = located.buffer, located.stop
+        has_pixels = buffer[at : at + 4] in _PIXEL_TAGS_LE + _PIXEL_TAGS_BE
         if deid is not None:
             deid.deidentify(ds)
         parts = _json_dataset(ds)
         meta = getattr(ds, "file_meta", None)
         columns, positions, orientations = _promoted(parts, meta, has_pixels, oblique_tolerance_deg)
+        dims = Dimensions.from_columns(columns)
+        if (damage := check_pixel_data(located, ds, dims, max_decoded_bytes=max_decoded_bytes)) is not None:
+            return HeaderResult(error=damage, sop_instance_uid=uid)
         text, truncated = _capped(parts, max_json_bytes)
         return HeaderResult(columns, text, truncated, positions, orientations)
+    except zlib.error as exc:  # pydicom inflating a Deflated Explicit VR Little Endian dataset
+        return HeaderResult(
+            error=Failure(Stage.HEADER, Damage.TRUNCATED, f"the deflated dataset cannot be inflated: {exc}")
+        )
     except Exception as exc:  # noqa: BLE001 - any parse error is this file's failure
         return HeaderResult(error=Failure.from_exception(Stage.HEADER, exc))
 

@@ -63,6 +63,9 @@ class Stage(str, Enum):
     CONFLICT = "conflict"
     """The SOPInstanceUID is already stored with other content."""
 
+    SKIPPED = "skipped"
+    """Not an instance: a DICOMDIR (an index of the files beside it)."""
+
 
 @dataclass(frozen=True)
 class Failure:

@@ -15,7 +15,11 @@ gets exactly its files (balanced by expected cost) with no shuffle and no Python
   (:mod:`radlake.dicom.sandbox`), so that a decoder crash, hang or memory blow-up is
   that file's ``DecoderCrashed`` / ``DecoderTimeout`` / ``MemoryError`` failure.
 
-Neither raises on bad input: every failure becomes a row with its stage, error
+- :func:`copies_task`: copies of one SOP instance with different bytes → each copy's
+  header and pixel digests (:mod:`radlake.dicom.identity`), so the job can tell another
+  encoding of the same instance from a conflict. Runs only when such copies are found.
+
+None raises on bad input: every failure becomes a row with its stage, error
 class and message, so one bad file never fails the job.
 """
 
@@ -47,6 +51,7 @@ class HeaderSettings:
     max_member_bytes: int
     max_header_json_bytes: int
     oblique_tolerance_deg: float
+    max_decoded_bytes: int = 1 << 30
 
 
 def _quiet_pydicom() -> None:
@@ -139,10 +144,12 @@ def _header_rows(record: dict[str, Any], deid, settings: HeaderSettings) -> Iter
             deid=deid,
             max_json_bytes=settings.max_header_json_bytes,
             oblique_tolerance_deg=settings.oblique_tolerance_deg,
+            max_decoded_bytes=settings.max_decoded_bytes,
         )
         base.update(content_sha256=digest, instance_size=len(item.data))
-        if result.error is not None:
-            yield {"kind": "failure", **base, **_failure_fields(result.error)}
+        if result.error is not None:  # a damaged instance still names its SOPInstanceUID
+            uid = result.sop_instance_uid
+            yield {"kind": "failure", **base, "sop_instance_uid": uid, **_failure_fields(result.error)}
         elif result.is_dicomdir:
             yield {"kind": "skipped", **base}
         else:
@@ -297,3 +304,48 @@ def _encoded_frames(content: bytes, transfer_syntax_uid: str | None, settings: P
 def _pixel_failure(record: dict[str, Any], failure, frame_index: int | None = None) -> dict[str, Any]:
     keep = ("sop_instance_uid", "path", "member", "content_sha256")
     return {"kind": "failure", **{k: record[k] for k in keep}, "frame_index": frame_index, **_failure_fields(failure)}
+
+
+def copies_task(
+    batches: Iterator[pa.RecordBatch], tasks: Broadcast, settings: PixelSettings
+) -> Iterator[pa.RecordBatch]:
+    """Digest the copies of each task id in the input (``spark.range`` ids).
+
+    ``tasks.value[task]`` is a list of copies (``sop_instance_uid``, ``path``, ``member``,
+    ``content_sha256``, ``transfer_syntax_uid``), all copies of an instance in one task.
+    Yields record batches of :data:`radlake.ingest.schema.COPY_DIGESTS`: the header and
+    pixel digests of each copy, or ``error_message`` when it cannot be read, parsed or
+    decoded (compressed data is decoded in the worker's sandbox, as in the pixel pass).
+    """
+    _quiet_pydicom()
+    out_schema = _arrow_schema(S.COPY_DIGESTS)
+    rows = [
+        _copy_digests(copy, settings)
+        for batch in batches
+        for task in batch.column(0).to_pylist()
+        for copy in tasks.value[task]
+    ]
+    if rows:
+        yield _record_batch(rows, out_schema)
+
+
+def _copy_digests(copy: dict[str, Any], settings: PixelSettings) -> dict[str, Any]:
+    from radlake.dicom.identity import header_digest, pixels_digest
+    from radlake.dicom.sources import iter_members, read_bytes
+
+    row = {k: copy[k] for k in ("sop_instance_uid", "path", "member", "content_sha256")}
+    try:
+        data = read_bytes(copy["path"])
+        if copy["member"] is not None:
+            found = [
+                item for item in iter_members(copy["path"], data, max_member_bytes=settings.max_member_bytes)
+                if item.member == copy["member"] and item.error is None
+            ]  # fmt: skip
+            data = found[0].data if found else b""
+        if hashlib.sha256(data).hexdigest() != copy["content_sha256"]:
+            raise ValueError("the stored file no longer holds this copy")
+        row["header_sha256"] = header_digest(data)
+        row["pixels_sha256"] = pixels_digest(_encoded_frames(data, copy["transfer_syntax_uid"], settings))
+    except Exception as exc:  # noqa: BLE001 - this copy cannot be compared: the job keeps it apart
+        row["error_message"] = f"{type(exc).__name__}: {exc}"
+    return row

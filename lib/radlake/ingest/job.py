@@ -5,9 +5,14 @@ nothing and duplicates nothing:
 
 1. list the archive (on the driver: metadata only); skip files in the
    ``ingest_files`` ledger with the same size and modification time;
-2. header pass on the executors (tasks balanced by bytes and file count) → new instances are
-   MERGEd on ``sop_instance_uid`` (insert only), failures and conflicts on
-   ``quarantine_id``;
+2. header pass on the executors (tasks balanced by bytes and file count), which also
+   refuses damaged instances (:mod:`radlake.dicom.integrity`) → new instances are MERGEd on
+   ``sop_instance_uid`` (insert only), failures, DICOMDIRs and conflicts on
+   ``quarantine_id``, extra copies of an instance on ``duplicate_id``. Copies of one
+   SOPInstanceUID with other bytes are compared on the executors (header without its
+   encoding attributes, decoded pixels: :mod:`radlake.dicom.identity`): another encoding
+   of the same instance is a duplicate, other content a conflict. The kept copy is the
+   stored one, else the first by path and member;
 3. the stacks of every series touched are rebuilt from all their instances (those stored
    before this run and this run's new ones) and MERGEd on ``series_key``;
 4. pixel pass over the instances chosen by ``ingest.image_rule`` that have no
@@ -53,9 +58,10 @@ from pyspark.sql import functions as F
 from radlake import __version__
 from radlake.config import RadlakeConfig
 from radlake.dicom.pixels import decode_cost
+from radlake.dicom.sources import Stage
 from radlake.errors import ConfigError
 from radlake.ingest import schema as S
-from radlake.ingest.executors import HeaderSettings, PixelSettings, header_task, pixel_task
+from radlake.ingest.executors import HeaderSettings, PixelSettings, copies_task, header_task, pixel_task
 from radlake.ingest.listing import list_archive, normalize_archive, pack_tasks, unseen_files
 from radlake.ingest.series import build_series, series_key_column
 from radlake.spark import empty_frame, on_databricks
@@ -81,6 +87,7 @@ class IngestSummary:
     files_ingested: int
     new_instances: int
     unchanged_instances: int
+    duplicates: int
     quarantined: int
     conflicts: int
     dicomdir_skipped: int
@@ -176,6 +183,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         Table.SERIES: S.SERIES,
         Table.IMAGES: S.IMAGES,
         Table.QUARANTINE: S.QUARANTINE,
+        Table.DUPLICATES: S.DUPLICATES,
         Table.INGEST_FILES: S.INGEST_FILES,
     }
     # A table that does not exist yet is created by this run and so known to be empty: it is
@@ -218,6 +226,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
             files_ingested=0,
             new_instances=0,
             unchanged_instances=0,
+            duplicates=0,
             quarantined=0,
             conflicts=0,
             dicomdir_skipped=0,
@@ -233,6 +242,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         max_member_bytes=ic.max_member_bytes,
         max_header_json_bytes=ic.max_header_json_bytes,
         oblique_tolerance_deg=ic.oblique_tolerance_deg,
+        max_decoded_bytes=ic.max_decoded_bytes,
     )
     slots = spark.sparkContext.defaultParallelism
     assignment = pack_tasks(
@@ -254,36 +264,14 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
 
     instance_columns = [f.name for f in S.INSTANCES.fields]
     candidates = (
-        results.where("kind = 'instance'")
-        .withColumn("series_key", series_key_column())
-        .withColumns(run_columns)
-        .withColumn(
-            "_rank",
-            F.row_number().over(
-                Window.partitionBy("sop_instance_uid").orderBy("path", F.col("member").asc_nulls_first())
-            ),
-        )
+        results.where("kind = 'instance'").withColumn("series_key", series_key_column()).withColumns(run_columns)
     )
     # Each instance of this run is classified once, against the table as it was before this
-    # run's writes: new, unchanged (same content already stored or seen earlier in this run),
-    # or conflict (the same SOPInstanceUID with other content: quarantined, never overwritten).
+    # run's writes (see _classify): new, unchanged, a duplicate copy, or a copy whose content
+    # must be compared with the kept one's.
     before = None if created[Table.INSTANCES] else refs[Table.INSTANCES].version(spark)
     stored_instances = stored(Table.INSTANCES, version=before)
-    existing = stored_instances.select("sop_instance_uid", F.col("content_sha256").alias("_existing_sha"))
-    first_sha = F.first("content_sha256").over(
-        Window.partitionBy("sop_instance_uid").orderBy("path", F.col("member").asc_nulls_first())
-    )
-    classified = (
-        candidates.withColumn("_first_sha", first_sha)
-        .join(existing, "sop_instance_uid", "left")
-        .withColumn(
-            "_status",
-            F.when(F.col("content_sha256") != F.coalesce("_existing_sha", "_first_sha"), "conflict")
-            .when((F.col("_rank") == 1) & F.col("_existing_sha").isNull(), "new")
-            .otherwise("unchanged"),
-        )
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
+    classified = _classify(candidates, stored_instances).persist(StorageLevel.MEMORY_AND_DISK)
     # One job runs the header pass (beside the tables' creation), fills the caches and counts
     # this run's instances by status and the header pass's rows by kind.
     tally = (
@@ -294,35 +282,68 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     found = {(r["of"], r["value"]): r["count"] for r in tally.collect()}
     tables_made()
     phase("header_pass")
-    n_new, duplicates, n_conflicts = (found.get(("status", k), 0) for k in ("new", "unchanged", "conflict"))
+    if found.get(("status", "compare"), 0):  # copies with other bytes: the same content, or a conflict?
+        decided = _compare_copies(spark, classified, stored_instances, _pixel_settings(config))
+        classified.unpersist()
+        classified = decided.persist(StorageLevel.MEMORY_AND_DISK)
+        counts = classified.groupBy("_status").count().collect()
+        found.update({("status", r["_status"]): r["count"] for r in counts})
+        found.pop(("status", "compare"), None)
+    phase("copies")
+    n_new, n_unchanged, n_duplicates, n_conflicts = (
+        found.get(("status", k), 0) for k in ("new", "unchanged", "duplicate", "conflict")
+    )
+    n_skipped = found.get(("kind", "skipped"), 0)
     n_quarantined = found.get(("kind", "failure"), 0) + n_conflicts
     new_instances = classified.where("_status = 'new'").select(*instance_columns)
-    conflicts = classified.where("_status = 'conflict'")
+    duplicates = classified.where("_status = 'duplicate'").select(
+        F.sha2(F.concat_ws("|", "path", F.coalesce("member", F.lit("")), "content_sha256"), 256).alias("duplicate_id"),
+        "path",
+        "member",
+        "file_size",
+        "modification_time",
+        "sop_instance_uid",
+        "content_sha256",
+        "transfer_syntax_uid",
+        (F.col("content_sha256") == F.col("_kept_sha")).alias("same_bytes"),
+        F.col("_kept_path").alias("kept_path"),
+        F.col("_kept_member").alias("kept_member"),
+        F.col("_kept_sha").alias("kept_content_sha256"),
+        F.lit(run_id).alias("ingest_run_id"),
+        F.lit(now).alias("recorded_at"),
+    )
 
-    header_failures = results.where("kind = 'failure'").select(
+    header_failures = results.where("kind IN ('failure', 'skipped')").select(
         "path",
         "member",
         "file_size",
         "modification_time",
         "content_sha256",
-        F.lit(None).cast("string").alias("sop_instance_uid"),
-        "stage",
-        "error_class",
-        "error_message",
+        "sop_instance_uid",  # known for a damaged instance, else null
+        F.coalesce("stage", F.lit(Stage.SKIPPED.value)).alias("stage"),
+        F.coalesce("error_class", F.lit("Dicomdir")).alias("error_class"),
+        F.coalesce(
+            "error_message", F.lit("a DICOMDIR (an index of the files beside it), not an instance: nothing to ingest")
+        ).alias("error_message"),
     )
-    conflict_rows = conflicts.select(
+    conflict_rows = classified.where("_status = 'conflict'").select(
         "path",
         "member",
         "file_size",
         "modification_time",
         "content_sha256",
         "sop_instance_uid",
-        F.lit("conflict").alias("stage"),
+        F.lit(Stage.CONFLICT.value).alias("stage"),
         F.lit("SOPInstanceUIDConflict").alias("error_class"),
         F.concat(
             F.lit("SOPInstanceUID "),
             F.col("sop_instance_uid"),
-            F.lit(" is already stored with other content; this copy was not ingested"),
+            F.lit(" is kept from "),
+            F.col("_kept_path"),
+            F.coalesce(F.concat(F.lit(" ["), F.col("_kept_member"), F.lit("]")), F.lit("")),
+            F.lit(" with other content ("),
+            F.coalesce(F.col("_differs"), F.lit("other bytes")),
+            F.lit("); this copy was not ingested"),
         ).alias("error_message"),
     )
     quarantine_new = _quarantine_rows(header_failures.unionByName(conflict_rows), run_id, now)
@@ -350,8 +371,10 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         commits = []
         if n_new:
             commits.append(background.submit(store, Table.INSTANCES, new_instances, keys=["sop_instance_uid"]))
-        if n_quarantined:
+        if n_quarantined or n_skipped:
             commits.append(background.submit(store, Table.QUARANTINE, quarantine_new, keys=["quarantine_id"]))
+        if n_duplicates:
+            commits.append(background.submit(store, Table.DUPLICATES, duplicates, keys=["duplicate_id"]))
         all_instances = stored_instances.unionByName(new_instances)
         # 4. The pixel pass's work list, collected in the background while step 3 builds the
         # stacks: the instances chosen by the rule that have neither an image nor a pixel
@@ -424,7 +447,6 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         keys=["path", "file_size", "modification_time"],
     )
     phase("ledger")
-    dicomdirs = found.get(("kind", "skipped"), 0)
     classified.unpersist()
     results.unpersist()
     task_files.destroy()
@@ -435,15 +457,156 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         files_unchanged=files_seen - len(files),
         files_ingested=len(files),
         new_instances=n_new,
-        unchanged_instances=duplicates,
+        unchanged_instances=n_unchanged,
+        duplicates=n_duplicates,
         quarantined=n_quarantined + n_pixel_failures,
         conflicts=n_conflicts,
-        dicomdir_skipped=dicomdirs,
+        dicomdir_skipped=n_skipped,
         series=n_series,
         new_images=new_images,
         seconds=round(time.perf_counter() - started, 2),
         phase_seconds=phases,
     )
+
+
+def _pixel_settings(config: RadlakeConfig) -> PixelSettings:
+    ic = config.ingest
+    return PixelSettings(
+        max_member_bytes=ic.max_member_bytes,
+        max_decoded_bytes=ic.max_decoded_bytes,
+        isolate_decoders=ic.isolate_decoders,
+        decode_timeout_s=ic.decode_timeout_s,
+    )
+
+
+def _classify(candidates: DataFrame, stored_instances: DataFrame) -> DataFrame:
+    """Each instance of this run, with the copy of its SOPInstanceUID that is kept and a ``_status``.
+
+    The kept copy is the stored one; else, of this run's copies, the first by ``path`` then
+    ``member``: the same whatever the order of listing. Damaged copies never get here (the
+    header pass quarantines them), so a damaged copy is never kept over a sound one.
+
+    ``_status``: ``new`` (the kept copy, not stored yet); ``unchanged`` (the kept copy read
+    again); ``duplicate`` (another copy with the same bytes); ``compare`` (another copy with
+    other bytes: :func:`_compare_copies` decides between duplicate and conflict).
+    Adds ``_kept_path``, ``_kept_member``, ``_kept_sha`` and ``_kept_transfer_syntax``.
+    """
+    by_uid = Window.partitionBy("sop_instance_uid").orderBy("path", F.col("member").asc_nulls_first())
+    existing = stored_instances.select(
+        "sop_instance_uid",
+        F.col("path").alias("_stored_path"),
+        F.col("member").alias("_stored_member"),
+        F.col("content_sha256").alias("_stored_sha"),
+        F.col("transfer_syntax_uid").alias("_stored_transfer_syntax"),
+    )
+    first = {name: F.first(name).over(by_uid) for name in ("path", "member", "content_sha256", "transfer_syntax_uid")}
+    is_stored = F.col("_stored_sha").isNotNull()
+    kept = {
+        "_kept_path": F.when(is_stored, F.col("_stored_path")).otherwise(first["path"]),
+        "_kept_member": F.when(is_stored, F.col("_stored_member")).otherwise(first["member"]),
+        "_kept_sha": F.when(is_stored, F.col("_stored_sha")).otherwise(first["content_sha256"]),
+        "_kept_transfer_syntax": F.when(is_stored, F.col("_stored_transfer_syntax")).otherwise(
+            first["transfer_syntax_uid"]
+        ),
+    }
+    same_place = (F.col("path") == F.col("_kept_path")) & F.col("member").eqNullSafe(F.col("_kept_member"))
+    return (
+        candidates.join(existing, "sop_instance_uid", "left")
+        .withColumns(kept)
+        .withColumn(
+            "_status",
+            F.when(F.col("content_sha256") != F.col("_kept_sha"), "compare")
+            .when(same_place & ~is_stored, "new")
+            .when(same_place, "unchanged")
+            .otherwise("duplicate"),
+        )
+        .withColumn("_differs", F.lit(None).cast("string"))
+        .drop("_stored_path", "_stored_member", "_stored_sha", "_stored_transfer_syntax")
+    )
+
+
+def _compare_copies(
+    spark: SparkSession, classified: DataFrame, stored_instances: DataFrame, settings: PixelSettings
+) -> DataFrame:
+    """``classified`` with each ``compare`` copy decided: ``duplicate`` (same content) or ``conflict``.
+
+    The copies to compare and the kept copy of each of their instances (metadata only, a
+    few rows in an archive without conflicts) are collected; the executors digest each
+    copy's header and pixels (:func:`radlake.ingest.executors.copies_task`). Same header
+    digest and same pixel digest: the same instance in another encoding. Anything else,
+    including a copy that cannot be read or decoded, is a conflict, and ``_differs`` says
+    what differs.
+    """
+    rows = classified.where("_status = 'compare'").select(
+        "sop_instance_uid",
+        "path",
+        "member",
+        "content_sha256",
+        "transfer_syntax_uid",
+        "_kept_path",
+        "_kept_member",
+        "_kept_sha",
+        "_kept_transfer_syntax",
+    )
+    kept: dict[str, dict] = {}
+    groups: dict[str, list[dict]] = {}
+    for row in rows.collect():
+        uid = row["sop_instance_uid"]
+        kept[uid] = {
+            "sop_instance_uid": uid,
+            "path": row["_kept_path"],
+            "member": row["_kept_member"],
+            "content_sha256": row["_kept_sha"],
+            "transfer_syntax_uid": row["_kept_transfer_syntax"],
+        }
+        groups.setdefault(uid, [kept[uid]]).append(
+            {k: row[k] for k in ("sop_instance_uid", "path", "member", "content_sha256", "transfer_syntax_uid")}
+        )
+    work = list(groups.values())  # all copies of an instance in one task
+    n_tasks = max(1, min(spark.sparkContext.defaultParallelism, len(work)))
+    digests, task_lists = _broadcast_tasks(
+        spark,
+        [i % n_tasks for i in range(len(work))],
+        work,
+        partial(copies_task, settings=settings),
+        S.COPY_DIGESTS,
+    )
+    found = {(r["sop_instance_uid"], r["path"], r["member"]): r for r in digests.collect()}
+    task_lists.destroy()
+    decisions = []
+    for uid, copies in groups.items():
+        reference = found[(uid, kept[uid]["path"], kept[uid]["member"])]
+        for copy in copies[1:]:
+            mine = found[(uid, copy["path"], copy["member"])]
+            decisions.append((uid, copy["path"], copy["member"], *_decide(mine, reference)))
+    decided = spark.createDataFrame(
+        decisions, "sop_instance_uid string, path string, member string, _decision string, _reason string"
+    )
+    c, d = classified.alias("c"), F.broadcast(decided).alias("d")
+    same_copy = (
+        (F.col("c.sop_instance_uid") == F.col("d.sop_instance_uid"))
+        & (F.col("c.path") == F.col("d.path"))
+        & F.col("c.member").eqNullSafe(F.col("d.member"))  # null for a plain file
+    )
+    return (
+        c.join(d, same_copy, "left")
+        .select("c.*", "d._decision", "d._reason")
+        .withColumn("_status", F.coalesce("_decision", "_status"))
+        .withColumn("_differs", F.coalesce("_reason", "_differs"))
+        .drop("_decision", "_reason")
+    )
+
+
+def _decide(copy, kept) -> tuple[str, str | None]:
+    """(status, what differs) of one copy against the kept copy's digests."""
+    for row, whose in ((copy, "this copy"), (kept, "the kept copy")):
+        if row["error_message"]:
+            return "conflict", f"{whose} could not be compared: {row['error_message']}"
+    if copy["header_sha256"] != kept["header_sha256"]:
+        return "conflict", "another header"
+    if copy["pixels_sha256"] != kept["pixels_sha256"]:
+        return "conflict", "other pixel values"
+    return "duplicate", None
 
 
 def _quarantine_rows(failures: DataFrame, run_id: str, now: datetime) -> DataFrame:
@@ -535,12 +698,7 @@ def _pixel_stage(
     ic = config.ingest
     if not records:
         return 0, None
-    settings = PixelSettings(
-        max_member_bytes=ic.max_member_bytes,
-        max_decoded_bytes=ic.max_decoded_bytes,
-        isolate_decoders=ic.isolate_decoders,
-        decode_timeout_s=ic.decode_timeout_s,
-    )
+    settings = _pixel_settings(config)
     # Image rows written, and instances that gave fewer than their frames, counted on the
     # executors. When every instance gave exactly its frames, the pass needs no second look at
     # what it wrote. A task run twice can only raise the counts, which leads to that look.

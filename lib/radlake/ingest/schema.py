@@ -109,6 +109,38 @@ QUARANTINE = StructType(
     )
 )
 
+#: Extra copies of a stored instance: the same SOPInstanceUID and the same content (the same bytes,
+#: or the same header without its encoding attributes and the same decoded pixel values), with the
+#: copy that was kept. One row per copy (``duplicate_id``: path, member and bytes).
+DUPLICATES = StructType(
+    struct_fields(("duplicate_id", _S))
+    + SOURCE_FIELDS
+    + struct_fields(
+        ("sop_instance_uid", _S),
+        ("content_sha256", _S),
+        ("transfer_syntax_uid", _S),
+        ("same_bytes", _B),
+        ("kept_path", _S),
+        ("kept_member", _S),
+        ("kept_content_sha256", _S),
+        ("ingest_run_id", _S),
+        ("recorded_at", TimestampType()),
+    )
+)
+
+#: One copy's content digests (:func:`radlake.ingest.copies.copy_digests`), from the comparison pass.
+COPY_DIGESTS = StructType(
+    struct_fields(
+        ("sop_instance_uid", _S),
+        ("path", _S),
+        ("member", _S),
+        ("content_sha256", _S),
+        ("header_sha256", _S),
+        ("pixels_sha256", _S),
+        ("error_message", _S),
+    )
+)
+
 #: What the header pass yields per file or member: an instance, a failure, or a skipped record.
 HEADER_RESULT = StructType(
     struct_fields(("kind", _S))
