@@ -4,6 +4,8 @@ Every subcommand takes ``--conf NAME|PATH`` and any number of ``--set key=value`
 the configuration is loaded and validated before anything else runs, so a wrong key
 fails in a second with a message naming it. Errors in radlake's input
 (:class:`~radlake.errors.RadlakeError`) print one line and exit with status 2.
+SIGTERM and SIGINT stop a command cleanly (:mod:`radlake.stops`): the MLflow runs it
+opened end KILLED, and it prints one line and exits with 143 or 130.
 
 ``get_args_parser()`` is reusable: ``jobs/*.py`` call :func:`main` with their own
 arguments, so a Databricks task and a terminal run the same code.
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from radlake import __version__
 from radlake.config import RadlakeConfig, config_as_yaml, load_config
 from radlake.errors import RadlakeError
+from radlake.stops import Stopped, handle_stops
 
 Command = Callable[[argparse.Namespace, RadlakeConfig], int]
 
@@ -330,12 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
-        overrides = list(args.overrides) + _flag_overrides(args)
-        config = load_config(args.conf, overrides=overrides)
-        return int(args.func(args, config) or 0)
+        with handle_stops():
+            overrides = list(args.overrides) + _flag_overrides(args)
+            config = load_config(args.conf, overrides=overrides)
+            return int(args.func(args, config) or 0)
     except RadlakeError as exc:
         print(f"radlake {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"radlake {args.command}: {stop}; any MLflow run it had open ended KILLED", file=sys.stderr)
+        return stop.exit_code
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:

@@ -4,6 +4,9 @@ Locally the embedded default is a sqlite store ``<storage.root>/mlflow.db`` with
 under ``<storage.root>/mlartifacts`` (MLflow 3 refuses a plain file store). On Databricks the
 configuration says ``databricks`` / ``databricks-uc`` and experiments are workspace paths.
 
+Runs are opened with :func:`run_scope` (``mlflow.start_run`` that ends a run KILLED, not
+FAILED, when the process is stopped: :mod:`radlake.stops`).
+
 Example
 -------
 >>> from radlake.config import load_config
@@ -16,7 +19,10 @@ mlflow server --backend-store-uri sqlite:////tmp/rl-doc/mlflow.db --host 127.0.0
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 
@@ -24,6 +30,8 @@ from radlake.config import RadlakeConfig
 
 if TYPE_CHECKING:
     from radlake.tables import Table
+
+_logger = logging.getLogger(__name__)
 
 
 def configure_mlflow(config: RadlakeConfig, experiment: str | None = None) -> str:
@@ -58,6 +66,46 @@ def configure_mlflow(config: RadlakeConfig, experiment: str | None = None) -> st
         experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextmanager
+def run_scope(**start_run: Any) -> Iterator[mlflow.ActiveRun]:
+    """``with mlflow.start_run(**start_run)``, except that a stop ends the run KILLED.
+
+    The run ends FINISHED when the block completes and FAILED when it raises; when it
+    raises ``KeyboardInterrupt`` (SIGINT, or SIGTERM under :func:`radlake.stops.handle_stops`)
+    it ends KILLED and the interrupt goes on.
+
+    Example
+    -------
+    >>> with run_scope(run_name="train-vertebra", nested=True) as run:  # doctest: +SKIP
+    ...     mlflow.log_param("epochs", 2)
+    """
+    with mlflow.start_run(**start_run) as run:
+        try:
+            yield run
+        except KeyboardInterrupt:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run.info.run_id:
+                mlflow.end_run("KILLED")  # mlflow's own exit then leaves the ended run alone
+            raise
+
+
+def end_active_runs(status: str) -> list[str]:
+    """End every run on this thread's active run stack with ``status``, innermost first; returns their ids.
+
+    A run whose status cannot be written (the store is gone) is still taken off the stack,
+    and the others are ended.
+    """
+    ended = []
+    while (active := mlflow.active_run()) is not None:
+        try:
+            mlflow.end_run(status)
+        except Exception as exc:  # noqa: BLE001 - end_run pops the run before it writes: the loop goes on
+            _logger.warning("Could not end MLflow run %s %s: %s", active.info.run_id, status, exc)
+            continue
+        ended.append(active.info.run_id)
+    return ended
 
 
 def ui_command(config: RadlakeConfig, *, port: int = 5000) -> str:

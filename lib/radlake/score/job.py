@@ -299,7 +299,7 @@ def score_archive(
     from pyspark import StorageLevel
 
     import radlake
-    from radlake.tracking import configure_mlflow
+    from radlake.tracking import configure_mlflow, run_scope
 
     started = time.perf_counter()
     sc = config.score
@@ -318,7 +318,7 @@ def score_archive(
     findings_ref.ensure(spark, STUDY_FINDINGS)
 
     parent = mlflow.active_run()
-    with mlflow.start_run(
+    with run_scope(
         run_name="score",
         nested=parent is not None,
         experiment_id=parent.info.experiment_id if parent else experiment_id,

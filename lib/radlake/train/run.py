@@ -14,7 +14,8 @@ Order of work:
    split's digest; the resolved configuration as an artifact; each table as a dataset
    input (name, version, split);
 3. ``TorchDistributor(num_processes, local_mode, use_gpu).run(train_worker, settings)``;
-   rank 0 logs metrics, figures and the pyfunc model into the same run;
+   rank 0 logs metrics, figures and the pyfunc model into the same run (a stop ends the
+   training processes and the run KILLED: :mod:`radlake.stops`);
 4. read the run back from MLflow (not from the distributor's return value).
 """
 
@@ -36,7 +37,7 @@ from radlake.errors import ConfigError
 from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
 from radlake.models.levels import LEVELS
 from radlake.tables import Table
-from radlake.tracking import configure_mlflow, detector_experiment, log_table_input
+from radlake.tracking import configure_mlflow, detector_experiment, log_table_input, run_scope
 from radlake.train.schmorl import end_to_end_metrics, pin_vertebra_model, schmorl_view
 from radlake.train.view import (
     IMAGE_COLUMNS,
@@ -355,7 +356,7 @@ def train_detector(
     data = prepare_training_data(spark, config, detector, versions=versions)
     config, pinned = data.config, data.pinned
     settings = getattr(config.train, detector)
-    with mlflow.start_run(
+    with run_scope(
         run_name=run_name or f"train-{detector}", nested=parent is not None, experiment_id=experiment_id
     ) as run:
         log_run_config(config, data, tags)

@@ -19,9 +19,16 @@
    cluster :class:`mlflow.pyspark.optuna.study.MlflowSparkStudy` spreads them over the
    Spark executors.
 4. A pruned trial's run ends KILLED with tag ``radlake.pruned_reason``; a crashed one
-   FAILED with tag ``radlake.error`` (the sweep goes on). Trials left RUNNING by an
-   interrupted sweep are marked FAILED with ``radlake.error`` "interrupted: ..." when the
-   sweep is started again (KILLED would read back as *pruned* in this storage).
+   FAILED with tag ``radlake.error`` (the sweep goes on). A sweep stopped by SIGTERM or
+   SIGINT (:mod:`radlake.stops`) ends its running trials KILLED with tags
+   ``radlake.interrupted`` and ``radlake.error`` "interrupted: ...", and its parent run
+   KILLED: each trial process ends its own trial, then the parent ends any left. KILLED
+   alone reads back as *pruned* in this storage, so a stopped trial also carries the
+   system attribute :data:`INTERRUPTED_ATTR`, and :class:`SweepStorage` reads it as failed:
+   it is no pruned trial to the sampler or in the study's counts. Trials left RUNNING by a
+   sweep that could not end them (SIGKILL, a lost machine) are marked FAILED with
+   ``radlake.error`` "interrupted: ..." when the sweep is started again. Either way the
+   sweep, started again, continues its study.
 5. The best complete trial by ``val_<metric>`` (the final epoch's validation value: the
    test split stays out of model selection, so the promotion gate's test comparison is
    not biased by the sweep) is registered as ``challenger`` and goes through
@@ -37,16 +44,21 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+from mlflow.optuna.storage import MlflowStorage
+from optuna.trial import TrialState
 
 from radlake.config import RadlakeConfig, config_as_yaml
 from radlake.errors import ConfigError
-from radlake.tracking import configure_mlflow, detector_experiment
+from radlake.stops import Stopped, die_with_parent, handle_stops
+from radlake.tracking import configure_mlflow, detector_experiment, run_scope
 from radlake.train.run import (
     TrainingData,
     get_stage,
@@ -69,6 +81,10 @@ PRUNED_REASON_TAG = "radlake.pruned_reason"
 ERROR_TAG = "radlake.error"
 #: Longest error text kept in a tag (MLflow allows 8,000 characters).
 MAX_TAG_CHARS = 4000
+#: Tag (``"true"``) on a trial's run that a stop ended, or that a resume found left RUNNING.
+INTERRUPTED_TAG = "radlake.interrupted"
+#: Trial system attribute (True) of a trial a stop ended: its run is KILLED, but it was not pruned.
+INTERRUPTED_ATTR = "radlake_interrupted"
 
 
 def trial_storage_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial):
@@ -82,6 +98,24 @@ def trial_storage_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial):
 def trial_run_id(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> str:
     """The MLflow run id of a trial: with ``MlflowStorage`` a trial's storage id is its run id."""
     return str(trial_storage_id(trial))
+
+
+class SweepStorage(MlflowStorage):
+    """:class:`~mlflow.optuna.storage.MlflowStorage` that reads a stopped trial as failed, not pruned.
+
+    The storage maps run statuses to trial states one to one, and KILLED is PRUNED. A
+    trial that a stop ended (:func:`stop_trial`) has a KILLED run too, so that MLflow
+    shows it stopped, and the system attribute :data:`INTERRUPTED_ATTR`: this storage
+    reads such a trial as FAIL, so that it neither counts as pruned nor reaches a sampler
+    as an observation. (Trials on Spark executors read the study through a plain
+    ``MlflowStorage``, which still sees them pruned.)
+    """
+
+    def get_trial(self, trial_id) -> optuna.trial.FrozenTrial:
+        trial = super().get_trial(trial_id)
+        if trial.state == TrialState.PRUNED and trial.system_attrs.get(INTERRUPTED_ATTR):
+            trial.state = TrialState.FAIL
+        return trial
 
 
 @dataclass(frozen=True)
@@ -210,30 +244,54 @@ def _open_study(storage, name: str, space: SearchSpace, *, seed_offset: int = 0)
 def _local_worker(
     objective: TrialObjective, experiment_id: str, quota: int, deadline: float | None, lock, index: int
 ) -> None:
-    """One local sweep process: ``quota`` trials, ask/tell through the shared study."""
-    import optuna
-    from mlflow.optuna.storage import MlflowStorage
+    """One local sweep process: ``quota`` trials, ask/tell through the shared study.
 
+    Stopped (the parent terminates it, or SIGINT reaches the whole process group), it ends
+    its running trial as stopped (:func:`stop_trial`) and exits with 143 or 130; it gets
+    SIGTERM when the parent dies.
+    """
+    import optuna
+
+    die_with_parent(signal.SIGTERM)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mlflow.set_tracking_uri(objective.tracking_uri)
     mlflow.set_registry_uri(objective.registry_uri)
-    storage = MlflowStorage(experiment_id)
+    storage = SweepStorage(experiment_id)
+    try:
+        with handle_stops():
+            _pull_trials(objective, storage, quota, deadline, lock, index)
+    except Stopped as stop:
+        sys.exit(stop.exit_code)  # no traceback from multiprocessing: the parent reports the stop
+
+
+def _pull_trials(
+    objective: TrialObjective, storage: SweepStorage, quota: int, deadline: float | None, lock, index: int
+) -> None:
+    import optuna
+
     study = _open_study(storage, objective.study_name, objective.space, seed_offset=index)
+    trial = None
     try:
         for _ in range(quota):
             if deadline is not None and time.time() >= deadline:
                 break
+            trial = None
             with lock:  # MlflowStorage's claim of an enqueued trial is not atomic across processes
                 trial = study.ask()
             try:
                 value = objective(trial)
             except optuna.TrialPruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                study.tell(trial, state=TrialState.PRUNED)
             except Exception:  # tagged by the objective; the sweep goes on
                 _logger.exception("Trial %d failed", trial.number)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                study.tell(trial, state=TrialState.FAIL)
             else:
                 study.tell(trial, value)
+    except KeyboardInterrupt as exc:
+        if trial is not None:  # a trial asked for but not told: this process's to end
+            stop = exc if isinstance(exc, Stopped) else Stopped(signal.SIGINT)
+            stop_trial(storage, trial_storage_id(trial), f"the sweep was {stop} while this trial ran")
+        raise
     finally:
         storage.flush_all_batches()
 
@@ -255,11 +313,15 @@ def _run_local(objective: TrialObjective, experiment_id: str, remaining: int, pa
         for p in processes:
             p.join()
     except BaseException:
+        # Stopped (or failing): each process ends its trial on SIGTERM; none may outlive this one.
         for p in processes:
             if p.is_alive():
                 p.terminate()
         for p in processes:
             p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=10)
         raise
     bad = [f"{p.name} (exit code {p.exitcode})" for p in processes if p.exitcode != 0]
     if bad:  # trial errors are caught inside; this is the process itself (its log is above)
@@ -282,6 +344,44 @@ def _run_on_executors(
     study.optimize(objective, n_trials=remaining, n_jobs=parallel, timeout=timeout, catch=(Exception,))
 
 
+def stop_trial(storage: MlflowStorage, trial_id, reason: str) -> bool:
+    """End a RUNNING trial that a stop interrupted: run KILLED, read back as FAIL by :class:`SweepStorage`.
+
+    Tags ``radlake.interrupted`` and ``radlake.error`` ("interrupted: <reason>") go on the
+    run, and the system attribute :data:`INTERRUPTED_ATTR` is written before the status, so
+    that no reader ever sees the trial pruned. A trial that is no longer RUNNING (it
+    completed, was pruned or failed before the stop took effect) is left as it is.
+
+    Returns
+    -------
+    bool
+        Whether the trial was ended.
+    """
+    client = mlflow.MlflowClient()
+    run_id = str(trial_id)
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, ERROR_TAG, f"interrupted: {reason}"[:MAX_TAG_CHARS])
+    client.set_tag(run_id, INTERRUPTED_TAG, "true")
+    storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
+    storage.flush_all_batches()
+    client.set_terminated(run_id, "KILLED")
+    return True
+
+
+def stop_trials(study: optuna.Study, storage: MlflowStorage, reason: str) -> list[int]:
+    """:func:`stop_trial` every trial of ``study`` still RUNNING; returns their numbers.
+
+    For the sweep's parent, after its trial processes ended (or its Spark jobs were
+    cancelled): it ends what they could not. Only while no other sweep of the study runs.
+    """
+    return [
+        trial.number
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if stop_trial(storage, trial_storage_id(trial), reason)
+    ]
+
+
 def mark_interrupted(study: optuna.Study, storage) -> list[int]:
     """Mark trials left RUNNING (by a sweep that was stopped) FAILED, with an ``interrupted`` reason.
 
@@ -297,7 +397,7 @@ def mark_interrupted(study: optuna.Study, storage) -> list[int]:
         client.set_tag(
             run_id, ERROR_TAG, "interrupted: the sweep stopped while this trial ran; marked failed on resume"
         )
-        client.set_tag(run_id, "radlake.interrupted", "true")
+        client.set_tag(run_id, INTERRUPTED_TAG, "true")
         storage.set_trial_state_values(trial_storage_id(trial), optuna.trial.TrialState.FAIL)
         numbers.append(trial.number)
     return numbers
@@ -346,7 +446,6 @@ def run_sweep(
         study whose metric or direction differs from the request.
     """
     import optuna
-    from mlflow.optuna.storage import MlflowStorage
 
     if trials < 1:
         raise ConfigError(f"Argument 'trials' must be >= 1, got {trials}.")
@@ -362,7 +461,7 @@ def run_sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     experiment_id = configure_mlflow(config, detector_experiment(config, detector))
-    storage = MlflowStorage(experiment_id)
+    storage = SweepStorage(experiment_id)
     resumed = storage.get_study_id_by_name_if_exists(name) is not None
     versions = None
     if resumed:
@@ -397,8 +496,7 @@ def run_sweep(
     parent_run_id = storage.get_study_id_from_name(name)
     storage.flush_all_batches()
 
-    mlflow.start_run(run_id=parent_run_id)
-    try:
+    with run_scope(run_id=parent_run_id):
         if not resumed:
             mlflow.log_params(
                 {
@@ -438,17 +536,17 @@ def run_sweep(
         )
         if remaining:
             _logger.info("Sweep %s: %d trials to run, %d at a time", name, remaining, parallel)
-            if on_executors:
-                _run_on_executors(objective, storage, search, remaining, parallel, timeout)
-            else:
-                deadline = time.time() + timeout if timeout else None
-                _run_local(objective, experiment_id, remaining, min(parallel, remaining), deadline)
-        result = _finish(spark, config, data, stage, study, storage, name, metric, register, resumed, experiment_id)
-    except BaseException:
-        mlflow.end_run("KILLED")
-        raise
-    mlflow.end_run("FINISHED")
-    return result
+            try:
+                if on_executors:
+                    _run_on_executors(objective, storage, search, remaining, parallel, timeout)
+                else:
+                    deadline = time.time() + timeout if timeout else None
+                    _run_local(objective, experiment_id, remaining, min(parallel, remaining), deadline)
+            except KeyboardInterrupt as exc:  # the trial processes are gone (or their Spark jobs cancelled)
+                stop = exc if isinstance(exc, Stopped) else Stopped(signal.SIGINT)
+                stop_trials(study, storage, f"the sweep was {stop} while this trial ran")
+                raise
+        return _finish(spark, config, data, stage, study, storage, name, metric, register, resumed, experiment_id)
 
 
 def _finish(spark, config, data, stage, study, storage, name, metric, register, resumed, experiment_id) -> SweepResult:

@@ -15,12 +15,17 @@ A sweep trial (:mod:`radlake.train.sweep`) calls :func:`train_worker` in one pro
 (world size 1) with ``on_epoch``: it receives each epoch's validation metrics and may
 raise (``optuna.TrialPruned``) to stop the trial; its MLflow run is then left RUNNING
 for the caller (settings ``end_run=False``), whose Optuna storage owns the run's status.
+
+A process started by ``torchrun`` dies with it (:func:`radlake.stops.die_with_parent`):
+when the driver is stopped, ``TorchDistributor`` kills ``torchrun`` after half a second,
+and a worker left behind would train on and could end the run the driver ended KILLED.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +55,11 @@ def train_worker(settings: dict[str, Any], *, on_epoch: Callable[[int, dict[str,
         (``train_*`` losses, ``val_*`` metrics). Only for world size 1: an
         exception it raises stops training there, before the test evaluation and the model.
     """
+    from radlake.stops import die_with_parent
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: SIGKILL, no last writes to the run
+        die_with_parent(signal.SIGKILL)
+
     import torch
     import torch.distributed as dist
 

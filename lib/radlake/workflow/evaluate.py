@@ -166,7 +166,7 @@ def evaluate_models(
     from radlake.data.labels import import_labels
     from radlake.ingest import run_ingest
     from radlake.score.job import check_models, score_archive
-    from radlake.tracking import configure_mlflow
+    from radlake.tracking import configure_mlflow, run_scope
 
     started = time.perf_counter()
     check_evaluate_config(config)
@@ -181,7 +181,7 @@ def evaluate_models(
     held = evaluation_config(config, root_dir, floor)
     experiment_id = configure_mlflow(config, f"{config.mlflow.experiment}-evaluation")
     name = run_name or f"evaluate-{root_dir.name}"
-    with mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=mlflow.active_run() is not None) as run:
+    with run_scope(run_name=name, experiment_id=experiment_id, nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags(
             {
                 "radlake.step": "evaluate",

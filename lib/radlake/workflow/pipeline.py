@@ -25,7 +25,8 @@ outputs as tags ``output.<name>`` (and ``outputs.json``), and handed on. A step 
 alone (``--steps crops,train_schmorl``) takes its inputs from the command line; an
 input nobody gave falls back to the current state (a table's latest version, the
 configured model URI). Under ``mlflow run`` (the ``MLproject`` entry points) the
-project's run is the parent.
+project's run is the parent. Stopped by SIGTERM or SIGINT, the parent and the running
+step's run end KILLED (:mod:`radlake.stops`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import mlflow
 from radlake.config import RadlakeConfig
 from radlake.errors import ConfigError, RadlakeError
 from radlake.tables import Table, table_ref
+from radlake.tracking import configure_mlflow, run_scope
 from radlake.workflow.task_values import publish
 
 
@@ -223,14 +225,12 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> PipelineResult:
     """Run ``steps`` (default all) under one parent MLflow run; see the module docstring."""
-    from radlake.tracking import configure_mlflow
-
     chosen = parse_steps(steps)
     state = {k: str(v) for k, v in (inputs or {}).items() if v not in (None, "")}
     experiment_id = configure_mlflow(config)
     # Under `mlflow run` (MLFLOW_RUN_ID set) the project's run, in its own experiment, is the parent.
     under_project = bool(os.environ.get("MLFLOW_RUN_ID"))
-    with mlflow.start_run(run_name="pipeline", experiment_id=None if under_project else experiment_id) as parent:
+    with run_scope(run_name="pipeline", experiment_id=None if under_project else experiment_id) as parent:
         experiment_id = parent.info.experiment_id  # under `mlflow run`, the project's run and experiment
         mlflow.set_tags({"radlake.pipeline_steps": ",".join(chosen)})
         mlflow.log_params({f"input.{k}": v for k, v in state.items()})
@@ -259,7 +259,7 @@ def _run_step(name, spark, config, state, experiment_id):
         step_inputs, outputs, details = _STEP_FUNCTIONS[name](spark, config, state)
         run_id = details["run_id"]
     else:
-        with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as child:
+        with run_scope(run_name=name, nested=True, experiment_id=experiment_id) as child:
             step_inputs, outputs, details = _STEP_FUNCTIONS[name](spark, config, state)
             run_id = child.info.run_id
     client.set_tag(run_id, "radlake.step", name)
