@@ -14,7 +14,7 @@ DEMO_STUDIES ?= 24
 DEMO_NODE_FRACTION ?= 0.7
 PYTEST_ARGS ?=
 
-.PHONY: setup check-prereqs demo test cluster-test bench lint clean clean-all
+.PHONY: setup check-prereqs demo test cluster-test connect-test bench lint clean clean-all
 
 setup: check-prereqs $(VENV)/.radlake-installed $(VENV)/share/radlake/jars/COORDINATE
 
@@ -44,6 +44,12 @@ test: setup
 # with local_mode: false: ingest, labels, both trainings (DDP on the executor), crops, score (9 to 13 min on 2 cores).
 cluster-test: setup
 	$(BIN)/python -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
+
+# A Spark Connect server on 127.0.0.1 (pyspark's spark-submit, the Delta jars), and radlake's commands as its
+# clients (--set spark.remote=sc://...): ingest, labels import, crops and score, each table compared row for row
+# with a classic local run of the same inputs.
+connect-test: setup
+	$(BIN)/python -m pytest -m connect tests/connect $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench

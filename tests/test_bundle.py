@@ -8,12 +8,18 @@ name, ``depends_on`` / ``job_cluster_key`` / task-value references, undefined ``
 duplicate task keys, target modes, and every task's arguments against radlake's own command line
 and configuration schema. Each checker returns a list of problems; the negative tests feed it a
 broken copy of the bundle and expect the problem to be named.
+
+The bundle has two computes (``var.compute``): ``classic`` (every job on its job cluster, the
+YAML as written) and ``serverless`` (ingest and score on their serverless environment), made by
+the bundle's Python mutator (``resources/compute.py``) as ``databricks bundle`` would. Every
+check runs on both.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -34,6 +40,10 @@ TASK_VALUE_REF = re.compile(r"\{\{\s*tasks\.([A-Za-z0-9_-]+)\.values\.([A-Za-z0-
 #: Namespaces a ``${...}`` reference may use in this bundle.
 REF_NAMESPACES = ("var", "bundle", "workspace", "resources", "artifacts")
 MODES = ("development", "production")
+#: Values of ``var.compute`` (resources/compute.py).
+COMPUTES = ("classic", "serverless")
+#: Task fields that choose where a task runs; a task sets at most one.
+COMPUTE_FIELDS = ("job_cluster_key", "environment_key", "existing_cluster_id", "new_cluster")
 #: What each pipeline step publishes (the outputs column of radlake.workflow.pipeline's table).
 STEP_OUTPUTS = {
     "ingest": {"instances_version", "series_version", "images_version", "quarantine_version"},
@@ -140,6 +150,42 @@ def job_file_command(path: Path) -> list[str]:
     return []
 
 
+def python_mutators(bundle: Mapping, root: Path = REPO) -> list:
+    """The ``ResourceMutator`` objects that ``python.mutators`` names (``module.path:function``, from ``root``)."""
+    found = []
+    for name in (bundle.get("python") or {}).get("mutators") or []:
+        module, _, function = name.partition(":")
+        file = root / Path(*module.split(".")).with_suffix(".py")
+        spec = importlib.util.spec_from_file_location(f"_bundle_{module.replace('.', '_')}", file)
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        found.append(getattr(loaded, function))
+    return found
+
+
+def with_compute(bundle: Mapping, compute: str, target: str = "dev", root: Path = REPO) -> dict:
+    """``bundle`` as the CLI loads it with ``--var compute=<compute>``: its Python job mutators applied.
+
+    A job that a mutator leaves unchanged keeps its YAML dict exactly; a changed one is the
+    mutator's ``Job.as_dict()``.
+    """
+    from databricks.bundles.core import Bundle
+    from databricks.bundles.jobs import Job
+
+    out = copy.deepcopy(dict(bundle))
+    out["variables"]["compute"]["default"] = compute
+    info = Bundle(target=target, variables=target_variables(out, target))
+    for mutator in python_mutators(out, root):
+        if mutator.resource_type is not Job:
+            continue
+        for name, job in jobs_of(out).items():
+            parsed = Job.from_dict(job)
+            mutated = mutator.function(info, parsed)
+            if mutated is not parsed:
+                out["resources"]["jobs"][name] = mutated.as_dict()
+    return out
+
+
 # -------------------------------------------------------------------------------------- checkers
 
 
@@ -163,6 +209,9 @@ def check_structure(bundle: Mapping, root: Path = REPO) -> list[str]:
         clusters = [c.get("job_cluster_key") for c in job.get("job_clusters") or []]
         for key in sorted({k for k in clusters if clusters.count(k) > 1}):
             problems.append(f"{job_name}: duplicate job_cluster_key '{key}'")
+        environments = {e.get("environment_key"): e.get("spec") or {} for e in job.get("environments") or []}
+        if len(environments) != len(job.get("environments") or []):
+            problems.append(f"{job_name}: duplicate environment_key in environments")
         for task in tasks:
             key = task.get("task_key")
             for dep in task.get("depends_on") or []:
@@ -173,6 +222,14 @@ def check_structure(bundle: Mapping, root: Path = REPO) -> list[str]:
             cluster = task.get("job_cluster_key")
             if cluster is not None and cluster not in clusters:
                 problems.append(f"{job_name}.{key}: job_cluster_key '{cluster}' is not in job_clusters")
+            environment = task.get("environment_key")
+            if environment is not None and environment not in environments:
+                problems.append(f"{job_name}.{key}: environment_key '{environment}' is not in environments")
+            chosen = [f for f in COMPUTE_FIELDS if task.get(f) is not None]
+            if len(chosen) > 1:
+                problems.append(f"{job_name}.{key}: more than one compute ({', '.join(chosen)})")
+            if environment is not None and task.get("libraries"):
+                problems.append(f"{job_name}.{key}: libraries on a serverless task (list them in its environment)")
             conf = option_values(task_arguments(task), "--conf")
             if conf and not conf[0].endswith((".yml", ".yaml")) and cluster in clusters:
                 # a configuration by name is looked up in $RADLAKE_CONF_DIR, else ./conf of an unknown cwd
@@ -181,17 +238,28 @@ def check_structure(bundle: Mapping, root: Path = REPO) -> list[str]:
                     problems.append(
                         f"{job_name}.{key}: --conf {conf[0]} but job cluster '{cluster}' sets no RADLAKE_CONF_DIR"
                     )
+            if conf and not conf[0].endswith((".yml", ".yaml")) and environment is not None:
+                problems.append(f"{job_name}.{key}: --conf {conf[0]} by name on serverless (no RADLAKE_CONF_DIR there)")
             spt = task.get("spark_python_task")
             if spt is not None:
                 file = root / spt.get("python_file", "")
                 if not spt.get("python_file") or not file.is_file():
                     problems.append(f"{job_name}.{key}: python_file '{spt.get('python_file')}' does not exist")
             if spt is not None or task.get("python_wheel_task") is not None:
-                wheels = [
-                    lib["whl"] for lib in task.get("libraries") or [] if isinstance(lib, Mapping) and "whl" in lib
-                ]
+                if environment is not None:  # serverless: the environment installs the wheel
+                    wheels = [
+                        d for d in environments.get(environment, {}).get("dependencies") or [] if d.endswith(".whl")
+                    ]
+                else:
+                    wheels = [
+                        lib["whl"] for lib in task.get("libraries") or [] if isinstance(lib, Mapping) and "whl" in lib
+                    ]
                 if not wheels:
                     problems.append(f"{job_name}.{key}: no wheel library (radlake would not be installed)")
+                if not chosen:
+                    problems.append(
+                        f"{job_name}.{key}: no compute (a Python task needs a cluster or an environment_key)"
+                    )
                 for whl in wheels:
                     if not any(
                         os.path.normpath(whl).startswith(os.path.normpath(os.path.join(d, "dist"))) for d in wheel_dirs
@@ -305,6 +373,9 @@ def check_task_arguments(bundle: Mapping, root: Path = REPO) -> list[str]:
                     if getattr(ns, "steps", None):
                         parse_steps(ns.steps)
                     conf = root / "conf" / f"{ns.conf}.yml"  # where RADLAKE_CONF_DIR points on the cluster
+                    synced = DEPLOY_VALUES["workspace.file_path"] + "/"  # the bundle's files on the workspace
+                    if ns.conf.startswith(synced):
+                        conf = root / ns.conf[len(synced) :]
                     load_config(conf if conf.is_file() else ns.conf, overrides=ns.overrides)
                 except RadlakeError as exc:
                     problems.append(f"{where}: {exc}")
@@ -352,6 +423,17 @@ def bundle() -> dict:
     return load_bundle()
 
 
+@pytest.fixture(scope="module", params=COMPUTES)
+def loaded(bundle, request) -> dict:
+    """The bundle as ``databricks bundle`` loads it with ``--var compute=<classic|serverless>``."""
+    return with_compute(bundle, request.param)
+
+
+@pytest.fixture(scope="module")
+def serverless(bundle) -> dict:
+    return with_compute(bundle, "serverless")
+
+
 @pytest.fixture(scope="module")
 def validator():
     if not SCHEMA_FILE.is_file():
@@ -359,12 +441,12 @@ def validator():
     return schema_validator()
 
 
-def test_bundle_structure(bundle):
-    assert check_structure(bundle) == []
+def test_bundle_structure(loaded):
+    assert check_structure(loaded) == []
 
 
-def test_bundle_references(bundle):
-    assert check_references(bundle) == []
+def test_bundle_references(loaded):
+    assert check_references(loaded) == []
 
 
 #: Variables the production deployment passes (CI: BUNDLE_VAR_service_principal=<application id>).
@@ -378,16 +460,40 @@ def test_bundle_targets(bundle):
     assert bundle["targets"]["prod"]["mode"] == "production"
 
 
-def test_bundle_jobs_parse_with_databricks_bundles(bundle):
-    assert check_jobs_parse(bundle) == []
+def test_bundle_jobs_parse_with_databricks_bundles(loaded):
+    assert check_jobs_parse(loaded) == []
 
 
-def test_bundle_task_arguments_parse_with_radlake_cli(bundle):
-    assert check_task_arguments(bundle) == []
+def test_bundle_task_arguments_parse_with_radlake_cli(loaded):
+    assert check_task_arguments(loaded) == []
 
 
-def test_bundle_matches_json_schema(bundle, validator):
-    assert check_schema(bundle, validator) == []
+def test_bundle_matches_json_schema(loaded, validator):
+    assert check_schema(loaded, validator) == []
+
+
+def test_bundle_compute_choice(bundle, serverless):
+    """classic is the default and the YAML as written; serverless moves ingest and score only."""
+    assert bundle["variables"]["compute"]["default"] == "classic"
+    assert all("compute" not in (t.get("variables") or {}) for t in bundle["targets"].values())
+    assert with_compute(bundle, "classic") == bundle
+    yaml_jobs, moved = jobs_of(bundle), jobs_of(serverless)
+    assert {name for name in yaml_jobs if moved[name] != yaml_jobs[name]} == {"radlake_ingest", "radlake_score"}
+    for name in ("radlake_ingest", "radlake_score"):
+        job = moved[name]
+        assert not job.get("job_clusters"), name
+        (environment,) = job["environments"]
+        assert environment["spec"]["dependencies"] == ["./dist/*.whl"]
+        assert "${var.serverless_environment_version}" == environment["spec"]["environment_version"]
+        for task in job["tasks"]:
+            assert task["environment_key"] == environment["environment_key"]
+            assert not {"job_cluster_key", "libraries", "new_cluster", "existing_cluster_id"} & set(task), task
+            assert option_values(task_arguments(task), "--conf") == ["${workspace.file_path}/conf/${bundle.target}.yml"]
+        # the rest of the job (schedule, parameters, timeouts) is the YAML's
+        assert job["schedule"] == yaml_jobs[name]["schedule"]
+        assert [task_arguments(t) for t in job["tasks"]] == [task_arguments(t) for t in yaml_jobs[name]["tasks"]]
+    for task in moved["radlake_train"]["tasks"]:  # training stays on its job clusters, GPU included
+        assert task["job_cluster_key"] in {"cpu", "gpu"} and "environment_key" not in task
 
 
 def test_bundle_shape(bundle):
@@ -460,8 +566,8 @@ def test_missing_task_file_is_rejected(bundle):
 
 def test_conf_by_name_without_conf_dir_is_rejected(bundle):
     broken = copy.deepcopy(bundle)
-    del broken["resources"]["jobs"]["radlake_score"]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
-    assert any("radlake_score.score" in p and "RADLAKE_CONF_DIR" in p for p in check_structure(broken))
+    del broken["resources"]["jobs"]["radlake_evaluate"]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    assert any("radlake_evaluate.evaluate" in p and "RADLAKE_CONF_DIR" in p for p in check_structure(broken))
 
 
 def test_missing_wheel_library_is_rejected(bundle):
@@ -538,3 +644,35 @@ def test_json_schema_rejects_a_wrong_bundle(bundle, validator):
     bad["resources"]["jobs"]["radlake_train"]["max_concurrent_runs"] = "${var.9}"
     assert check_schema(ok, validator) == []
     assert any("radlake_train/max_concurrent_runs" in p for p in check_schema(bad, validator))
+
+
+def test_serverless_task_mistakes_are_rejected(serverless):
+    broken = copy.deepcopy(serverless)
+    _task(broken, "radlake_score", "score")["environment_key"] = "default"
+    ingest = _task(broken, "radlake_ingest", "ingest")
+    ingest["libraries"] = [{"whl": "./dist/*.whl"}]
+    ingest["job_cluster_key"] = "cpu"
+    params = ingest["spark_python_task"]["parameters"]
+    params[params.index("${workspace.file_path}/conf/${bundle.target}.yml")] = "${bundle.target}"
+    problems = check_structure(broken)
+    assert any("radlake_score.score: environment_key 'default' is not in environments" in p for p in problems)
+    assert any("radlake_ingest.ingest: more than one compute" in p for p in problems)
+    assert any("radlake_ingest.ingest: libraries on a serverless task" in p for p in problems)
+    assert any("radlake_ingest.ingest" in p and "by name on serverless" in p for p in problems)
+
+
+def test_serverless_environment_without_the_wheel_is_rejected(serverless):
+    broken = copy.deepcopy(serverless)
+    broken["resources"]["jobs"]["radlake_score"]["environments"][0]["spec"]["dependencies"] = ["pydicom"]
+    assert any("radlake_score.score: no wheel library" in p for p in check_structure(broken))
+    del _task(broken, "radlake_ingest", "ingest")["environment_key"]
+    assert any("radlake_ingest.ingest: no compute" in p for p in check_structure(broken))
+
+
+def test_compute_mutator_rejects_a_wrong_value_or_environment(bundle):
+    with pytest.raises(ValueError, match="must be one of"):
+        with_compute(bundle, "gpu")
+    broken = copy.deepcopy(bundle)
+    del broken["resources"]["jobs"]["radlake_score"]["environments"]
+    with pytest.raises(ValueError, match="exactly one environment"):
+        with_compute(broken, "serverless")

@@ -179,6 +179,15 @@ class SparkConfig(_Section):
     """Settings of the local Spark session; ignored on Databricks, where the cluster decides."""
 
     master: str = "local[*]"
+    remote: str | None = Field(
+        None,
+        pattern=r"^sc://",
+        description=(
+            "A Spark Connect server (sc://host:port, e.g. Databricks serverless or a standard-access cluster "
+            "through Databricks Connect): radlake's session is then a Spark Connect client, and master, "
+            "driver_memory and the jars are the server's business."
+        ),
+    )
     driver_memory: str = Field("4g", pattern=r"^\d+[kmgt]?$")
     shuffle_partitions: int = Field(8, ge=1)
     arrow_batch_size: int = Field(1024, ge=1, description="spark.sql.execution.arrow.maxRecordsPerBatch")

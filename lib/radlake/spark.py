@@ -1,7 +1,15 @@
-"""The Spark session: Databricks' own when there is one, else a local Delta-enabled session.
+"""The Spark session: Databricks' own when there is one, a Spark Connect client, or a local Delta-enabled session.
 
 On Databricks (``DATABRICKS_RUNTIME_VERSION`` is set) :func:`get_spark` returns the
-cluster's active session and never builds one. Locally it builds ``local[*]`` with
+cluster's active session and never builds one. With ``spark.remote`` (``sc://host:port``)
+it builds a Spark Connect client of that server. A Spark Connect session (that one,
+Databricks serverless, a standard-access cluster) has no SparkContext: no RDD, broadcast,
+accumulator or JVM handle. This module is where radlake tells the two kinds apart
+(:func:`is_connect`); each classic-only call sits here behind it, beside its Spark Connect
+path: :func:`default_parallelism`, :func:`map_task_lists`, :func:`counters`,
+:func:`list_files` (and Delta tables in :mod:`radlake.tables`).
+
+Locally it builds ``local[*]`` with
 the Delta Lake extensions and catalog, the Delta jars that ``make setup`` fetched
 into ``<python prefix>/share/radlake/jars`` (so nothing is downloaded at run time), a warehouse
 under ``<storage.root>`` and settings sized for a laptop.
@@ -48,6 +56,8 @@ from xml.etree import ElementTree
 from radlake.errors import SetupError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
@@ -172,8 +182,9 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
     Returns
     -------
     SparkSession
-        Databricks' active session there; locally an existing active session if
-        one is running in this process, else a new Delta-enabled local session.
+        Databricks' active session there; else an existing active session if one is
+        running in this process; else a Spark Connect client of ``spark.remote`` if set
+        (with radlake's SQL settings for the session), else a new Delta-enabled local session.
 
     Raises
     ------
@@ -187,6 +198,13 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
         return active
     if on_databricks():
         return SparkSession.builder.getOrCreate()
+    if config.spark.remote:
+        # Only the session's SQL settings apply to a Spark Connect server (it owns master, memory and
+        # jars); one the server will not change (static, or not allowed there) is skipped by pyspark.
+        builder = SparkSession.builder.remote(config.spark.remote)
+        for key, value in {**_session_settings(config), **config.spark.extra}.items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
 
     jars = _delta_jars(config.spark.resolved_jars_dir)
     if not any(j.name.startswith("delta-spark_") for j in jars):
@@ -214,19 +232,271 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
         .config("spark.driver.memory", sc.driver_memory)
         .config("spark.driver.extraJavaOptions", java_options)
         .config("spark.local.dir", str(root / "spark-tmp"))
-        .config("spark.sql.shuffle.partitions", str(sc.shuffle_partitions))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.arrow_batch_size))
-        .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")
     )
-    for key, value in sc.extra.items():
+    for key, value in {**_session_settings(config), **sc.extra}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _session_settings(config: RadlakeConfig) -> dict[str, str]:
+    """The SQL settings radlake sets on every session it builds, local or Spark Connect."""
+    sc = config.spark
+    return {
+        "spark.sql.shuffle.partitions": str(sc.shuffle_partitions),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(sc.arrow_batch_size),
+        "spark.sql.session.timeZone": "UTC",
+    }
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """Whether ``spark`` is a Spark Connect session: no ``SparkContext``, RDD, broadcast or JVM handle.
+
+    Databricks serverless compute and standard-access clusters give one; so does
+    ``spark.remote``. Code that needs a classic-only call checks this first and keeps a
+    Spark Connect path beside it.
+    """
+    # Not imported here: the client stack (gRPC, protobuf) takes over a second to import, and a
+    # process that never imported it cannot hold a Spark Connect session.
+    connect = sys.modules.get("pyspark.sql.connect.session")
+    return connect is not None and isinstance(spark, connect.SparkSession)
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """Task slots to plan for: the classic ``SparkContext.defaultParallelism``, else the session's configuration.
+
+    Over Spark Connect there is no SparkContext; ``spark.default.parallelism`` is read
+    when the server sets it, else ``spark.sql.shuffle.partitions`` stands in.
+    """
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    for key in ("spark.default.parallelism", "spark.sql.shuffle.partitions"):
+        value = spark.conf.get(key, None)
+        if value and str(value).isdigit() and int(value) > 0:
+            return int(value)
+    return 2
+
+
+#: The input column of a :func:`map_task_lists` task function that carries each task's own list
+#: (pickled) over Spark Connect; on a classic session the lists come from a broadcast instead.
+TASK_LIST_COLUMN = "work"
+
+
+def map_task_lists(
+    spark: SparkSession, lists: Sequence[list], task_fn: Callable[..., Iterator], schema: StructType
+) -> tuple[DataFrame, Callable[[], None]]:
+    """Run ``task_fn`` once per list of ``lists``, each list in a Spark task of its own; return its rows and a release.
+
+    ``task_fn(batches, tasks=...)`` is a ``mapInArrow`` function that gets each of its
+    task lists from :func:`task_lists_of` ``(batches, tasks)``. The lists are packed on the
+    driver (balanced by expected cost), so every list must reach exactly one task:
+
+    - classic session: the lists are broadcast once and ``spark.range(n, numPartitions=n)``
+      gives each Spark task its list's index (no shuffle, no Python RDD), the fastest way;
+    - Spark Connect (no broadcast there): a small DataFrame of one row per list, ``task``
+      and the pickled list in :data:`TASK_LIST_COLUMN`, range-partitioned on ``task`` into
+      ``n`` partitions, which puts each row in a partition of its own (all ``n`` keys are
+      sampled; a partition count given explicitly is never coalesced by adaptive execution).
+
+    Parameters
+    ----------
+    spark
+        The session.
+    lists
+        ``lists[i]`` is task ``i``'s work (picklable records); at least one list.
+    task_fn
+        ``mapInArrow`` function with a keyword argument ``tasks`` (a broadcast, or None).
+    schema
+        The rows ``task_fn`` yields.
+
+    Returns
+    -------
+    tuple[DataFrame, Callable[[], None]]
+        The lazy ``mapInArrow`` result, and a function that frees the broadcast (a no-op
+        over Spark Connect), to be called once the result has been consumed.
+
+    Raises
+    ------
+    ValueError
+        If ``lists`` is empty.
+    """
+    import pickle
+    from functools import partial
+
+    if not lists:
+        raise ValueError("Argument 'lists' must hold at least one task list, got none.")
+    n_tasks = len(lists)
+    if not is_connect(spark):
+        broadcast = spark.sparkContext.broadcast(list(lists))
+        tasks = spark.range(n_tasks, numPartitions=n_tasks)
+        return tasks.mapInArrow(partial(task_fn, tasks=broadcast), schema), broadcast.destroy
+    rows = [(task, pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)) for task, records in enumerate(lists)]
+    tasks = spark.createDataFrame(rows, f"task long, {TASK_LIST_COLUMN} binary").repartitionByRange(n_tasks, "task")
+    return tasks.mapInArrow(partial(task_fn, tasks=None), schema), lambda: None
+
+
+def task_lists_of(batches: Iterable, tasks) -> Iterator[list]:
+    """The task lists of a :func:`map_task_lists` task, in order: where the executors read their work.
+
+    ``batches`` are the task's input Arrow record batches; ``tasks`` the broadcast of all
+    lists (classic session: the batches hold list indices), or None (Spark Connect: the
+    batches carry the pickled lists in :data:`TASK_LIST_COLUMN`).
+    """
+    import pickle
+
+    for batch in batches:
+        if tasks is None:
+            yield from (pickle.loads(work) for work in batch.column(TASK_LIST_COLUMN).to_pylist())
+        else:
+            yield from (tasks.value[task] for task in batch.column(0).to_pylist())
+
+
+def counters(spark: SparkSession, n: int) -> tuple | None:
+    """``n`` Spark accumulators starting at 0 on a classic session; None over Spark Connect, which has none.
+
+    Counting on the executors saves a job that would read back what was written; a
+    caller given None counts from its output instead.
+    """
+    if is_connect(spark):
+        return None
+    return tuple(spark.sparkContext.accumulator(0) for _ in range(n))
+
+
+def list_files(spark: SparkSession, uri: str) -> list[tuple[str, int, int]]:
+    """Every file below the URI ``uri`` (``s3://``, ``abfss://``, ``dbfs:``...): (path, bytes, modified epoch ms).
+
+    Metadata only. A classic session asks Hadoop's ``FileSystem.listFiles`` on the driver
+    (through the JVM gateway), which also lists zero-byte and hidden (``_``/``.``) files.
+    Over Spark Connect, which has no JVM on the client, the ``binaryFile`` source lists
+    them with only ``path``, ``length`` and ``modificationTime`` selected (no content is
+    read); like every Spark file source it leaves out hidden files, and it skips empty ones.
+    """
+    if is_connect(spark):
+        from pyspark.sql import functions as F
+
+        reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+        listed = reader.load(uri).select("path", "length", F.unix_millis("modificationTime"))
+        return [(row[0], int(row[1]), int(row[2])) for row in listed.collect()]
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    rows = []
+    files = fs.listFiles(hadoop_path, True)
+    while files.hasNext():
+        status = files.next()
+        if status.isFile():
+            rows.append((status.getPath().toString(), int(status.getLen()), int(status.getModificationTime())))
+    return rows
+
+
+def persist(df: DataFrame) -> DataFrame:
+    """``df`` persisted in memory and on disk where the session can cache, else ``df`` as it is.
+
+    Classic sessions, standard-access clusters and a plain Spark Connect server cache.
+    Databricks serverless compute rejects caching (``NOT_SUPPORTED_WITH_SERVERLESS``): a
+    Spark Connect session that refuses it gets ``df`` back uncached, and each action on
+    it computes the query again. Pair with :func:`unpersist`.
+    """
+    from pyspark import StorageLevel
+
+    if not is_connect(df.sparkSession):
+        return df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:  # Spark Connect persists at once (an analyze request), so a refusal raises here
+        return df.persist(StorageLevel.MEMORY_AND_DISK)
+    except Exception:  # noqa: BLE001 - pyspark raises SparkConnectException subclasses; recomputing is correct too
+        return df
+
+
+def unpersist(df: DataFrame) -> None:
+    """Drop what :func:`persist` cached (nothing to do where it could not cache)."""
+    if not is_connect(df.sparkSession):
+        df.unpersist()
+        return
+    try:
+        df.unpersist()
+    except Exception:  # noqa: BLE001 - a session that cannot cache has nothing to drop
+        pass
+
+
+#: ``explain(mode="extended")`` headings of the analysed plan and of the section after it.
+_ANALYZED_HEADING = "== Analyzed Logical Plan =="
+_OPTIMIZED_HEADING = "== Optimized Logical Plan =="
+
+
+def analyzed_plan_text(df: DataFrame) -> str:
+    """The analysed logical plan of ``df`` as Spark prints it, every field shown ("" if it cannot be read).
+
+    Runs no Spark job. Classic: the plan's ``treeString`` through the JVM handle. Spark
+    Connect: the "Analyzed Logical Plan" section of ``df.explain(mode="extended")``,
+    printed with ``spark.sql.debug.maxToStringFields`` raised for the call where the
+    server allows it. The two texts differ (Connect's starts with the output schema line),
+    so plan texts compare only within one session kind. Expression ids (``#123``) are
+    left in: callers that compare plans across sessions remove them.
+    """
+    if not is_connect(df.sparkSession):
+        try:
+            plan = df._jdf.queryExecution().analyzed()  # noqa: SLF001 - no public API for the plan text
+        except Exception:  # noqa: BLE001 - no JVM handle: the caller keys on what else it has
+            return ""
+        try:  # (verbose, addSuffix, maxFields, printOperatorId, ...): no "... N more fields" truncation
+            return plan.treeString(True, False, 2**31 - 1, False, False)
+        except Exception:  # noqa: BLE001 - another Spark version: the default print
+            return plan.toString()
+
+    import contextlib
+    import io
+
+    conf = df.sparkSession.conf
+    key: str | None = "spark.sql.debug.maxToStringFields"
+    try:
+        before = conf.get(key, None)
+        conf.set(key, str(2**31 - 1))
+    except Exception:  # noqa: BLE001 - serverless allows only some settings: the plan prints truncated
+        before, key = None, None
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            df.explain(mode="extended")
+    except Exception:  # noqa: BLE001 - the caller keys on what else it has
+        return ""
+    finally:
+        if key is not None:
+            with contextlib.suppress(Exception):
+                conf.unset(key) if before is None else conf.set(key, before)
+    text = printed.getvalue()
+    start = text.find(_ANALYZED_HEADING)
+    if start < 0:
+        return ""
+    end = text.find(_OPTIMIZED_HEADING, start)
+    return text[start + len(_ANALYZED_HEADING) : end if end >= 0 else None].strip("\n")
+
+
+def file_sources(df: DataFrame) -> list[str] | None:
+    """The file index of each file-based leaf of the analysed plan, sorted; ``None`` where it is not visible.
+
+    Classic only: ``Delta[version=3, file:/…/images]`` and the root paths, through the JVM
+    handle. A Spark Connect plan does not expose its leaves: ``None``.
+    """
+    if is_connect(df.sparkSession):
+        return None
+    try:
+        leaves = df._jdf.queryExecution().analyzed().collectLeaves()  # noqa: SLF001 - see analyzed_plan_text
+    except Exception:  # noqa: BLE001 - no JVM handle
+        return None
+    found = []
+    for i in range(leaves.size()):
+        try:
+            index = leaves.apply(i).relation().location()
+        except Exception:  # noqa: BLE001 - not a file-based relation (Range, LogicalRDD, ...)
+            continue
+        roots = index.rootPaths()
+        found.append(f"{index.toString()} {[roots.apply(j).toString() for j in range(roots.size())]}")
+    return sorted(found)
 
 
 def empty_frame(spark: SparkSession, schema: StructType) -> DataFrame:

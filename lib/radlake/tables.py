@@ -5,6 +5,12 @@ a path-based Delta table ``<warehouse>/<name>``; on Databricks (``storage.catalo
 set) a Unity Catalog table ``catalog.schema.name``. Either way the data is plain
 Delta, readable by any Delta reader (Spark, the ``deltalake`` package, Databricks SQL).
 
+:class:`TableRef` creates, versions and MERGEs tables on both kinds of session: through
+``delta.tables.DeltaTable`` on a classic one, through SQL (``DESCRIBE HISTORY``, ``CREATE
+TABLE IF NOT EXISTS ... USING delta``, ``MERGE INTO ... USING <temporary view>``) over Spark
+Connect, where ``DeltaTable`` needs Delta Connect's server plugin (a plain Spark Connect
+server has none). A path-based table is ``delta.`<path>``` in SQL.
+
 Example
 -------
 >>> from radlake.config import load_config
@@ -16,12 +22,14 @@ Example
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from radlake.config import RadlakeConfig
 from radlake.errors import ConfigError
+from radlake.spark import is_connect
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -80,6 +88,13 @@ class TableRef:
         """The name on Unity Catalog, else the path."""
         return self.name or self.path or ""
 
+    @property
+    def sql_name(self) -> str:
+        """The table in SQL: its Unity Catalog name, else ``delta.`<path>```."""
+        if self.name:
+            return self.name
+        return "delta.`{}`".format((self.path or "").replace("`", "``"))
+
     def read(self, spark: SparkSession, *, version: int | None = None) -> DataFrame:
         """Read the table, optionally as of a Delta version (time travel)."""
         reader = spark.read.format("delta")
@@ -89,21 +104,49 @@ class TableRef:
 
     def exists(self, spark: SparkSession) -> bool:
         """True if a Delta table is at this location."""
-        from delta.tables import DeltaTable
-
         if self.name:
             return bool(spark.catalog.tableExists(self.name))
-        return bool(DeltaTable.isDeltaTable(spark, self.path))
+        if _delta_api(spark):
+            from delta.tables import DeltaTable
+
+            return bool(DeltaTable.isDeltaTable(spark, self.path))
+        return self._last_commit(spark) is not None
 
     def delta_table(self, spark: SparkSession):  # -> delta.tables.DeltaTable
-        """The ``delta.tables.DeltaTable`` handle (for MERGE, history, vacuum)."""
+        """The ``delta.tables.DeltaTable`` handle (vacuum, optimize...) on a classic session.
+
+        Over Spark Connect the handle needs Delta Connect's server plugin, which a plain
+        Spark Connect server lacks: radlake's own code uses :meth:`version`, :meth:`ensure`
+        and :meth:`merge`, which work on both kinds of session.
+        """
         from delta.tables import DeltaTable
 
         return DeltaTable.forName(spark, self.name) if self.name else DeltaTable.forPath(spark, self.path)
 
     def version(self, spark: SparkSession) -> int:
-        """The table's current Delta version (pin it to read the same data again later)."""
-        return int(self.delta_table(spark).history(1).select("version").first()["version"])
+        """The table's current Delta version (pin it to read the same data again later).
+
+        Raises
+        ------
+        ValueError
+            Over Spark Connect, if no Delta table is at this location.
+        """
+        if _delta_api(spark):
+            return int(self.delta_table(spark).history(1).select("version").first()["version"])
+        version = self._last_commit(spark)
+        if version is None:
+            raise ValueError(f"No Delta table at {self.location}.")
+        return version
+
+    def _last_commit(self, spark: SparkSession) -> int | None:
+        """The version of the table's latest commit (``DESCRIBE HISTORY``), or None if no Delta table is here."""
+        from pyspark.errors import AnalysisException
+
+        try:
+            row = spark.sql(f"DESCRIBE HISTORY {self.sql_name} LIMIT 1").select("version").first()
+        except AnalysisException:  # not a Delta table (or no folder at all)
+            return None
+        return None if row is None else int(row["version"])
 
     def ensure(self, spark: SparkSession, schema: StructType) -> bool:
         """Create the table empty with ``schema`` if it does not exist yet.
@@ -111,13 +154,16 @@ class TableRef:
         Returns True if this call created it, so that the caller knows it is empty without
         reading it (a no-op returning False if it exists).
         """
-        from delta.tables import DeltaTable
-
         if self.exists(spark):
             return False
-        builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
-        builder = builder.tableName(self.name) if self.name else builder.location(self.path)
-        builder.execute()
+        if _delta_api(spark):
+            from delta.tables import DeltaTable
+
+            builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
+            builder = builder.tableName(self.name) if self.name else builder.location(self.path)
+            builder.execute()
+        else:
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {self.sql_name} ({schema_ddl(schema)}) USING delta")
         return True
 
     def merge(
@@ -129,26 +175,119 @@ class TableRef:
         update_columns: Sequence[str] | None = None,
         insert: bool = True,
         schema: StructType | None = None,
+        delete_when: str | None = None,
+        insert_when: str | None = None,
+        insert_columns: Sequence[str] | None = None,
     ) -> None:
         """Delta MERGE of ``source`` into the table on ``keys``: insert new rows, optionally update some columns.
 
         Idempotent: merging the same rows twice leaves one copy, so a run killed halfway
         and started again duplicates nothing. ``schema`` creates the table first if missing.
 
+        A classic session merges through ``delta.tables.DeltaTable``; Spark Connect, which
+        has no ``DeltaTable`` without Delta Connect's server plugin, through the same MERGE in
+        SQL from a temporary view of ``source`` (dropped afterwards). Conditions are SQL on
+        the target ``t`` and the source ``s``.
+
+        Parameters
+        ----------
+        keys
+            Columns that identify a row (compared null-safe: ``t.k <=> s.k``).
+        update_columns
+            Columns of a matched row set from the source (none: matched rows are kept).
+        insert
+            Insert the source rows that match none (all columns, or ``insert_columns``).
+        schema
+            Create the table with this schema first if it does not exist.
+        delete_when
+            Delete the matched rows for which this condition holds (checked before the update).
+        insert_when
+            Insert only the unmatched source rows for which this condition holds.
+        insert_columns
+            Insert these columns of the source (the table's columns), not all of them.
+
         Example::
 
             ref.merge(spark, new_rows, keys=["sop_instance_uid"])                     # insert-only
             ref.merge(spark, stacks, keys=["series_key"], update_columns=["slices"])  # upsert
+            ref.merge(spark, actions, keys=["annotation_id"], delete_when="s._action = 'delete'",
+                      insert_when="s._action = 'insert'", insert_columns=table_columns)
         """
+        if not keys:
+            raise ValueError("Argument 'keys' must name at least one column, got none.")
         if schema is not None:
             self.ensure(spark, schema)
-        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        builder = self.delta_table(spark).alias("t").merge(source.alias("s"), condition)
-        if update_columns:
-            builder = builder.whenMatchedUpdate(set={c: f"s.`{c}`" for c in update_columns})
+        condition = " AND ".join(f"t.{_quote(k)} <=> s.{_quote(k)}" for k in keys)
+        updates = {c: f"s.{_quote(c)}" for c in update_columns or ()}  # column name -> source expression
+        values = {c: f"s.{_quote(c)}" for c in insert_columns} if insert_columns else None
+        if _delta_api(spark):
+            builder = self.delta_table(spark).alias("t").merge(source.alias("s"), condition)
+            if delete_when:
+                builder = builder.whenMatchedDelete(condition=delete_when)
+            if updates:
+                builder = builder.whenMatchedUpdate(set=updates)
+            if insert:
+                if values is None:
+                    builder = builder.whenNotMatchedInsertAll(condition=insert_when)
+                else:
+                    builder = builder.whenNotMatchedInsert(condition=insert_when, values=values)
+            builder.execute()
+            return
+        clauses = []
+        if delete_when:
+            clauses.append(f"WHEN MATCHED AND ({delete_when}) THEN DELETE")
+        if updates:
+            clauses.append(
+                "WHEN MATCHED THEN UPDATE SET " + ", ".join(f"t.{_quote(c)} = {v}" for c, v in updates.items())
+            )
         if insert:
-            builder = builder.whenNotMatchedInsertAll()
-        builder.execute()
+            when = f"WHEN NOT MATCHED AND ({insert_when})" if insert_when else "WHEN NOT MATCHED"
+            if values is None:
+                clauses.append(f"{when} THEN INSERT *")
+            else:
+                names = ", ".join(_quote(c) for c in values)
+                clauses.append(f"{when} THEN INSERT ({names}) VALUES ({', '.join(values.values())})")
+        if not clauses:
+            return  # nothing to do: no update, no delete, no insert
+        view = f"radlake_merge_{uuid.uuid4().hex}"
+        source.createOrReplaceTempView(view)
+        try:
+            spark.sql(f"MERGE INTO {self.sql_name} t USING {view} s ON {condition} " + " ".join(clauses))
+        finally:
+            spark.catalog.dropTempView(view)
+
+
+def _delta_api(spark: SparkSession) -> bool:
+    """Whether ``delta.tables.DeltaTable`` serves this session: a classic one (Spark Connect needs a server plugin)."""
+    return not is_connect(spark)
+
+
+def _quote(name: str) -> str:
+    return "`{}`".format(name.replace("`", "``"))
+
+
+def schema_ddl(schema: StructType) -> str:
+    """``schema`` as the column list of a ``CREATE TABLE`` (names quoted; NOT NULL and comments kept).
+
+    Without a session (``StructType.toDDL`` asks the active one). Nested types are written
+    in Spark's simple form, so a nested field's NOT NULL and an array's ``containsNull=False``
+    are not expressed (radlake's tables have neither).
+
+    Examples
+    --------
+    >>> from pyspark.sql.types import LongType, StringType, StructField, StructType
+    >>> schema_ddl(StructType([StructField("id", LongType(), False), StructField("name", StringType())]))
+    '`id` bigint NOT NULL, `name` string'
+    """
+    columns = []
+    for field in schema.fields:
+        column = f"{_quote(field.name)} {field.dataType.simpleString()}"
+        if not field.nullable:
+            column += " NOT NULL"
+        if comment := field.metadata.get("comment"):
+            column += " COMMENT '{}'".format(str(comment).replace("\\", "\\\\").replace("'", "\\'"))
+        columns.append(column)
+    return ", ".join(columns)
 
 
 def table_ref(config: RadlakeConfig, table: Table | str) -> TableRef:

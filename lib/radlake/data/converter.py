@@ -17,8 +17,14 @@ loader (:mod:`radlake.data.loader`) streams them one at a time.
   table at two versions, never share an entry even without ``source_versions``; a plain
   Parquet or CSV source is known by its path only;
 - for plans over in-memory data (``LogicalRDD``, ``LocalRelation``), whose printed plan
-  does not show the data, and on Spark Connect (no plan text), also
-  ``DataFrame.semanticHash()``: such entries may be reused within one Spark session only.
+  does not show the data, also ``DataFrame.semanticHash()``: such entries may be reused
+  within one Spark session only.
+
+Over Spark Connect (:func:`radlake.spark.is_connect`) the plan text is the analysed
+section of ``DataFrame.explain`` (:func:`radlake.spark.analyzed_plan_text`) and the
+file index of the leaves is not visible, so the Delta versions read must come from
+``source_versions``: without them the key also takes ``semanticHash()`` and the entry is
+reused within that session only. A Connect key never equals a classic one.
 
 All of it comes from the analysed plan on the driver: computing the key runs no Spark
 job, so the same query on the same table versions reuses its entry without any Spark
@@ -106,33 +112,10 @@ class SparkDatasetConverter:
 
 
 def _plan_text(df: DataFrame) -> str:
-    """The analysed logical plan with all fields printed and expression ids removed ("" on Spark Connect)."""
-    try:
-        plan = df._jdf.queryExecution().analyzed()  # noqa: SLF001 - no public API for the plan text
-    except Exception:  # noqa: BLE001 - Spark Connect has no JVM handle: the other parts of the key remain
-        return ""
-    try:  # (verbose, addSuffix, maxFields, printOperatorId, ...): no "... N more fields" truncation
-        text = plan.treeString(True, False, 2**31 - 1, False, False)
-    except Exception:  # noqa: BLE001 - another Spark version: the default print
-        text = plan.toString()
-    return _EXPR_ID.sub("", text)
+    """The analysed logical plan with all fields printed and expression ids removed."""
+    from radlake.spark import analyzed_plan_text
 
-
-def _leaf_locations(df: DataFrame) -> list[str]:
-    """The file index of each file-based leaf of the analysed plan (``Delta[version=3, file:/…]``), sorted."""
-    try:
-        leaves = df._jdf.queryExecution().analyzed().collectLeaves()  # noqa: SLF001 - see _plan_text
-    except Exception:  # noqa: BLE001 - Spark Connect
-        return []
-    found = []
-    for i in range(leaves.size()):
-        try:
-            index = leaves.apply(i).relation().location()
-        except Exception:  # noqa: BLE001 - not a file-based relation (Range, LogicalRDD, ...)
-            continue
-        roots = index.rootPaths()
-        found.append(f"{index.toString()} {[roots.apply(j).toString() for j in range(roots.size())]}")
-    return sorted(found)
+    return _EXPR_ID.sub("", analyzed_plan_text(df))
 
 
 def cache_key(df: DataFrame, source_versions: Mapping[str, Any] | None = None) -> str:
@@ -140,14 +123,20 @@ def cache_key(df: DataFrame, source_versions: Mapping[str, Any] | None = None) -
 
     Runs no Spark job: everything comes from the analysed plan, on the driver.
     """
+    from radlake.spark import file_sources
+
     plan = _plan_text(df)
+    sources = file_sources(df)  # None over Spark Connect: the plan's file leaves are not visible there
+    session_bound = (
+        not plan or any(leaf in plan for leaf in _IN_MEMORY_LEAVES) or (sources is None and not source_versions)
+    )
     h = hashlib.sha256()
     for part in (
         plan,
-        "\n".join(_leaf_locations(df)),
+        "\n".join(sources or []),
         df.schema.json(),
         json.dumps(dict(source_versions or {}), sort_keys=True, default=str),
-        str(df.semanticHash()) if not plan or any(leaf in plan for leaf in _IN_MEMORY_LEAVES) else "",
+        str(df.semanticHash()) if session_bound else "",
     ):
         h.update(part.encode())
         h.update(b"\0")

@@ -224,9 +224,8 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
     NoTrainingDataError
         If ``images`` or ``annotations`` does not exist, or no frame is labelled.
     """
-    from pyspark import StorageLevel
-
     from radlake.registry.resolve import resolve_model_uri
+    from radlake.spark import persist, unpersist
     from radlake.tracking import configure_mlflow
 
     started = time.perf_counter()
@@ -250,7 +249,7 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
         done = existing.where(F.col("source") == source).select("sop_instance_uid", "frame_index").distinct()
         todo = frames.join(done, ["sop_instance_uid", "frame_index"], "left_anti")
         if source == "predicted":
-            boxes = predicted_vertebrae(todo, model, config.crops.min_score).persist(StorageLevel.MEMORY_AND_DISK)
+            boxes = persist(predicted_vertebrae(todo, model, config.crops.min_score))
         else:
             boxes = labelled_vertebrae(annotations).join(
                 todo.select("sop_instance_uid", "frame_index"), ["sop_instance_uid", "frame_index"], "left_semi"
@@ -290,7 +289,7 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
     writer = new.withColumns(run_columns).select(*columns).write.format("delta").mode("append")
     writer.saveAsTable(ref.name) if ref.name else writer.save(ref.path)
     for _, boxes in parts:
-        boxes.unpersist()
+        unpersist(boxes)
     written = ref.read(spark).where(F.col("crops_run_id") == run_id)
     stats = written.agg(F.count("*").alias("n"), F.sum(F.expr("int(size(labels) > 0)")).alias("with_nodes")).first()
     return CropsSummary(

@@ -72,7 +72,6 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyspark import StorageLevel
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, DoubleType, IntegerType, StringType, StructField, StructType
@@ -81,6 +80,7 @@ from radlake.config import RadlakeConfig
 from radlake.data.schema import ANNOTATIONS
 from radlake.errors import ConfigError, RadlakeError
 from radlake.models.levels import LEVELS
+from radlake.spark import persist, unpersist
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
@@ -406,7 +406,7 @@ def import_labels(
         .join(checked.where("_reason IS NULL").select("annotation_id"), "annotation_id", "left_anti")
         .select("annotation_id", F.lit("delete").alias("_action"))
     )
-    actions = boxes.unionByName(stale, allowMissingColumns=True).persist(StorageLevel.MEMORY_AND_DISK)
+    actions = persist(boxes.unionByName(stale, allowMissingColumns=True))  # uncached where the session cannot
     ok = F.col("_action").isin("insert", "keep")
     stats = actions.agg(
         *(F.sum((F.col("_action") == a).cast("int")).alias(a) for a in ("insert", "keep", "delete")),
@@ -424,25 +424,19 @@ def import_labels(
         for r in sorted(stats["rejects"], key=lambda r: r["_seq"])
     ]
     counts = {a: int(stats[a] or 0) for a in ("insert", "keep", "delete")}
-    values = {c: f"s.`{c}`" for c in ANNOTATIONS.fieldNames()}
+    columns = ANNOTATIONS.fieldNames()
     if counts["delete"]:
-        (
-            ref.delta_table(spark)
-            .alias("t")
-            .merge(actions.where("_action IN ('insert', 'delete')").alias("s"), "t.annotation_id = s.annotation_id")
-            .whenMatchedDelete(condition="s._action = 'delete'")
-            .whenNotMatchedInsert(condition="s._action = 'insert'", values=values)
-            .execute()
+        ref.merge(
+            spark,
+            actions.where("_action IN ('insert', 'delete')"),
+            keys=["annotation_id"],
+            delete_when="s._action = 'delete'",
+            insert_when="s._action = 'insert'",
+            insert_columns=columns,
         )
     elif counts["insert"]:  # insert-only MERGE: Delta's cheaper path (no files rewritten)
-        (
-            ref.delta_table(spark)
-            .alias("t")
-            .merge(actions.where("_action = 'insert'").alias("s"), "t.annotation_id = s.annotation_id")
-            .whenNotMatchedInsert(values=values)
-            .execute()
-        )
-    actions.unpersist()
+        ref.merge(spark, actions.where("_action = 'insert'"), keys=["annotation_id"], insert_columns=columns)
+    unpersist(actions)
     n_accepted = counts["insert"] + counts["keep"]
     return LabelsImportSummary(
         run_id=run_id,

@@ -1,9 +1,10 @@
 """The work that runs on the executors, one Arrow batch at a time (``mapInArrow``).
 
 Two passes, each a plain function of Arrow record batches that Spark ships to the
-Python workers. The job runs each over a ``spark.range(n_tasks, numPartitions=n_tasks)``
-whose ids index task lists packed on the driver and broadcast, so each Spark task
-gets exactly its files (balanced by expected cost) with no shuffle and no Python RDD:
+Python workers. The job packs task lists on the driver (balanced by expected cost) and
+ships them with :func:`radlake.spark.map_task_lists`, so each Spark task gets exactly its
+list: through a broadcast indexed by ``spark.range`` ids on a classic session, as rows
+of its input over Spark Connect (:func:`radlake.spark.task_lists_of` reads either way):
 
 - :func:`header_task`: stored file → (archive members →) de-identified header,
   promoted columns and DICOM JSON, or a quarantine record. Reads with
@@ -34,9 +35,14 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from radlake.ingest import schema as S
+from radlake.spark import task_lists_of
 
 if TYPE_CHECKING:
     from pyspark import Accumulator, Broadcast
+
+    #: Where each task finds its list: the broadcast of all lists (classic session), or None when its
+    #: input rows carry them (Spark Connect). See :func:`radlake.spark.map_task_lists`.
+    TaskLists = Broadcast | None
 
 #: Rows buffered before an Arrow batch is yielded (header pass) and bytes (pixel pass).
 HEADER_BATCH_ROWS = 512
@@ -81,23 +87,20 @@ def _failure_fields(failure) -> dict[str, Any]:
 
 
 def header_task(
-    batches: Iterator[pa.RecordBatch], tasks: Broadcast, settings: HeaderSettings
+    batches: Iterator[pa.RecordBatch], tasks: TaskLists, settings: HeaderSettings
 ) -> Iterator[pa.RecordBatch]:
-    """Parse the stored files of each task id in the input (``spark.range`` ids).
+    """Parse the stored files of each task list of the input (:func:`radlake.spark.task_lists_of`).
 
     Yields record batches of :data:`radlake.ingest.schema.HEADER_RESULT`, one row per
     archive member or file: ``kind`` is ``instance``, ``failure`` or ``skipped``
     (a DICOMDIR, which indexes files but is not an instance).
 
-    ``tasks.value[task]`` is the task's list of ``(path, file_size, modification_time)``,
-    packed on the driver: a ``spark.range(n_tasks, numPartitions=n_tasks)`` then gives
-    each Spark task exactly its files, with no shuffle and no Python RDD in between.
+    A task list holds ``(path, file_size, modification_time)`` tuples, packed on the driver.
     """
     records = (
         {"path": path, "file_size": size, "modification_time": modified}
-        for batch in batches
-        for task in batch.column(0).to_pylist()
-        for path, size, modified in tasks.value[task]
+        for files in task_lists_of(batches, tasks)
+        for path, size, modified in files
     )
     yield from _header_batches(records, settings)
 
@@ -175,13 +178,13 @@ class PixelSettings:
 
 def pixel_task(
     batches: Iterator[pa.RecordBatch],
-    tasks: Broadcast,
+    tasks: TaskLists,
     settings: PixelSettings,
     counts: tuple[Accumulator, Accumulator] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Decode the instances of each task id in the input (``spark.range`` ids) into frames.
+    """Decode the instances of each task list of the input (:func:`radlake.spark.task_lists_of`) into frames.
 
-    ``tasks.value[task]`` is the task's list of records (``path``, ``member``,
+    A task list holds records (``path``, ``member``,
     ``content_sha256``, ``sop_instance_uid``, ``series_key``, ``study_instance_uid``,
     ``series_instance_uid``, ``plane``, ``pixel_spacing``, ``slice_indices``,
     ``expected_frames``), packed on the driver by expected decoding cost, the members of
@@ -190,9 +193,7 @@ def pixel_task(
     that receive the image rows yielded and the instances that yielded fewer image rows
     than ``expected_frames`` (a failure, or frames missing).
     """
-    yield from _pixel_batches(
-        (tasks.value[task] for batch in batches for task in batch.column(0).to_pylist()), settings, counts
-    )
+    yield from _pixel_batches(task_lists_of(batches, tasks), settings, counts)
 
 
 def _pixel_batches(
@@ -307,11 +308,11 @@ def _pixel_failure(record: dict[str, Any], failure, frame_index: int | None = No
 
 
 def copies_task(
-    batches: Iterator[pa.RecordBatch], tasks: Broadcast, settings: PixelSettings
+    batches: Iterator[pa.RecordBatch], tasks: TaskLists, settings: PixelSettings
 ) -> Iterator[pa.RecordBatch]:
-    """Digest the copies of each task id in the input (``spark.range`` ids).
+    """Digest the copies of each task list of the input (:func:`radlake.spark.task_lists_of`).
 
-    ``tasks.value[task]`` is a list of copies (``sop_instance_uid``, ``path``, ``member``,
+    A task list holds copies (``sop_instance_uid``, ``path``, ``member``,
     ``content_sha256``, ``transfer_syntax_uid``), all copies of an instance in one task.
     Yields record batches of :data:`radlake.ingest.schema.COPY_DIGESTS`: the header and
     pixel digests of each copy, or ``error_message`` when it cannot be read, parsed or
@@ -319,12 +320,7 @@ def copies_task(
     """
     _quiet_pydicom()
     out_schema = _arrow_schema(S.COPY_DIGESTS)
-    rows = [
-        _copy_digests(copy, settings)
-        for batch in batches
-        for task in batch.column(0).to_pylist()
-        for copy in tasks.value[task]
-    ]
+    rows = [_copy_digests(copy, settings) for copies in task_lists_of(batches, tasks) for copy in copies]
     if rows:
         yield _record_batch(rows, out_schema)
 

@@ -51,7 +51,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyspark import StorageLevel
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
@@ -64,11 +63,20 @@ from radlake.ingest import schema as S
 from radlake.ingest.executors import HeaderSettings, PixelSettings, copies_task, header_task, pixel_task
 from radlake.ingest.listing import list_archive, normalize_archive, pack_tasks, unseen_files
 from radlake.ingest.series import build_series, series_key_column
-from radlake.spark import empty_frame, on_databricks
+from radlake.spark import (
+    counters,
+    default_parallelism,
+    empty_frame,
+    map_task_lists,
+    on_databricks,
+    persist,
+    unpersist,
+)
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
+    from collections.abc import Callable
+
     from pyspark.sql import DataFrame, SparkSession
 
 #: Header-pass cost of one stored file beyond its bytes, in byte-equivalents: parsing and
@@ -244,7 +252,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         oblique_tolerance_deg=ic.oblique_tolerance_deg,
         max_decoded_bytes=ic.max_decoded_bytes,
     )
-    slots = spark.sparkContext.defaultParallelism
+    slots = default_parallelism(spark)
     assignment = pack_tasks(
         [f.file_size for f in files],
         partition_bytes=ic.partition_bytes,
@@ -253,14 +261,15 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         costs=[HEADER_COST_FILE_BYTES + f.file_size for f in files],
         slots=slots,
     )
-    results, task_files = _broadcast_tasks(
+    results, release_files = _run_tasks(
         spark,
         assignment,
         [[tuple(file)] for file in files],
         partial(header_task, settings=header_settings),
         S.HEADER_RESULT,
     )
-    results = results.persist(StorageLevel.MEMORY_AND_DISK)
+    # Cached where the session can (Databricks serverless cannot: each action then runs the pass again).
+    results = persist(results)
 
     instance_columns = [f.name for f in S.INSTANCES.fields]
     candidates = (
@@ -271,7 +280,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     # must be compared with the kept one's.
     before = None if created[Table.INSTANCES] else refs[Table.INSTANCES].version(spark)
     stored_instances = stored(Table.INSTANCES, version=before)
-    classified = _classify(candidates, stored_instances).persist(StorageLevel.MEMORY_AND_DISK)
+    classified = persist(_classify(candidates, stored_instances))
     # One job runs the header pass (beside the tables' creation), fills the caches and counts
     # this run's instances by status and the header pass's rows by kind.
     tally = (
@@ -284,8 +293,8 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     phase("header_pass")
     if found.get(("status", "compare"), 0):  # copies with other bytes: the same content, or a conflict?
         decided = _compare_copies(spark, classified, stored_instances, _pixel_settings(config))
-        classified.unpersist()
-        classified = decided.persist(StorageLevel.MEMORY_AND_DISK)
+        unpersist(classified)
+        classified = persist(decided)
         counts = classified.groupBy("_status").count().collect()
         found.update({("status", r["_status"]): r["count"] for r in counts})
         found.pop(("status", "compare"), None)
@@ -397,10 +406,8 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
             if created[Table.INSTANCES]
             else all_instances.join(touched, "series_instance_uid", "left_semi")
         )
-        stacks = (
-            build_series(members)
-            .withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
-            .persist(StorageLevel.MEMORY_AND_DISK)  # small (no pixels): collected below and stored by the series commit
+        stacks = persist(  # small (no pixels): collected below and stored by the series commit
+            build_series(members).withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
         )
         # Built once here (this fills the cache the series commit reads): each stack's ordered
         # (instance, frame) list, metadata only.
@@ -429,12 +436,12 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         n_pixel_failures = pixel_failures.count()
         if n_pixel_failures:
             refs[Table.QUARANTINE].merge(spark, _quarantine_rows(pixel_failures, run_id, now), keys=["quarantine_id"])
-        pixel_failures.unpersist()
+        unpersist(pixel_failures)
     n_series = n_stacks if created[Table.SERIES] else refs[Table.SERIES].read(spark).count()
     if not created[Table.IMAGES]:  # this run's images have their index from ``all_series``; older ones may move
         _refresh_slice_indices(spark, refs, touched)
     phase("slice_index_refresh")
-    stacks.unpersist()
+    unpersist(stacks)
 
     # 5. The ledger, last.
     per_file = results.groupBy("path", "file_size", "modification_time").agg(
@@ -447,9 +454,9 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         keys=["path", "file_size", "modification_time"],
     )
     phase("ledger")
-    classified.unpersist()
-    results.unpersist()
-    task_files.destroy()
+    unpersist(classified)
+    unpersist(results)
+    release_files()
     return IngestSummary(
         run_id=run_id,
         archive=str(archive),
@@ -563,8 +570,8 @@ def _compare_copies(
             {k: row[k] for k in ("sop_instance_uid", "path", "member", "content_sha256", "transfer_syntax_uid")}
         )
     work = list(groups.values())  # all copies of an instance in one task
-    n_tasks = max(1, min(spark.sparkContext.defaultParallelism, len(work)))
-    digests, task_lists = _broadcast_tasks(
+    n_tasks = max(1, min(default_parallelism(spark), len(work)))
+    digests, release = _run_tasks(
         spark,
         [i % n_tasks for i in range(len(work))],
         work,
@@ -572,7 +579,7 @@ def _compare_copies(
         S.COPY_DIGESTS,
     )
     found = {(r["sop_instance_uid"], r["path"], r["member"]): r for r in digests.collect()}
-    task_lists.destroy()
+    release()
     decisions = []
     for uid, copies in groups.items():
         reference = found[(uid, kept[uid]["path"], kept[uid]["member"])]
@@ -702,8 +709,10 @@ def _pixel_stage(
     # Image rows written, and instances that gave fewer than their frames, counted on the
     # executors. When every instance gave exactly its frames, the pass needs no second look at
     # what it wrote. A task run twice can only raise the counts, which leads to that look.
-    counts = (spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
-    frames, task_work = _decode_tasks(spark, records, settings, ic, counts=counts)
+    # Spark Connect has no accumulators (``counts`` is None): the look at what was written
+    # (this run's image rows, one column) gives the counts there.
+    counts = counters(spark, 2)
+    frames, release = _decode_tasks(spark, records, settings, ic, counts=counts)
     # The frames stream straight into one append (decoded pixels are never cached: that cost
     # more than the decoding). An append, not a MERGE: ``todo`` already left out every
     # instance with an image, and a Delta commit is atomic, so a killed run leaves all of
@@ -714,9 +723,9 @@ def _pixel_stage(
         frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns),
         compression=ic.images_compression,
     )
-    task_work.destroy()
+    release()
     expected = sum(r["expected_frames"] for r in records)
-    if counts[1].value == 0 and counts[0].value == expected:
+    if counts is not None and counts[1].value == 0 and counts[0].value == expected:
         return expected, None
     written = refs[Table.IMAGES].read(spark).where(F.col("ingest_run_id") == run_id).groupBy("sop_instance_uid")
     frames_written = {r[0]: int(r[1]) for r in written.count().collect()}
@@ -726,8 +735,8 @@ def _pixel_stage(
     short = [r for r in records if frames_written.get(r["sop_instance_uid"], 0) < r["expected_frames"]]
     if not short:
         return n_images, None
-    retried, task_work = _decode_tasks(spark, short, settings, ic)
-    failures = (
+    retried, release = _decode_tasks(spark, short, settings, ic)
+    failures = persist(  # small: no pixels
         retried.where("kind = 'failure'")
         .join(instances.select("sop_instance_uid", "file_size", "modification_time"), "sop_instance_uid")
         .select(
@@ -742,26 +751,27 @@ def _pixel_stage(
             "error_class",
             "error_message",
         )
-        .persist(StorageLevel.MEMORY_AND_DISK)  # small: no pixels
     )
-    failures.count()  # decoded now, while the task lists are still broadcast
-    task_work.destroy()
+    failures.count()  # decoded now, while the task lists are still held
+    release()
     return n_images, failures
 
 
-def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic, counts=None) -> tuple[DataFrame, Broadcast]:
+def _decode_tasks(
+    spark, records: list[dict], settings: PixelSettings, ic, counts=None
+) -> tuple[DataFrame, Callable[[], None]]:
     """The pixel pass over ``records`` (metadata rows), packed into tasks of even expected decoding cost.
 
     A JPEG 2000 frame costs ~23x an uncompressed one (:func:`radlake.dicom.pixels.decode_cost`);
     the members of one stored file stay in one task, in member order, so that a zip or
-    tar file is opened once. Returns the frames (lazy) and the broadcast task lists, to be
-    destroyed once the frames are written.
+    tar file is opened once. Returns the frames (lazy) and the function that frees the task
+    lists, to be called once the frames are written.
     """
     by_path: dict[str, list[dict]] = {}
     for record in records:
         by_path.setdefault(record["path"], []).append(record)
     paths = list(by_path)
-    slots = spark.sparkContext.defaultParallelism
+    slots = default_parallelism(spark)
     assignment = pack_tasks(
         [sum(r["instance_size"] or 0 for r in by_path[p]) for p in paths],
         partition_bytes=ic.partition_bytes,
@@ -772,24 +782,24 @@ def _decode_tasks(spark, records: list[dict], settings: PixelSettings, ic, count
     )
     items = [sorted(by_path[path], key=lambda r: r["member"] or "") for path in paths]
     task = partial(pixel_task, settings=settings, counts=counts)
-    return _broadcast_tasks(spark, assignment, items, task, S.PIXEL_RESULT)
+    return _run_tasks(spark, assignment, items, task, S.PIXEL_RESULT)
 
 
-def _broadcast_tasks(spark, assignment: list[int], items: list[list], task_fn, schema):
+def _run_tasks(
+    spark, assignment: list[int], items: list[list], task_fn, schema
+) -> tuple[DataFrame, Callable[[], None]]:
     """Run ``task_fn`` over packed tasks: ``items[i]`` (a list of records) goes to task ``assignment[i]``.
 
-    The task lists are broadcast once and a ``spark.range(n_tasks, numPartitions=n_tasks)``
-    gives each Spark task its id, so every task reads exactly its own list (``task_fn``'s
-    ``tasks`` argument), with no shuffle and no Python RDD. Returns the lazy
-    ``mapInArrow`` result and the broadcast, to be destroyed once the result is consumed.
+    Every Spark task gets exactly its own list (``task_fn``'s ``tasks`` argument and input
+    batches), by :func:`radlake.spark.map_task_lists`: a broadcast on a classic session,
+    rows of the input over Spark Connect. Returns the lazy ``mapInArrow`` result and the
+    function that frees the lists, to be called once the result is consumed.
     """
     n_tasks = max(assignment) + 1
     groups: list[list] = [[] for _ in range(n_tasks)]
     for task, records in zip(assignment, items, strict=True):
         groups[task].extend(records)
-    lists = spark.sparkContext.broadcast(groups)
-    result = spark.range(n_tasks, numPartitions=n_tasks).mapInArrow(partial(task_fn, tasks=lists), schema)
-    return result, lists
+    return map_task_lists(spark, groups, task_fn, schema)
 
 
 def _append(ref, df: DataFrame, *, compression: str | None = None) -> None:

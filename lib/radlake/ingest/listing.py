@@ -1,8 +1,9 @@
 """Listing the archive and planning the executors' work.
 
-The archive is listed with Hadoop's file system API (any file system Spark reads: a
-local folder, a Unity Catalog Volume, ``s3://``, ``abfss://``): metadata only, no
-file content is read here.
+The archive is listed on the driver, metadata only (no file content is read here): a
+local folder or a FUSE mount (a Unity Catalog Volume) by a Python walk, a URI
+(``s3://``, ``abfss://``...) by :func:`radlake.spark.list_files` (Hadoop's file system
+API on a classic session, the ``binaryFile`` source's listing over Spark Connect).
 Files already in the ``ingest_files`` ledger with the same size and modification
 time are skipped. The rest are packed into tasks of about ``partition_bytes``
 stored bytes and at most ``partition_files`` files (largest first, each to the
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from radlake.errors import RadlakeError
+from radlake.spark import list_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -68,11 +70,12 @@ class ListedFile(NamedTuple):
 def list_archive(spark: SparkSession, archive: str) -> list[ListedFile]:
     """Every stored file under ``archive``, on the driver (metadata only, no content is read).
 
-    Local folders (and FUSE mounts such as ``/Volumes``) are walked in Python; URIs go
-    through Hadoop's ``FileSystem.listFiles`` on the driver, which works for every file
-    system Spark reads. Unlike the ``binaryFile`` source both keep zero-byte and hidden
-    (``_``/``.``) files, so that those reach the quarantine too. Where the JVM is not
-    reachable (Spark Connect) URIs fall back to ``binaryFile``'s listing.
+    Local folders (and FUSE mounts such as ``/Volumes``) are walked in Python, on either
+    kind of session; URIs are listed by :func:`radlake.spark.list_files`: Hadoop's
+    ``FileSystem.listFiles`` on a classic session, which works for every file system
+    Spark reads. Unlike the ``binaryFile`` source both keep zero-byte and hidden
+    (``_``/``.``) files, so that those reach the quarantine too. Over Spark Connect (no
+    JVM on the client) URIs are listed by ``binaryFile``, which leaves hidden and empty files out.
 
     Raises
     ------
@@ -82,21 +85,10 @@ def list_archive(spark: SparkSession, archive: str) -> list[ListedFile]:
     location = normalize_archive(archive)
     if "://" not in location:  # local folder or FUSE mount (/Volumes): a plain walk, much faster than py4j
         return list(_walk_local(location))
-    jvm = getattr(spark, "_jvm", None) or getattr(spark.sparkContext, "_jvm", None)
-    if jvm is None:  # Spark Connect: no driver JVM access
-        reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-        listed = reader.load(location).select("path", "length", "modificationTime").collect()
-        return [ListedFile(r[0], int(r[1]), _utc(r[2])) for r in listed]
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(location)
-    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    rows = []
-    files = fs.listFiles(hadoop_path, True)
-    while files.hasNext():
-        status = files.next()
-        if status.isFile():
-            modified = datetime.fromtimestamp(status.getModificationTime() / 1000, tz=UTC)
-            rows.append(ListedFile(status.getPath().toString(), int(status.getLen()), modified))
-    return rows
+    return [
+        ListedFile(path, size, datetime.fromtimestamp(modified_ms / 1000, tz=UTC))
+        for path, size, modified_ms in list_files(spark, location)
+    ]
 
 
 def unseen_files(listed: list[ListedFile], ledger: DataFrame) -> list[ListedFile]:

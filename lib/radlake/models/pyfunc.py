@@ -144,13 +144,28 @@ def detections_column(spark, model_uri: str, params: dict[str, Any] | None = Non
     The UDF runs in the executors' Python (``env_manager="local"``: the cluster's
     environment is the training one); ``height`` and ``width`` are cast to the
     signature's ``long``. ``params`` (keys :data:`PARAMS`) go to every ``predict`` call.
+
+    Where the model is loaded: on a classic session and on Databricks (serverless,
+    standard-access clusters: MLflow ships the model with the session's artifacts or
+    through the cluster's NFS), ``mlflow.pyfunc.spark_udf`` decides. Over any other Spark
+    Connect server, whose workers may not reach the client's MLflow store, the model is
+    sent with the session (:func:`radlake.models.shipped.shipped_model_udf`).
     """
     from pyspark.sql import functions as F
 
+    from radlake.spark import is_connect
+
     fields = detection_fields(model_uri)
-    udf = mlflow.pyfunc.spark_udf(
-        spark, model_uri, result_type=udf_result_type(fields), env_manager="local", params=params or None
-    )
+    if is_connect(spark) and not _mlflow_ships_model(spark):
+        from radlake.models.shipped import shipped_model_udf
+
+        udf = shipped_model_udf(
+            spark, model_uri, result_type=udf_result_type(fields), fields=fields, columns=INPUT_COLUMNS, params=params
+        )
+    else:
+        udf = mlflow.pyfunc.spark_udf(
+            spark, model_uri, result_type=udf_result_type(fields), env_manager="local", params=params or None
+        )
     found = udf(*(F.col(c).cast("long") if c in ("height", "width") else F.col(c) for c in INPUT_COLUMNS)).detections
     if len(fields) == len(DETECTION_FIELDS):
         return found
@@ -161,6 +176,23 @@ def detections_column(spark, model_uri: str, params: dict[str, Any] | None = Non
             *(d[name] if name in fields else F.lit(None).cast(kind).alias(name) for name, kind in DETECTION_FIELDS)
         ),
     )
+
+
+def _mlflow_ships_model(spark) -> bool:
+    """Whether ``mlflow.pyfunc.spark_udf`` gets the model to this Spark Connect session's workers itself.
+
+    MLflow 3 does on Databricks (serverless compute, standard-access clusters, Databricks
+    Connect: its ``is_databricks_connect``); over another Spark Connect server each worker
+    downloads the model from the client's tracking URI.
+    """
+    try:
+        from mlflow.utils.databricks_utils import is_databricks_connect
+    except ImportError:  # another MLflow layout: ship it ourselves
+        return False
+    try:
+        return bool(is_databricks_connect(spark))
+    except Exception:  # noqa: BLE001 - it reads the Connect client's metadata: no answer means not Databricks
+        return False
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):

@@ -296,9 +296,9 @@ def score_archive(
         If ``images`` does not exist (run ``radlake ingest`` first).
     """
     import mlflow
-    from pyspark import StorageLevel
 
     import radlake
+    from radlake.spark import persist, unpersist
     from radlake.tracking import configure_mlflow, run_scope
 
     started = time.perf_counter()
@@ -362,9 +362,7 @@ def score_archive(
             by_reason["ok"] = todo.count()  # before the MERGE: frames scored again with their stack count here
             _score_frames(spark, config, todo, *checked, run_id)
 
-        written = (
-            predictions_ref.read(spark).where(F.col("score_run_id") == run_id).persist(StorageLevel.MEMORY_AND_DISK)
-        )
+        written = persist(predictions_ref.read(spark).where(F.col("score_run_id") == run_id))
         stats = written.agg(
             F.count("*").alias("frames"),
             F.coalesce(F.sum("n_vertebrae"), F.lit(0)).alias("vertebrae"),
@@ -373,7 +371,7 @@ def score_archive(
         ).first()
         series_keys = written.select("series_key").distinct()
         series_updated = series_keys.count()
-        written.unpersist()
+        unpersist(written)
         if series_updated:
             update_study_findings(spark, config, vertebra.uri, schmorl.uri, series_keys, run_id)
         findings = findings_summary(spark, config, vertebra.uri, schmorl.uri)
