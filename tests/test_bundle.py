@@ -9,17 +9,16 @@ duplicate task keys, target modes, and every task's arguments against radlake's 
 and configuration schema. Each checker returns a list of problems; the negative tests feed it a
 broken copy of the bundle and expect the problem to be named.
 
-The bundle has two computes (``var.compute``): ``classic`` (every job on its job cluster, the
-YAML as written) and ``serverless`` (ingest and score on their serverless environment), made by
-the bundle's Python mutator (``resources/compute.py``) as ``databricks bundle`` would. Every
-check runs on both.
+The bundle is databricks.yml plus one file per job in resources/ (``include``), loaded as the CLI
+loads it (paths relative to the file that names them, a target's resources merged into the jobs,
+tasks by ``task_key``). Every check runs on every target: dev and prod (ingest and score on job
+clusters) and dev_serverless and prod_serverless (ingest and score on serverless environments).
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -40,8 +39,10 @@ TASK_VALUE_REF = re.compile(r"\{\{\s*tasks\.([A-Za-z0-9_-]+)\.values\.([A-Za-z0-
 #: Namespaces a ``${...}`` reference may use in this bundle.
 REF_NAMESPACES = ("var", "bundle", "workspace", "resources", "artifacts")
 MODES = ("development", "production")
-#: Values of ``var.compute`` (resources/compute.py).
-COMPUTES = ("classic", "serverless")
+#: The targets, each twin of the one that runs ingest and score on job clusters.
+SERVERLESS_TWINS = {"dev_serverless": "dev", "prod_serverless": "prod"}
+#: The jobs whose compute a target chooses (job cluster or serverless environment).
+SERVERLESS_JOBS = ("radlake_ingest", "radlake_score")
 #: Task fields that choose where a task runs; a task sets at most one.
 COMPUTE_FIELDS = ("job_cluster_key", "environment_key", "existing_cluster_id", "new_cluster")
 #: What each pipeline step publishes (the outputs column of radlake.workflow.pipeline's table).
@@ -67,9 +68,93 @@ DEPLOY_VALUES = {
 # --------------------------------------------------------------------------------------- helpers
 
 
-def load_bundle(path: Path = BUNDLE_FILE) -> dict:
+def _translate_paths(node: Any, base: Path, root: Path) -> Any:
+    """``node`` with the local paths a job names (task files, wheels) made relative to ``root``.
+
+    The CLI resolves a path relative to the file that defines it; doing the same here lets every
+    check read paths relative to the repository, whichever file of ``resources/`` they came from.
+    """
+
+    def fix(path: str) -> str:
+        if not isinstance(path, str) or not path.startswith("."):
+            return path
+        return "./" + os.path.relpath(os.path.normpath(base / path), root)
+
+    if isinstance(node, Mapping):
+        out = {}
+        for key, value in node.items():
+            if key == "python_file" or key == "whl":
+                out[key] = fix(value)
+            elif key == "dependencies" and isinstance(value, list):
+                out[key] = [fix(v) for v in value]
+            else:
+                out[key] = _translate_paths(value, base, root)
+        return out
+    if isinstance(node, list):
+        return [_translate_paths(v, base, root) for v in node]
+    return node
+
+
+#: Sequences of a job that the CLI merges by key (a target's entry updates the one with its key).
+KEYED_SEQUENCES = {"tasks": "task_key", "job_clusters": "job_cluster_key", "environments": "environment_key"}
+
+
+def merge(base: Any, override: Any, *, key: str = "") -> Any:
+    """``override`` merged into ``base`` as the CLI merges a target or an included file.
+
+    Mappings merge recursively; job tasks, job clusters and environments merge by their key;
+    other sequences are appended; a scalar in ``override`` wins.
+    """
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        out = dict(base)
+        for k, v in override.items():
+            out[k] = merge(base[k], v, key=k) if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(override, list):
+        field = KEYED_SEQUENCES.get(key)
+        if field is None:
+            return [*copy.deepcopy(base), *copy.deepcopy(override)]
+        out = [copy.deepcopy(item) for item in base]
+        for item in override:
+            at = next((i for i, old in enumerate(out) if old.get(field) == item.get(field)), None)
+            if at is None:
+                out.append(copy.deepcopy(item))
+            else:
+                out[at] = merge(out[at], item)
+        return out
+    return copy.deepcopy(override)
+
+
+def load_bundle(path: Path = BUNDLE_FILE, root: Path = REPO) -> dict:
+    """databricks.yml with the files its ``include`` globs name merged in, paths relative to ``root``.
+
+    A job defined in two files is an error, as for the CLI.
+    """
     with open(path) as fh:
-        return yaml.safe_load(fh)
+        bundle = _translate_paths(yaml.safe_load(fh), path.parent, root)
+    for pattern in bundle.get("include") or []:
+        files = sorted(path.parent.glob(pattern))
+        if not files:
+            raise ValueError(f"include: '{pattern}' matches no file")
+        for file in files:
+            with open(file) as fh:
+                part = _translate_paths(yaml.safe_load(fh) or {}, file.parent, root)
+            twice = set(jobs_of(bundle)) & set(jobs_of(part))
+            if twice:
+                raise ValueError(f"{file.name}: job(s) {sorted(twice)} already defined")
+            bundle = merge(bundle, part)
+    return bundle
+
+
+def for_target(bundle: Mapping, target: str) -> dict:
+    """The bundle as the CLI loads it with ``-t <target>``: the target's resources merged into the jobs."""
+    out = copy.deepcopy(dict(bundle))
+    target_spec = (bundle.get("targets") or {}).get(target)
+    if target_spec is None:
+        raise KeyError(f"no target '{target}'")
+    out["resources"] = merge(out.get("resources") or {}, target_spec.get("resources") or {})
+    out.setdefault("bundle", {})["target"] = target
+    return out
 
 
 def walk_strings(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
@@ -117,6 +202,12 @@ def resolved_values(bundle: Mapping, target: str) -> dict[str, Any]:
     return values
 
 
+def targets_of(bundle: Mapping) -> list[str]:
+    """The target a bundle was loaded for (:func:`for_target`), else all its targets."""
+    loaded = (bundle.get("bundle") or {}).get("target")
+    return [loaded] if loaded else list(bundle.get("targets") or {})
+
+
 def task_arguments(task: Mapping) -> list[str]:
     spt = task.get("spark_python_task") or task.get("python_wheel_task") or {}
     return [str(p) for p in spt.get("parameters") or []]
@@ -148,42 +239,6 @@ def job_file_command(path: Path) -> list[str]:
             if isinstance(arg, ast.List):
                 return [e.value for e in arg.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
     return []
-
-
-def python_mutators(bundle: Mapping, root: Path = REPO) -> list:
-    """The ``ResourceMutator`` objects that ``python.mutators`` names (``module.path:function``, from ``root``)."""
-    found = []
-    for name in (bundle.get("python") or {}).get("mutators") or []:
-        module, _, function = name.partition(":")
-        file = root / Path(*module.split(".")).with_suffix(".py")
-        spec = importlib.util.spec_from_file_location(f"_bundle_{module.replace('.', '_')}", file)
-        loaded = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(loaded)
-        found.append(getattr(loaded, function))
-    return found
-
-
-def with_compute(bundle: Mapping, compute: str, target: str = "dev", root: Path = REPO) -> dict:
-    """``bundle`` as the CLI loads it with ``--var compute=<compute>``: its Python job mutators applied.
-
-    A job that a mutator leaves unchanged keeps its YAML dict exactly; a changed one is the
-    mutator's ``Job.as_dict()``.
-    """
-    from databricks.bundles.core import Bundle
-    from databricks.bundles.jobs import Job
-
-    out = copy.deepcopy(dict(bundle))
-    out["variables"]["compute"]["default"] = compute
-    info = Bundle(target=target, variables=target_variables(out, target))
-    for mutator in python_mutators(out, root):
-        if mutator.resource_type is not Job:
-            continue
-        for name, job in jobs_of(out).items():
-            parsed = Job.from_dict(job)
-            mutated = mutator.function(info, parsed)
-            if mutated is not parsed:
-                out["resources"]["jobs"][name] = mutated.as_dict()
-    return out
 
 
 # -------------------------------------------------------------------------------------- checkers
@@ -297,7 +352,7 @@ def check_references(bundle: Mapping) -> list[str]:
 def check_targets(
     bundle: Mapping, root: Path = REPO, *, given_at_deploy: Mapping[str, set[str]] | None = None
 ) -> list[str]:
-    """Target modes, one default target, a conf/<target>.yml each, every variable given a value.
+    """Target modes, one default target, its conf/<var.conf>.yml each, every variable given a value.
 
     ``given_at_deploy`` names, per target, the variables that deployment passes
     (``--var name=value`` or ``BUNDLE_VAR_name``) rather than the file.
@@ -314,8 +369,9 @@ def check_targets(
         target = target or {}
         if target.get("mode") not in MODES:
             problems.append(f"targets.{name}: mode '{target.get('mode')}' is not one of {MODES}")
-        if not (root / "conf" / f"{name}.yml").is_file():
-            problems.append(f"targets.{name}: no conf/{name}.yml for `--conf ${{bundle.target}}`")
+        conf = target_variables(bundle, name).get("conf")
+        if not (root / "conf" / f"{conf}.yml").is_file():
+            problems.append(f"targets.{name}: no conf/{conf}.yml for `--conf ${{var.conf}}`")
         for var in target.get("variables") or {}:
             if var not in defined:
                 problems.append(f"targets.{name}.variables: '{var}' is not defined in variables")
@@ -331,7 +387,7 @@ def check_jobs_parse(bundle: Mapping) -> list[str]:
     from databricks.bundles.jobs import Job
 
     problems: list[str] = []
-    for target in bundle.get("targets") or {"default": {}}:
+    for target in targets_of(bundle):
         values = resolved_values(bundle, target)
         for job_name, job in jobs_of(bundle).items():
             resolved = substitute(job, values)
@@ -354,7 +410,7 @@ def check_task_arguments(bundle: Mapping, root: Path = REPO) -> list[str]:
 
     problems: list[str] = []
     parser = get_args_parser()
-    for target in bundle.get("targets") or {}:
+    for target in targets_of(bundle):
         values = resolved_values(bundle, target)
         for job_name, job in jobs_of(bundle).items():
             for task in job.get("tasks") or []:
@@ -406,6 +462,8 @@ def _leaves(error) -> list:
 def check_schema(bundle: Mapping, validator) -> list[str]:
     """Schema errors, each as its deepest location and messages (a oneOf error hides them in its context)."""
     problems = []
+    bundle = copy.deepcopy(dict(bundle))
+    (bundle.get("bundle") or {}).pop("target", None)  # set by for_target, as the CLI sets it, not written
     for error in validator.iter_errors(bundle):
         leaves = _leaves(error)
         depth = max(len(e.absolute_path) for e in leaves)
@@ -420,18 +478,24 @@ def check_schema(bundle: Mapping, validator) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bundle() -> dict:
+    """databricks.yml and resources/*.yml, before any target is applied."""
     return load_bundle()
 
 
-@pytest.fixture(scope="module", params=COMPUTES)
-def loaded(bundle, request) -> dict:
-    """The bundle as ``databricks bundle`` loads it with ``--var compute=<classic|serverless>``."""
-    return with_compute(bundle, request.param)
+@pytest.fixture(scope="module")
+def dev(bundle) -> dict:
+    return for_target(bundle, "dev")
 
 
 @pytest.fixture(scope="module")
 def serverless(bundle) -> dict:
-    return with_compute(bundle, "serverless")
+    return for_target(bundle, "dev_serverless")
+
+
+@pytest.fixture(scope="module", params=["dev", "prod", "dev_serverless", "prod_serverless"])
+def loaded(bundle, request) -> dict:
+    """The bundle as ``databricks bundle ... -t <target>`` loads it."""
+    return for_target(bundle, request.param)
 
 
 @pytest.fixture(scope="module")
@@ -439,6 +503,10 @@ def validator():
     if not SCHEMA_FILE.is_file():
         pytest.skip(f"bundle JSON schema not found at {SCHEMA_FILE} (set RADLAKE_BUNDLE_SCHEMA)")
     return schema_validator()
+
+
+def test_every_target_is_checked(bundle):
+    assert set(bundle["targets"]) == {"dev", "prod", *SERVERLESS_TWINS}
 
 
 def test_bundle_structure(loaded):
@@ -450,7 +518,7 @@ def test_bundle_references(loaded):
 
 
 #: Variables the production deployment passes (CI: BUNDLE_VAR_service_principal=<application id>).
-GIVEN_AT_DEPLOY = {"prod": {"service_principal"}}
+GIVEN_AT_DEPLOY = {"prod": {"service_principal"}, "prod_serverless": {"service_principal"}}
 
 
 def test_bundle_targets(bundle):
@@ -472,33 +540,72 @@ def test_bundle_matches_json_schema(loaded, validator):
     assert check_schema(loaded, validator) == []
 
 
-def test_bundle_compute_choice(bundle, serverless):
-    """classic is the default and the YAML as written; serverless moves ingest and score only."""
-    assert bundle["variables"]["compute"]["default"] == "classic"
-    assert all("compute" not in (t.get("variables") or {}) for t in bundle["targets"].values())
-    assert with_compute(bundle, "classic") == bundle
-    yaml_jobs, moved = jobs_of(bundle), jobs_of(serverless)
-    assert {name for name in yaml_jobs if moved[name] != yaml_jobs[name]} == {"radlake_ingest", "radlake_score"}
-    for name in ("radlake_ingest", "radlake_score"):
-        job = moved[name]
-        assert not job.get("job_clusters"), name
-        (environment,) = job["environments"]
-        assert environment["spec"]["dependencies"] == ["./dist/*.whl"]
-        assert "${var.serverless_environment_version}" == environment["spec"]["environment_version"]
-        for task in job["tasks"]:
-            assert task["environment_key"] == environment["environment_key"]
-            assert not {"job_cluster_key", "libraries", "new_cluster", "existing_cluster_id"} & set(task), task
-            assert option_values(task_arguments(task), "--conf") == ["${workspace.file_path}/conf/${bundle.target}.yml"]
-        # the rest of the job (schedule, parameters, timeouts) is the YAML's
-        assert job["schedule"] == yaml_jobs[name]["schedule"]
-        assert [task_arguments(t) for t in job["tasks"]] == [task_arguments(t) for t in yaml_jobs[name]["tasks"]]
-    for task in moved["radlake_train"]["tasks"]:  # training stays on its job clusters, GPU included
-        assert task["job_cluster_key"] in {"cpu", "gpu"} and "environment_key" not in task
+def test_included_files_resolve_paths_from_their_own_folder(bundle):
+    """resources/*.yml name ``../jobs/...`` and ``../dist/*.whl``; the loader resolves them as the CLI does."""
+    raw = yaml.safe_load((REPO / "resources" / "score.yml").read_text())
+    assert (
+        raw["resources"]["jobs"]["radlake_score"]["tasks"][0]["spark_python_task"]["python_file"] == "../jobs/score.py"
+    )
+    task = jobs_of(bundle)["radlake_score"]["tasks"][0]
+    assert task["spark_python_task"]["python_file"] == "./jobs/score.py"
+    assert (REPO / task["spark_python_task"]["python_file"]).is_file()
 
 
-def test_bundle_shape(bundle):
-    """The jobs, clusters and triggers this bundle promises."""
-    jobs = jobs_of(bundle)
+def test_serverless_targets_move_ingest_and_score_only(bundle):
+    """dev_serverless / prod_serverless equal dev / prod except where ingest and score run."""
+    for twin, classic in SERVERLESS_TWINS.items():
+        on_clusters, moved = for_target(bundle, classic), for_target(bundle, twin)
+        skip = ("resources", "default", "variables")
+        spec = {k: v for k, v in bundle["targets"][twin].items() if k not in skip}
+        assert spec == {k: v for k, v in bundle["targets"][classic].items() if k not in skip}
+        assert target_variables(bundle, twin) == target_variables(bundle, classic)
+        for name, job in jobs_of(on_clusters).items():
+            if name not in SERVERLESS_JOBS:
+                assert jobs_of(moved)[name] == job, name  # training, evaluation, sweep: their job clusters
+                continue
+            server = jobs_of(moved)[name]
+            assert not server.get("job_clusters"), name
+            (environment,) = server["environments"]
+            assert environment["spec"]["dependencies"] == ["./dist/*.whl"]
+            assert environment["spec"]["environment_version"] == "${var.serverless_environment_version}"
+            for task, cluster_task in zip(server["tasks"], job["tasks"], strict=True):
+                assert task["environment_key"] == environment["environment_key"]
+                assert not {"job_cluster_key", "libraries", "new_cluster", "existing_cluster_id"} & set(task), task
+                assert option_values(task_arguments(task), "--conf") == ["${workspace.file_path}/conf/${var.conf}.yml"]
+                assert cluster_task["job_cluster_key"] == "cpu" and cluster_task["libraries"] == [
+                    {"whl": "./dist/*.whl"}
+                ]
+                assert task_arguments(task) == task_arguments(cluster_task)
+            assert server["schedule"] == job["schedule"]
+    for job in SERVERLESS_JOBS:  # the per-target blocks of a kind are one block written twice
+        targets = bundle["targets"]
+        assert targets["dev"]["resources"]["jobs"][job] == targets["prod"]["resources"]["jobs"][job]
+        assert (
+            targets["dev_serverless"]["resources"]["jobs"][job] == targets["prod_serverless"]["resources"]["jobs"][job]
+        )
+
+
+def test_a_target_without_compute_for_a_job_is_rejected(bundle):
+    broken = copy.deepcopy(bundle)
+    del broken["targets"]["prod"]["resources"]["jobs"]["radlake_score"]
+    assert any("radlake_score.score: no compute" in p for p in check_structure(for_target(broken, "prod")))
+
+
+def test_a_job_defined_twice_or_a_missing_include_is_rejected(tmp_path):
+    (tmp_path / "resources").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "resources" / f"{name}.yml").write_text("resources:\n  jobs:\n    radlake_x:\n      name: x\n")
+    (tmp_path / "databricks.yml").write_text("bundle:\n  name: t\ninclude:\n  - resources/*.yml\n")
+    with pytest.raises(ValueError, match=r"radlake_x.*already defined"):
+        load_bundle(tmp_path / "databricks.yml", tmp_path)
+    (tmp_path / "databricks.yml").write_text("bundle:\n  name: t\ninclude:\n  - jobs/*.yml\n")
+    with pytest.raises(ValueError, match="matches no file"):
+        load_bundle(tmp_path / "databricks.yml", tmp_path)
+
+
+def test_bundle_shape(bundle, dev):
+    """The jobs, clusters and triggers this bundle promises (on job clusters: dev)."""
+    jobs = jobs_of(dev)
     assert set(jobs) >= {"radlake_ingest", "radlake_train", "radlake_score"}
     train = [t["task_key"] for t in jobs["radlake_train"]["tasks"]]
     assert train == ["labels", "train_vertebra", "promote_vertebra", "crops", "train_schmorl", "promote_schmorl"]
@@ -534,93 +641,93 @@ def _task(bundle: dict, job: str, key: str) -> dict:
     return next(t for t in bundle["resources"]["jobs"][job]["tasks"] if t["task_key"] == key)
 
 
-def test_dangling_depends_on_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_dangling_depends_on_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     _task(broken, "radlake_train", "crops")["depends_on"] = [{"task_key": "promote_vertebrae"}]
     assert any("depends_on unknown task 'promote_vertebrae'" in p for p in check_structure(broken))
 
 
-def test_dependency_cycle_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_dependency_cycle_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     _task(broken, "radlake_train", "labels")["depends_on"] = [{"task_key": "promote_schmorl"}]
     assert any("cycle" in p for p in check_structure(broken))
 
 
-def test_unknown_job_cluster_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_unknown_job_cluster_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     _task(broken, "radlake_train", "train_vertebra")["job_cluster_key"] = "gpus"
     assert any("job_cluster_key 'gpus'" in p for p in check_structure(broken))
 
 
-def test_duplicate_task_key_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_duplicate_task_key_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     _task(broken, "radlake_train", "crops")["task_key"] = "labels"
     assert any("duplicate task_key 'labels'" in p for p in check_structure(broken))
 
 
-def test_missing_task_file_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_missing_task_file_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     _task(broken, "radlake_score", "score")["spark_python_task"]["python_file"] = "./jobs/scoring.py"
     assert any("./jobs/scoring.py" in p for p in check_structure(broken))
 
 
-def test_conf_by_name_without_conf_dir_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_conf_by_name_without_conf_dir_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     del broken["resources"]["jobs"]["radlake_evaluate"]["job_clusters"][0]["new_cluster"]["spark_env_vars"]
     assert any("radlake_evaluate.evaluate" in p and "RADLAKE_CONF_DIR" in p for p in check_structure(broken))
 
 
-def test_missing_wheel_library_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_missing_wheel_library_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     del _task(broken, "radlake_ingest", "ingest")["libraries"]
     assert any("no wheel library" in p for p in check_structure(broken))
 
 
-def test_task_value_from_a_task_not_upstream_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_task_value_from_a_task_not_upstream_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     params = _task(broken, "radlake_train", "promote_vertebra")["spark_python_task"]["parameters"]
     params[params.index("{{tasks.train_vertebra.values.vertebra_run_id}}")] = "{{tasks.crops.values.vertebra_run_id}}"
     assert any("'crops', not upstream" in p for p in check_structure(broken))
 
 
-def test_task_value_the_step_does_not_publish_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_task_value_the_step_does_not_publish_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     params = _task(broken, "radlake_train", "promote_schmorl")["spark_python_task"]["parameters"]
     params[params.index("{{tasks.train_schmorl.values.schmorl_run_id}}")] = "{{tasks.train_schmorl.values.run_id}}"
     assert any("reads 'run_id'" in p for p in check_structure(broken))
 
 
-def test_undefined_variable_is_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_undefined_variable_is_rejected(dev):
+    broken = copy.deepcopy(dev)
     _task(broken, "radlake_score", "score")["spark_python_task"]["parameters"].append("storage.schema=${var.shema}")
     assert any("${var.shema}" in p for p in check_references(broken))
     broken["resources"]["jobs"]["radlake_score"]["description"] = "${bundel.target}"
     assert any("unknown reference ${bundel.target}" in p for p in check_references(broken))
 
 
-def test_bad_target_mode_and_missing_variable_value_are_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_bad_target_mode_and_missing_variable_value_are_rejected(dev):
+    broken = copy.deepcopy(dev)
     broken["targets"]["prod"]["mode"] = "prod"
-    broken["targets"]["staging"] = {"mode": "production"}  # no conf/staging.yml, no service_principal
+    broken["targets"]["staging"] = {"mode": "production", "variables": {"conf": "staging"}}  # no such conf, no SP
     problems = check_targets(broken, given_at_deploy=GIVEN_AT_DEPLOY)
     assert any("targets.prod: mode 'prod'" in p for p in problems)
     assert any("no conf/staging.yml" in p for p in problems)
     assert any("targets.staging: variable 'service_principal' has no value" in p for p in problems)
 
 
-def test_job_from_dict_rejects_a_wrong_job(bundle):
-    broken = copy.deepcopy(bundle)
+def test_job_from_dict_rejects_a_wrong_job(dev):
+    broken = copy.deepcopy(dev)
     _task(broken, "radlake_ingest", "ingest")["spark_python_taks"] = _task(broken, "radlake_ingest", "ingest").pop(
         "spark_python_task"
     )
-    broken["variables"]["cpu_workers"]["default"] = "two"
+    broken["variables"]["gpu_workers"]["default"] = "two"
     problems = check_jobs_parse(broken)
     assert any("radlake_ingest: Job.from_dict rejected it" in p and "spark_python_taks" in p for p in problems)
-    assert any("radlake_score: Job.from_dict rejected it" in p for p in problems)  # num_workers: "two"
+    assert any("radlake_sweep: Job.from_dict rejected it" in p for p in problems)  # num_workers: "two"
 
 
-def test_task_arguments_unknown_to_radlake_are_rejected(bundle):
-    broken = copy.deepcopy(bundle)
+def test_task_arguments_unknown_to_radlake_are_rejected(dev):
+    broken = copy.deepcopy(dev)
     params = _task(broken, "radlake_train", "labels")["spark_python_task"]["parameters"]
     params[params.index("storage.schema=${var.schema}")] = "storage.shema=${var.schema}"
     _task(broken, "radlake_train", "crops")["spark_python_task"]["parameters"].append("--vertebra-run")
@@ -631,15 +738,15 @@ def test_task_arguments_unknown_to_radlake_are_rejected(bundle):
     assert any("radlake_train.train_schmorl" in p and "train_schmorls" in p for p in problems)
 
 
-def test_json_schema_rejects_a_wrong_bundle(bundle, validator):
-    broken = copy.deepcopy(bundle)
+def test_json_schema_rejects_a_wrong_bundle(dev, validator):
+    broken = copy.deepcopy(dev)
     broken["resources"]["jobs"]["radlake_train"]["max_concurrent_runs"] = "one"
     broken["artifacts"]["radlake_wheel"]["kind"] = "whl"
     problems = check_schema(broken, validator)
     assert any("radlake_train/max_concurrent_runs" in p for p in problems)
     assert any("artifacts/radlake_wheel" in p and "kind" in p for p in problems)
     # and the swapped `pattern` really runs: a \p{L} interpolation passes, a malformed one does not
-    ok, bad = copy.deepcopy(bundle), copy.deepcopy(bundle)
+    ok, bad = copy.deepcopy(dev), copy.deepcopy(dev)
     ok["resources"]["jobs"]["radlake_train"]["max_concurrent_runs"] = "${var.gpu_workers}"
     bad["resources"]["jobs"]["radlake_train"]["max_concurrent_runs"] = "${var.9}"
     assert check_schema(ok, validator) == []
@@ -653,7 +760,7 @@ def test_serverless_task_mistakes_are_rejected(serverless):
     ingest["libraries"] = [{"whl": "./dist/*.whl"}]
     ingest["job_cluster_key"] = "cpu"
     params = ingest["spark_python_task"]["parameters"]
-    params[params.index("${workspace.file_path}/conf/${bundle.target}.yml")] = "${bundle.target}"
+    params[params.index("${workspace.file_path}/conf/${var.conf}.yml")] = "${var.conf}"
     problems = check_structure(broken)
     assert any("radlake_score.score: environment_key 'default' is not in environments" in p for p in problems)
     assert any("radlake_ingest.ingest: more than one compute" in p for p in problems)
@@ -667,12 +774,3 @@ def test_serverless_environment_without_the_wheel_is_rejected(serverless):
     assert any("radlake_score.score: no wheel library" in p for p in check_structure(broken))
     del _task(broken, "radlake_ingest", "ingest")["environment_key"]
     assert any("radlake_ingest.ingest: no compute" in p for p in check_structure(broken))
-
-
-def test_compute_mutator_rejects_a_wrong_value_or_environment(bundle):
-    with pytest.raises(ValueError, match="must be one of"):
-        with_compute(bundle, "gpu")
-    broken = copy.deepcopy(bundle)
-    del broken["resources"]["jobs"]["radlake_score"]["environments"]
-    with pytest.raises(ValueError, match="exactly one environment"):
-        with_compute(broken, "serverless")

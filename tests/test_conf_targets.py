@@ -1,6 +1,6 @@
 """conf/dev.yml and conf/prod.yml agree with what databricks.yml passes to each target's tasks.
 
-A task runs ``--conf <target>`` and overrides the storage settings with the bundle's variables; the
+A task runs ``--conf <var.conf>`` (``dev`` or ``prod``; the serverless targets use their twin's) and overrides the storage settings with the bundle's variables; the
 conf file alone must still name the same catalog, schema, Volumes, secret and registered models, so
 that a notebook or a one-off run with ``--conf dev`` sees the tables and models the jobs write.
 """
@@ -24,11 +24,12 @@ def _variables(target: str) -> dict[str, str]:
     return values
 
 
-@pytest.mark.parametrize("target", ["dev", "prod"])
+@pytest.mark.parametrize("target", ["dev", "prod", "dev_serverless", "prod_serverless"])
 def test_conf_file_names_what_the_bundle_passes(target):
     v = _variables(target)
-    config = load_config(str(REPO / "conf" / f"{target}.yml"))
-    assert config.environment == target
+    assert v["conf"] == target.removesuffix("_serverless")
+    config = load_config(str(REPO / "conf" / f"{v['conf']}.yml"))
+    assert config.environment == v["conf"]
     assert (config.storage.catalog, config.storage.schema_) == (v["catalog"], v["schema"])
     assert config.storage.volume == v["work_volume_path"]
     assert config.ingest.archive == v["archive_volume_path"]

@@ -1,6 +1,6 @@
 """Hand a pipeline step's outputs to the next task of a Databricks job (task values).
 
-In the ``radlake_train`` job of ``databricks.yml`` every step is its own task, so the
+In the ``radlake_train`` job of the bundle (``resources/train.yml``) every step is its own task, so the
 outputs of one step (``vertebra_run_id``, ``vertebra_model``, ``schmorl_run_id``, ...; see
 the table in :mod:`radlake.workflow.pipeline`) must reach the tasks after it. The upstream
 task sets them with ``dbutils.jobs.taskValues.set(key, value)``; a downstream task's
