@@ -359,8 +359,65 @@ def run(args: argparse.Namespace) -> dict:
     found = {"spark": [r["detections"] for r in [first, *warm]], "limit": [r["detections"] for r in limits]}
     if max(abs(a - b) for a in found["spark"] for b in found["limit"]) > 0.001 * max(found["limit"]):
         raise RuntimeError(f"the two sides disagree on the number of detections: {found}")
+    result = _report(
+        args=args,
+        n_images=n_images,
+        arrow_batch=arrow_batch,
+        params=params,
+        found=found,
+        parallelism=parallelism,
+        threads_per_worker=threads_per_worker,
+        threads=threads,
+        workers=workers,
+        partitions=partitions,
+        startup_s=startup_s,
+        udf_setup=udf_setup,
+        first=first,
+        best_warm=best_warm,
+        spark_memory=spark_memory,
+        driver_rss=driver_rss,
+        best_limit=best_limit,
+        warm=warm,
+        limits=limits,
+        archive=archive,
+        archive_s=archive_s,
+        ingest_s=ingest_s,
+        version=version,
+        load_before=load_before,
+    )
+    return write_result("score", result)
+
+
+def _report(
+    *,
+    args,
+    n_images,
+    arrow_batch,
+    params,
+    found,
+    parallelism,
+    threads_per_worker,
+    threads,
+    workers,
+    partitions,
+    startup_s,
+    udf_setup,
+    first,
+    best_warm,
+    spark_memory,
+    driver_rss,
+    best_limit,
+    warm,
+    limits,
+    archive,
+    archive_s,
+    ingest_s,
+    version,
+    load_before,
+) -> dict:
+    """The benchmark's JSON: both sides' best runs, their ratio against the target, and how they ran."""
     ratio = best_warm["images_per_s"] / best_limit["images_per_s"]
-    result = {
+    return {
         "images": n_images,
         "source_image_size": IMAGE_SIZE,
         "model": f"vertebra_spec(image_size={MODEL_IMAGE_SIZE}), backbone tiny, untrained (seed 0, REGRESSION_BIAS)",
@@ -412,7 +469,6 @@ def run(args: argparse.Namespace) -> dict:
         },
         "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
     }
-    return write_result("score", result)
 
 
 if __name__ == "__main__":

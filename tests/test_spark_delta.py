@@ -125,7 +125,8 @@ def test_local_driver_runs_with_the_configured_java_options(spark, config):
 
 def test_the_local_driver_maps_the_class_archive_built_at_set_up(spark, config):
     """``make setup`` built the archive for this Java and these jars; the session's JVM maps it."""
-    from radlake.spark import _delta_jars, build_class_archive, class_archive_path
+    from radlake.spark import _delta_jars, class_archive_path
+    from radlake.workflow.class_archive import build_class_archive
 
     jars_dir = config.spark.resolved_jars_dir
     archive = class_archive_path(jars_dir, _delta_jars(jars_dir))

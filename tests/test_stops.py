@@ -244,7 +244,8 @@ def _warehouse(labelled_archive) -> Path:
 
 
 def test_a_sweep_stopped_by_sigterm_ends_its_runs_killed_and_resumes(spark, labelled_archive, tmp_path):
-    from radlake.train.sweep import INTERRUPTED_TAG, SweepStorage, run_sweep
+    from radlake.train.sweep import INTERRUPTED_TAG, SweepStorage
+    from radlake.workflow.sweep import run_sweep
 
     overrides = _command_overrides(tmp_path / "radlake", _warehouse(labelled_archive))
     space = tmp_path / "space.yml"

@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from radlake import __version__
 from radlake.config import RadlakeConfig, config_as_yaml, load_config
@@ -46,6 +47,10 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+#: What ``ArgumentParser.add_subparsers`` returns (its class is private to argparse).
+Subcommands = Any
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The full argument parser, with one sub-parser per command."""
     parser = argparse.ArgumentParser(
@@ -56,7 +61,33 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"radlake {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options()
+    for add in (
+        _add_synth,
+        _add_ingest,
+        _add_labels,
+        _add_train,
+        _add_sweep,
+        _add_runs,
+        _add_reproduce,
+        _add_promote,
+        _add_crops,
+        _add_score,
+        _add_evaluate,
+        _add_export_sr,
+        _add_review,
+        _add_pipeline,
+        _add_cache,
+        _add_demo,
+        _add_tables,
+        _add_config,
+        _add_setup_jars,
+    ):
+        add(sub, common)
+    return parser
 
+
+def _add_synth(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake synth``."""
     p = sub.add_parser(
         "synth",
         parents=[common],
@@ -71,6 +102,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes to generate studies in parallel")
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_ingest(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake ingest``."""
     p = sub.add_parser(
         "ingest",
         parents=[common],
@@ -82,6 +116,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the run summary as JSON to this file")
     p.set_defaults(func=_cmd_ingest)
 
+
+def _add_labels(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake labels``."""
     p = sub.add_parser(
         "labels",
         help="import box annotations and assign the train / val / test split by study",
@@ -113,6 +150,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     q.set_defaults(func=_cmd_labels_split)
 
+
+def _add_train(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake train``."""
     p = sub.add_parser(
         "train",
         parents=[common],
@@ -132,6 +172,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the run and promotion summary as JSON to this file")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_sweep(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake sweep``."""
     p = sub.add_parser(
         "sweep",
         parents=[common],
@@ -167,6 +210,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the sweep summary as JSON to this file")
     p.set_defaults(func=_cmd_sweep)
 
+
+def _add_runs(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake runs``."""
     p = sub.add_parser(
         "runs",
         parents=[common],
@@ -178,6 +224,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     p.set_defaults(func=_cmd_runs)
 
+
+def _add_reproduce(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake reproduce``."""
     p = sub.add_parser(
         "reproduce",
         parents=[common],
@@ -186,6 +235,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True, help="MLflow run id of a radlake training run")
     p.set_defaults(func=_cmd_reproduce)
 
+
+def _add_promote(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake promote``."""
     p = sub.add_parser(
         "promote",
         parents=[common],
@@ -195,6 +247,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True, help="MLflow run id of the training run")
     p.set_defaults(func=_cmd_promote)
 
+
+def _add_crops(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake crops``."""
     p = sub.add_parser(
         "crops",
         parents=[common],
@@ -211,6 +266,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_crops)
 
+
+def _add_score(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake score``."""
     p = sub.add_parser(
         "score",
         parents=[common],
@@ -228,6 +286,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the run summary as JSON to this file")
     p.set_defaults(func=_cmd_score)
 
+
+def _add_evaluate(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake evaluate``."""
     p = sub.add_parser(
         "evaluate",
         parents=[common],
@@ -253,6 +314,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write the metrics and the per-study rows as JSON to this file")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_export_sr(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake export-sr``."""
     p = sub.add_parser(
         "export-sr",
         parents=[common],
@@ -265,6 +329,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default <storage work dir>/sr)")
     p.set_defaults(func=_cmd_export_sr)
 
+
+def _add_review(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake review``."""
     p = sub.add_parser(
         "review",
         parents=[common],
@@ -275,6 +342,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-slices", type=int, help="at most this many slices per series")
     p.set_defaults(func=_cmd_review)
 
+
+def _add_pipeline(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake pipeline``."""
     p = sub.add_parser(
         "pipeline",
         parents=[common],
@@ -295,12 +365,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="also write every step's inputs and outputs as JSON to this file")
     p.set_defaults(func=_cmd_pipeline)
 
+
+def _add_cache(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake cache``."""
     p = sub.add_parser("cache", help="the Parquet cache of training data")
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     q = cache_sub.add_parser("clean", parents=[common], help="remove cached training views (all, or older ones)")
     q.add_argument("--older-than-days", type=float, help="only entries not written for this many days")
     q.set_defaults(func=_cmd_cache_clean)
 
+
+def _add_demo(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake demo``."""
     p = sub.add_parser(
         "demo",
         parents=[common],
@@ -311,21 +387,29 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes for the synthetic archive")
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_tables(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake tables``."""
     p = sub.add_parser("tables", parents=[common], help="list radlake's Delta tables with location and version")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_tables)
 
+
+def _add_config(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake config``."""
     p = sub.add_parser("config", parents=[common], help="print the resolved configuration (all defaults filled in)")
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     p.set_defaults(func=_cmd_config)
 
+
+def _add_setup_jars(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``radlake setup-jars``."""
     p = sub.add_parser(
         "setup-jars",
         parents=[common],
         help="fetch the Delta Lake jars beside the installed pyspark and build the JVM class archive (make setup runs this)",
     )
     p.set_defaults(func=_cmd_setup_jars)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -431,7 +515,7 @@ def _cmd_sweep(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.spark import get_spark
     from radlake.train.run import get_stage
     from radlake.train.space import default_space_path, load_space
-    from radlake.train.sweep import run_sweep
+    from radlake.workflow.sweep import run_sweep
 
     stage = get_stage(args.detector)
     load_space(args.space or default_space_path(stage.name))  # a bad space file fails before Spark starts
@@ -612,7 +696,8 @@ def _cmd_config(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
 def _cmd_setup_jars(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.errors import SetupError
-    from radlake.spark import build_class_archive, delta_maven_coordinate, fetch_delta_jars
+    from radlake.spark import delta_maven_coordinate, fetch_delta_jars
+    from radlake.workflow.class_archive import build_class_archive
 
     jars = fetch_delta_jars(config.spark.resolved_jars_dir)
     print(f"{delta_maven_coordinate()}: {len(jars)} jars in {config.spark.resolved_jars_dir}")

@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -542,87 +541,12 @@ def class_archive_path(jars_dir: Path, jars: list[Path]) -> Path | None:
     return Path(jars_dir) / f"classes-{fingerprint}.jsa"
 
 
-def build_class_archive(config: RadlakeConfig, *, timeout_s: float = 900.0) -> Path | None:
-    """Build the class archive for this machine (done by ``make setup``); return its path, or None.
+def jvm_process(spark: SparkSession):
+    """The ``subprocess.Popen`` of the JVM that pyspark launched for ``spark`` (classic sessions only).
 
-    Runs ``python -m radlake.spark <staging file> <jars dir> <java options>`` (:func:`_class_archive_workload`: a
-    small ingest of a synthetic archive, then its no-op rerun) in a JVM started with
-    ``-XX:ArchiveClassesAtExit``, and moves the file into place only once that JVM has
-    exited cleanly: a truncated archive would crash every JVM that maps it (SIGBUS).
-    Older archives in the folder are removed. Idempotent: returns at once if the archive
-    for the current fingerprint exists.
-
-    Returns None if there is no Java or the option is off (``spark.class_archive: false``).
-
-    Raises
-    ------
-    SetupError
-        If the JVM wrote no archive (the workload failed, or this Java cannot dump one),
-        naming why. Nothing is changed: sessions start without an archive, as before.
-    """
-    sc = config.spark
-    jars = _delta_jars(sc.resolved_jars_dir)
-    target = class_archive_path(sc.resolved_jars_dir, jars) if sc.class_archive else None
-    if target is None or target.is_file():
-        return target
-    staged = target.with_name(f"{target.stem}.{os.getpid()}.part")
-    try:
-        command = [
-            sys.executable,
-            "-m",
-            "radlake.spark",
-            str(staged),
-            str(sc.resolved_jars_dir),
-            sc.driver_java_options,
-        ]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise SetupError(f"the JVM wrote no class archive (its build took over {timeout_s:g} s)") from None
-        if done.returncode != 0 or not staged.is_file() or staged.stat().st_size == 0:
-            lines = [line for line in (done.stderr + done.stdout).splitlines() if "Traceback" not in line]
-            reason = lines[-1] if lines else f"exit status {done.returncode}"
-            raise SetupError(f"the JVM wrote no class archive ({reason})")
-        for old in target.parent.glob("classes-*.jsa"):
-            old.unlink()
-        os.replace(staged, target)
-        return target
-    finally:
-        staged.unlink(missing_ok=True)
-
-
-def _class_archive_workload(staged: Path, jars_dir: str, java_options: str) -> None:
-    """What the archive-building JVM runs: a small ingest (tables created, headers, pixels, stacks) and its rerun.
-
-    The JVM writes ``staged`` when it exits, so this waits for the JVM process itself,
-    not only for the session to stop.
+    pyspark keeps it on a private attribute (``SparkContext._gateway.proc``); this is the one
+    place that reads it. Closing its standard input makes that JVM exit.
     """
     from pyspark import SparkContext
 
-    from radlake.config import load_config
-    from radlake.ingest import run_ingest
-    from radlake.synth import SynthConfig, generate_archive
-
-    with tempfile.TemporaryDirectory(prefix="radlake-class-archive-") as tmp:
-        archive = Path(tmp) / "archive"
-        generate_archive(archive, SynthConfig(studies=1, image_size=128, seed=1))
-        config = load_config(
-            overrides=[
-                f"storage.root={Path(tmp) / 'root'}",
-                "spark.class_archive=false",
-                f"spark.jars_dir={jars_dir}",
-                f"spark.driver_java_options={java_options} -XX:ArchiveClassesAtExit={staged}",
-            ]
-        )
-        os.environ.setdefault("RADLAKE_DEID_KEY", "class-archive-build")
-        spark = get_spark(config)
-        run_ingest(spark, config, archive=str(archive))
-        run_ingest(spark, config, archive=str(archive))
-        jvm = SparkContext._gateway.proc  # the JVM writes the archive as it exits
-        spark.stop()
-        jvm.stdin.close()  # pyspark's JVM exits when its standard input closes
-        jvm.wait()
-
-
-if __name__ == "__main__":
-    _class_archive_workload(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    return SparkContext._gateway.proc

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
+    from pyspark.sql.types import StructField, StructType
 
 
 class Table(str, Enum):
@@ -338,3 +338,10 @@ def list_tables(spark: SparkSession, config: RadlakeConfig) -> list[TableStatus]
         else:
             statuses.append(TableStatus(table.value, ref.location, None, None))
     return statuses
+
+
+def struct_fields(*spec: tuple[str, object]) -> list[StructField]:
+    """Nullable ``StructField``s from ``(name, type)`` pairs (every radlake table's columns are nullable)."""
+    from pyspark.sql.types import StructField
+
+    return [StructField(name, dtype, True) for name, dtype in spec]  # type: ignore[arg-type]

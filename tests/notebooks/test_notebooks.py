@@ -25,7 +25,7 @@ from PIL import Image
 
 from radlake.config import load_config
 from radlake.models.levels import LEVELS
-from radlake.registry.resolve import ModelNotFoundError
+from radlake.models.resolve import ModelNotFoundError
 from radlake.registry.versions import HISTORY_TAG, model_versions, move_alias
 from radlake.tables import Table, table_ref
 from radlake.tracking import configure_mlflow, detector_experiment

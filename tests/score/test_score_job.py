@@ -18,7 +18,7 @@ from radlake.dicom.geometry import pixel_to_patient
 from radlake.dicom.pixels import encode_pixels
 from radlake.models.detector import REGRESSION_BIAS, build_detector, schmorl_spec, vertebra_spec
 from radlake.models.pyfunc import ModelSignatureError, log_detector
-from radlake.registry.resolve import ModelNotFoundError
+from radlake.models.resolve import ModelNotFoundError
 from radlake.score.job import score_archive
 from radlake.score.stacks import FRAME_RESULT, finish_stacks
 from radlake.tables import Table, table_ref

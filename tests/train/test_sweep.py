@@ -66,7 +66,8 @@ def sweep(spark, labelled_archive, tmp_path_factory):
     from mlflow.optuna.storage import MlflowStorage
 
     from radlake.cli import main
-    from radlake.train.sweep import run_sweep, trial_run_id
+    from radlake.train.sweep import trial_run_id
+    from radlake.workflow.sweep import run_sweep
 
     root = tmp_path_factory.mktemp("sweep")
     warehouse = Path(table_ref(labelled_archive.config, Table.IMAGES).path).parent
@@ -305,7 +306,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(spark, sweep, t
     log = (tmp_path / "killed.log").read_text()[-3000:]
     assert training is not None, f"no trial of the sweep was seen training (exit {proc.returncode}):\n{log}"
 
-    from radlake.train.sweep import run_sweep
+    from radlake.workflow.sweep import run_sweep
 
     interrupted = {
         r.info.run_id

@@ -15,10 +15,10 @@ import mlflow
 import pytest
 
 from radlake.config import VERTEBRA_DEFAULTS
+from radlake.data.view import NoTrainingDataError
+from radlake.models.resolve import ModelNotFoundError, resolve_model_uri
 from radlake.registry.promote import register_and_promote
-from radlake.registry.resolve import ModelNotFoundError, resolve_model_uri
 from radlake.train.run import get_stage, train_detector
-from radlake.train.view import NoTrainingDataError
 
 TRAIN = [
     "train.vertebra.epochs=2",

@@ -14,7 +14,7 @@ import json
 import mlflow
 import pytest
 
-from radlake.registry.resolve import ModelNotFoundError
+from radlake.models.resolve import ModelNotFoundError
 from radlake.tables import Table, table_ref
 from radlake.workflow.evaluate import BARS, EvaluationInputError, evaluate_models
 

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 from radlake.errors import ConfigError
-from radlake.registry.resolve import ModelNotFoundError, resolve_model_uri
+from radlake.models.resolve import ModelNotFoundError, resolve_model_uri
 from radlake.tables import Table, table_ref
 from radlake.workflow.pipeline import STEPS, parse_steps, run_pipeline
 

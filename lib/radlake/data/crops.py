@@ -35,13 +35,13 @@ from pyspark.sql.types import StructType
 
 from radlake.config import RadlakeConfig
 from radlake.data.schema import VERTEBRA_CROPS
+from radlake.data.view import NoTrainingDataError
 from radlake.tables import Table, table_ref
-from radlake.train.view import NoTrainingDataError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from radlake.registry.resolve import ResolvedModel
+    from radlake.models.resolve import ResolvedModel
 
 #: Columns the executors produce; the run columns are added in Spark.
 _RUN_COLUMNS = (
@@ -224,7 +224,7 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
     NoTrainingDataError
         If ``images`` or ``annotations`` does not exist, or no frame is labelled.
     """
-    from radlake.registry.resolve import resolve_model_uri
+    from radlake.models.resolve import resolve_model_uri
     from radlake.spark import persist, unpersist
     from radlake.tracking import configure_mlflow
 

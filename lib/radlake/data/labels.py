@@ -382,60 +382,14 @@ def import_labels(
     ref = table_ref(config, Table.ANNOTATIONS)
     ref.ensure(spark, ANNOTATIONS)
 
-    # Every box gets an action: reject, insert (new id), keep (id already in the table), and
-    # rows that an earlier file of this name brought for the frames listed here but that this
-    # file no longer holds get delete. One pass counts them; one MERGE writes them.
-    checked = _check_boxes(spark, parsed.boxes, images_ref.read(spark))
-    target = ref.read(spark).select("annotation_id", "source_file", "sop_instance_uid", "frame_index")
-    frames = spark.createDataFrame(parsed.frames, "sop_instance_uid string, frame_index int")
-    boxes = checked.join(
-        target.select("annotation_id", F.lit(True).alias("_exists")), "annotation_id", "left"
-    ).withColumns(
-        {
-            "_action": F.when(F.col("_reason").isNotNull(), "reject")
-            .when(F.col("_exists"), "keep")
-            .otherwise("insert"),
-            "source_file": F.lit(source_file),
-            "import_run_id": F.lit(run_id),
-            "imported_at": F.lit(now),
-        }
-    )
-    stale = (
-        target.where(F.col("source_file") == source_file)
-        .join(frames, ["sop_instance_uid", "frame_index"], "left_semi")
-        .join(checked.where("_reason IS NULL").select("annotation_id"), "annotation_id", "left_anti")
-        .select("annotation_id", F.lit("delete").alias("_action"))
-    )
-    actions = persist(boxes.unionByName(stale, allowMissingColumns=True))  # uncached where the session cannot
-    ok = F.col("_action").isin("insert", "keep")
-    stats = actions.agg(
-        *(F.sum((F.col("_action") == a).cast("int")).alias(a) for a in ("insert", "keep", "delete")),
-        F.sum((ok & F.col("clipped")).cast("int")).alias("clipped"),
-        F.sum((ok & F.col("box_xyxy_mm").isNull()).cast("int")).alias("without_spacing"),
-        *(F.sum((ok & (F.col("label_class") == c.value)).cast("int")).alias(c.value) for c in LabelClass),
-        F.collect_list(
-            F.when(
-                F.col("_action") == "reject", F.struct("_seq", "_item", "sop_instance_uid", "frame_index", "_reason")
-            )
-        ).alias("rejects"),
-    ).first()
+    actions = _label_actions(spark, parsed, images_ref.read(spark), ref.read(spark), source_file, run_id, now)
+    stats = _action_stats(actions)
     rejected = list(parsed.rejected) + [
         RejectedLabel(r["_item"], r["sop_instance_uid"], r["frame_index"], r["_reason"])
         for r in sorted(stats["rejects"], key=lambda r: r["_seq"])
     ]
     counts = {a: int(stats[a] or 0) for a in ("insert", "keep", "delete")}
-    columns = ANNOTATIONS.fieldNames()
-    if counts["delete"]:
-        ref.merge(
-            spark,
-            actions.where("_action IN ('insert', 'delete')"),
-            keys=["annotation_id"],
-            delete_when="s._action = 'delete'",
-            insert_when="s._action = 'insert'",
-            insert_columns=columns,
-        )
-    elif counts["insert"]:  # insert-only MERGE: Delta's cheaper path (no files rewritten)
-        ref.merge(spark, actions.where("_action = 'insert'"), keys=["annotation_id"], insert_columns=columns)
+    _write_actions(spark, ref, actions, counts)
     unpersist(actions)
     n_accepted = counts["insert"] + counts["keep"]
     return LabelsImportSummary(
@@ -456,6 +410,71 @@ def import_labels(
         rejections=rejected,
         seconds=round(time.perf_counter() - started, 2),
     )
+
+
+def _label_actions(
+    spark: SparkSession, parsed, images: DataFrame, stored: DataFrame, source_file: str, run_id: str, now: datetime
+) -> DataFrame:
+    """Every box of the file with its action, and the stored rows this file no longer holds (cached).
+
+    Actions: reject (with ``_reason``), insert (a new id), keep (the id is already in the
+    table), and delete for the rows that an earlier file of this name brought for the
+    frames listed here but that this file no longer holds.
+    """
+    checked = _check_boxes(spark, parsed.boxes, images)
+    target = stored.select("annotation_id", "source_file", "sop_instance_uid", "frame_index")
+    frames = spark.createDataFrame(parsed.frames, "sop_instance_uid string, frame_index int")
+    boxes = checked.join(
+        target.select("annotation_id", F.lit(True).alias("_exists")), "annotation_id", "left"
+    ).withColumns(
+        {
+            "_action": F.when(F.col("_reason").isNotNull(), "reject")
+            .when(F.col("_exists"), "keep")
+            .otherwise("insert"),
+            "source_file": F.lit(source_file),
+            "import_run_id": F.lit(run_id),
+            "imported_at": F.lit(now),
+        }
+    )
+    stale = (
+        target.where(F.col("source_file") == source_file)
+        .join(frames, ["sop_instance_uid", "frame_index"], "left_semi")
+        .join(checked.where("_reason IS NULL").select("annotation_id"), "annotation_id", "left_anti")
+        .select("annotation_id", F.lit("delete").alias("_action"))
+    )
+    return persist(boxes.unionByName(stale, allowMissingColumns=True))  # uncached where the session cannot
+
+
+def _action_stats(actions: DataFrame):
+    """One pass over the actions: how many of each, clipped, without spacing, per class, and the rejects."""
+    ok = F.col("_action").isin("insert", "keep")
+    return actions.agg(
+        *(F.sum((F.col("_action") == a).cast("int")).alias(a) for a in ("insert", "keep", "delete")),
+        F.sum((ok & F.col("clipped")).cast("int")).alias("clipped"),
+        F.sum((ok & F.col("box_xyxy_mm").isNull()).cast("int")).alias("without_spacing"),
+        *(F.sum((ok & (F.col("label_class") == c.value)).cast("int")).alias(c.value) for c in LabelClass),
+        F.collect_list(
+            F.when(
+                F.col("_action") == "reject", F.struct("_seq", "_item", "sop_instance_uid", "frame_index", "_reason")
+            )
+        ).alias("rejects"),
+    ).first()
+
+
+def _write_actions(spark: SparkSession, ref, actions: DataFrame, counts: dict) -> None:
+    """One MERGE of the inserts and deletes (insert-only when nothing is deleted: Delta's cheaper path)."""
+    columns = ANNOTATIONS.fieldNames()
+    if counts["delete"]:
+        ref.merge(
+            spark,
+            actions.where("_action IN ('insert', 'delete')"),
+            keys=["annotation_id"],
+            delete_when="s._action = 'delete'",
+            insert_when="s._action = 'insert'",
+            insert_columns=columns,
+        )
+    elif counts["insert"]:  # insert-only MERGE: no files rewritten
+        ref.merge(spark, actions.where("_action = 'insert'"), keys=["annotation_id"], insert_columns=columns)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -658,12 +677,60 @@ def _check_boxes(spark: SparkSession, boxes: list[LabelBox], images: DataFrame) 
         F.lit(True).alias("_known"),
     )
     x0, y0, x1, y1 = (F.col(c) for c in ("_x0", "_y0", "_x1", "_y1"))
+    cx0, cy0, cx1, cy1 = _clipped_box_columns()
+    row_mm, col_mm = F.col("pixel_spacing")[0], F.col("pixel_spacing")[1]
+    has_spacing = (F.size("pixel_spacing") == 2) & (row_mm > 0) & (col_mm > 0)
+    clipped = (cx0 != x0) | (cy0 != y0) | (cx1 != x1) | (cy1 != y1)
+    # Valid boxes sort first within an id, so a valid box ranked > 1 repeats an earlier valid box.
+    first_seq = Window.partitionBy("annotation_id").orderBy(F.col("_reason").isNotNull(), "_seq")
+    checked = (
+        spark.createDataFrame(rows, _BOX_ROWS)
+        .join(meta, ["sop_instance_uid", "frame_index"], "left")
+        .withColumns(
+            {
+                "_reason": _reject_reason_column(),
+                "box_xyxy_px": F.array(cx0, cy0, cx1, cy1),
+                "box_xyxy_mm": F.when(
+                    has_spacing, F.array(cx0 * col_mm, cy0 * row_mm, cx1 * col_mm, cy1 * row_mm)
+                ).otherwise(F.lit(None).cast("array<double>")),
+                "clipped": clipped,
+            }
+        )
+        .withColumns(
+            {
+                "truncated": F.when(F.col("clipped"), F.lit(True)).otherwise(F.col("_truncated")),
+                "annotation_id": _annotation_id_column(),
+            }
+        )
+    )
+    duplicate = F.format_string("duplicate of %s (same frame, class, levels and box)", F.col("_first_item"))
+    return (
+        checked.withColumns({"_rank": F.row_number().over(first_seq), "_first_item": F.first("_item").over(first_seq)})
+        .withColumn("_reason", F.coalesce("_reason", F.when(F.col("_rank") > 1, duplicate)))
+        .drop("_rank", "_first_item")
+    )
+
+
+def _clipped_box_columns() -> tuple[Column, Column, Column, Column]:
+    """The box ``_x0, _y0, _x1, _y1`` (pixels xyxy) clipped to the ``image_width`` x ``image_height`` frame."""
+    x0, y0, x1, y1 = (F.col(c) for c in ("_x0", "_y0", "_x1", "_y1"))
     w, h = F.col("image_width"), F.col("image_height")
-    cx0, cy0 = F.greatest(x0, F.lit(0.0)), F.greatest(y0, F.lit(0.0))
-    cx1, cy1 = F.least(x1, w.cast("double")), F.least(y1, h.cast("double"))
+    return (
+        F.greatest(x0, F.lit(0.0)),
+        F.greatest(y0, F.lit(0.0)),
+        F.least(x1, w.cast("double")),
+        F.least(y1, h.cast("double")),
+    )
+
+
+def _reject_reason_column() -> Column:
+    """Why a box joined to its frame is rejected (null when it is kept), in words."""
+    x0, y0, x1, y1 = (F.col(c) for c in ("_x0", "_y0", "_x1", "_y1"))
+    w, h = F.col("image_width"), F.col("image_height")
+    cx0, cy0, cx1, cy1 = _clipped_box_columns()
     tol = F.lit(CLIP_TOLERANCE_PX)
     box_text = F.format_string("[%s, %s, %s, %s]", x0, y0, x1, y1)
-    reason = (
+    return (
         F.when(
             F.col("_known").isNull(),
             F.format_string(
@@ -698,37 +765,6 @@ def _check_boxes(spark: SparkSession, boxes: list[LabelBox], images: DataFrame) 
         .when(
             (cx1 <= cx0) | (cy1 <= cy0), F.format_string("box %s (pixels xyxy) has no area inside the image", box_text)
         )
-    )
-    row_mm, col_mm = F.col("pixel_spacing")[0], F.col("pixel_spacing")[1]
-    has_spacing = (F.size("pixel_spacing") == 2) & (row_mm > 0) & (col_mm > 0)
-    clipped = (cx0 != x0) | (cy0 != y0) | (cx1 != x1) | (cy1 != y1)
-    # Valid boxes sort first within an id, so a valid box ranked > 1 repeats an earlier valid box.
-    first_seq = Window.partitionBy("annotation_id").orderBy(F.col("_reason").isNotNull(), "_seq")
-    checked = (
-        spark.createDataFrame(rows, _BOX_ROWS)
-        .join(meta, ["sop_instance_uid", "frame_index"], "left")
-        .withColumns(
-            {
-                "_reason": reason,
-                "box_xyxy_px": F.array(cx0, cy0, cx1, cy1),
-                "box_xyxy_mm": F.when(
-                    has_spacing, F.array(cx0 * col_mm, cy0 * row_mm, cx1 * col_mm, cy1 * row_mm)
-                ).otherwise(F.lit(None).cast("array<double>")),
-                "clipped": clipped,
-            }
-        )
-        .withColumns(
-            {
-                "truncated": F.when(F.col("clipped"), F.lit(True)).otherwise(F.col("_truncated")),
-                "annotation_id": _annotation_id_column(),
-            }
-        )
-    )
-    duplicate = F.format_string("duplicate of %s (same frame, class, levels and box)", F.col("_first_item"))
-    return (
-        checked.withColumns({"_rank": F.row_number().over(first_seq), "_first_item": F.first("_item").over(first_seq)})
-        .withColumn("_reason", F.coalesce("_reason", F.when(F.col("_rank") > 1, duplicate)))
-        .drop("_rank", "_first_item")
     )
 
 

@@ -28,7 +28,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from radlake.ingest.schema import struct_fields
+from radlake.tables import struct_fields
 
 __all__ = ["ANNOTATIONS", "SPLITS", "VERTEBRA_CROPS"]
 

@@ -161,6 +161,9 @@ def check_image_rule(spark: SparkSession, rule: str) -> None:
 def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | None = None) -> IngestSummary:
     """Ingest ``archive`` (or ``ingest.archive``) incrementally into the Delta tables.
 
+    The steps of the module docstring, each a function of this module over one
+    :class:`_IngestRun`.
+
     Raises
     ------
     ConfigError
@@ -168,85 +171,182 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     radlake.ingest.listing.ArchiveNotFoundError
         If a local archive path does not exist.
     """
-    started = time.perf_counter()
-    archive = archive or config.ingest.archive
-    if not archive:
-        raise ConfigError("No archive given: pass --archive or set ingest.archive.")
-    ic = config.ingest
-    phases: dict[str, float] = {}
-    mark = [started]
+    run = _open_run(spark, config, archive or config.ingest.archive)
+    listed = list_archive(spark, run.archive)
+    files = (
+        listed if run.created[Table.INGEST_FILES] else unseen_files(listed, run.refs[Table.INGEST_FILES].read(spark))
+    )
+    run.phase("list")
+    if not files:  # the ledger is written last, so a complete ledger means nothing is left to do
+        run.tables_made()
+        return run.summary(files_seen=len(listed), files_ingested=0, series=run.refs[Table.SERIES].read(spark).count())
+    headers = _header_pass(run, files)
+    rows = _header_rows(run, headers)
+    stored = _store_and_decode(run, headers, rows)
+    n_pixel_failures = _quarantine_pixel_failures(run, stored.pixel_failures)
+    n_series = stored.n_stacks if run.created[Table.SERIES] else run.refs[Table.SERIES].read(spark).count()
+    if not run.created[Table.IMAGES]:  # this run's images have their index from ``all_series``; older ones may move
+        _refresh_slice_indices(spark, run.refs, stored.touched)
+    run.phase("slice_index_refresh")
+    unpersist(stored.stacks)
+    _write_ledger(run, headers.results)
+    unpersist(headers.classified)
+    unpersist(headers.results)
+    headers.release_files()
+    n = headers.counts
+    return run.summary(
+        files_seen=len(listed),
+        files_ingested=len(files),
+        new_instances=n["new"],
+        unchanged_instances=n["unchanged"],
+        duplicates=n["duplicate"],
+        quarantined=n["quarantined"] + n_pixel_failures,
+        conflicts=n["conflict"],
+        dicomdir_skipped=n["skipped"],
+        series=n_series,
+        new_images=stored.new_images,
+    )
 
-    def phase(name: str) -> None:
+
+#: The tables an ingest run writes, with their schemas.
+_STRUCTS = {
+    Table.INSTANCES: S.INSTANCES,
+    Table.SERIES: S.SERIES,
+    Table.IMAGES: S.IMAGES,
+    Table.QUARANTINE: S.QUARANTINE,
+    Table.DUPLICATES: S.DUPLICATES,
+    Table.INGEST_FILES: S.INGEST_FILES,
+}
+
+
+@dataclass
+class _IngestRun:
+    """What every step of one ingest run shares: the session, the tables, the run's id and clock."""
+
+    spark: SparkSession
+    config: RadlakeConfig
+    archive: str
+    refs: dict
+    #: Table → whether this run created it (then it is empty: never read, appended to).
+    created: dict
+    #: The creations of the tables this run created, running in the background.
+    made: list
+    #: The HMAC key of the pseudonyms (None: de-identification off).
+    deid_key: bytes | None
+    run_id: str
+    now: datetime
+    started: float
+    phases: dict = field(default_factory=dict)
+    _mark: float = 0.0
+
+    @property
+    def run_columns(self) -> dict:
+        """The columns that stamp a row with this run."""
+        return {
+            "ingest_run_id": F.lit(self.run_id),
+            "ingested_at": F.lit(self.now),
+            "radlake_version": F.lit(__version__),
+        }
+
+    def phase(self, name: str) -> None:
+        """Record the seconds since the last phase ended as ``name``'s."""
         now_s = time.perf_counter()
-        phases[name] = round(now_s - mark[0], 2)
-        mark[0] = now_s
+        self.phases[name] = round(now_s - (self._mark or self.started), 2)
+        self._mark = now_s
 
-    check_image_rule(spark, ic.image_rule)
-    deid_key = resolve_deid_key(config)
-    normalize_archive(archive)  # a missing archive fails before any table is touched
-
-    refs = {t: table_ref(config, t) for t in Table}
-    structs = {
-        Table.INSTANCES: S.INSTANCES,
-        Table.SERIES: S.SERIES,
-        Table.IMAGES: S.IMAGES,
-        Table.QUARANTINE: S.QUARANTINE,
-        Table.DUPLICATES: S.DUPLICATES,
-        Table.INGEST_FILES: S.INGEST_FILES,
-    }
-    # A table that does not exist yet is created by this run and so known to be empty: it is
-    # not read. The creations (Delta commits, mostly JVM start-up work for the first) run in
-    # the background while the archive is listed and the header pass runs; every write of this
-    # run waits for them first (``tables_made``).
-    created = {table: not refs[table].exists(spark) for table in structs}
-    setup = ThreadPoolExecutor(len(structs), thread_name_prefix="radlake-setup")
-    made = [setup.submit(refs[table].ensure, spark, structs[table]) for table in structs if created[table]]
-    setup.shutdown(wait=False)  # each thread ends with its one call
-
-    def tables_made() -> None:
+    def tables_made(self) -> None:
         """Wait for the tables' creation, raising its error if one failed."""
-        for future in made:
+        for future in self.made:
             future.result()
 
-    def stored(table: Table, version: int | None = None) -> DataFrame:
+    def stored(self, table: Table, version: int | None = None) -> DataFrame:
         """``table`` as stored before this run's writes; one this run created is empty and is not read."""
-        if created[table]:
-            return empty_frame(spark, structs[table])  # Catalyst drops joins and unions with it
-        return refs[table].read(spark, version=version)
+        if self.created[table]:
+            return empty_frame(self.spark, _STRUCTS[table])  # Catalyst drops joins and unions with it
+        return self.refs[table].read(self.spark, version=version)
 
-    run_id = uuid.uuid4().hex
-    now = datetime.now(UTC)
-    run_columns = {"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now), "radlake_version": F.lit(__version__)}
-    phase("setup")
+    def store(self, table: Table, source: DataFrame, **merge_args) -> None:
+        """MERGE ``source`` into ``table``; into a table this run created, append it.
 
-    # 1. What is new since the ledger.
-    listed = list_archive(spark, archive)
-    files = listed if created[Table.INGEST_FILES] else unseen_files(listed, refs[Table.INGEST_FILES].read(spark))
-    files_seen = len(listed)
-    phase("list")
-    if not files:  # the ledger is written last, so a complete ledger means nothing is left to do
-        tables_made()
+        A table created by this run is empty, so the MERGE could only insert: an append writes
+        the same rows without the MERGE's join and copy of its source. A rerun after a kill
+        finds the table and MERGEs, so no row is stored twice.
+        """
+        if self.created[table]:
+            _append(self.refs[table], source.select(*(f.name for f in _STRUCTS[table].fields)))
+        else:
+            self.refs[table].merge(self.spark, source, **merge_args)
+
+    def summary(self, *, files_seen: int, files_ingested: int, series: int, **counts: int) -> IngestSummary:
+        zero = dict.fromkeys(
+            ("new_instances", "unchanged_instances", "duplicates", "quarantined", "conflicts", "dicomdir_skipped"), 0
+        )
         return IngestSummary(
-            run_id=run_id,
-            archive=str(archive),
+            run_id=self.run_id,
+            archive=str(self.archive),
             files_seen=files_seen,
-            files_unchanged=files_seen,
-            files_ingested=0,
-            new_instances=0,
-            unchanged_instances=0,
-            duplicates=0,
-            quarantined=0,
-            conflicts=0,
-            dicomdir_skipped=0,
-            series=refs[Table.SERIES].read(spark).count(),
-            new_images=0,
-            seconds=round(time.perf_counter() - started, 2),
-            phase_seconds=phases,
+            files_unchanged=files_seen - files_ingested,
+            files_ingested=files_ingested,
+            series=series,
+            new_images=counts.pop("new_images", 0),
+            seconds=round(time.perf_counter() - self.started, 2),
+            phase_seconds=self.phases,
+            **{**zero, **counts},
         )
 
-    # 2. Header pass.
-    header_settings = HeaderSettings(
+
+def _open_run(spark: SparkSession, config: RadlakeConfig, archive: str | None) -> _IngestRun:
+    """Check the inputs, then start creating the tables this run needs (in the background).
+
+    A table that does not exist yet is created by this run and so known to be empty: it is
+    not read. The creations (Delta commits, mostly JVM start-up work for the first) run in
+    the background while the archive is listed and the header pass runs; every write of this
+    run waits for them first (:meth:`_IngestRun.tables_made`).
+    """
+    started = time.perf_counter()
+    if not archive:
+        raise ConfigError("No archive given: pass --archive or set ingest.archive.")
+    check_image_rule(spark, config.ingest.image_rule)
+    deid_key = resolve_deid_key(config)
+    normalize_archive(archive)  # a missing archive fails before any table is touched
+    refs = {t: table_ref(config, t) for t in Table}
+    created = {table: not refs[table].exists(spark) for table in _STRUCTS}
+    setup = ThreadPoolExecutor(len(_STRUCTS), thread_name_prefix="radlake-setup")
+    made = [setup.submit(refs[table].ensure, spark, _STRUCTS[table]) for table in _STRUCTS if created[table]]
+    setup.shutdown(wait=False)  # each thread ends with its one call
+    run = _IngestRun(
+        spark=spark,
+        config=config,
+        archive=archive,
+        refs=refs,
+        created=created,
+        made=made,
         deid_key=deid_key,
+        run_id=uuid.uuid4().hex,
+        now=datetime.now(UTC),
+        started=started,
+    )
+    run.phase("setup")
+    return run
+
+
+@dataclass
+class _Headers:
+    """The header pass of one run: its rows, this run's instances classified, and the counts."""
+
+    results: DataFrame
+    release_files: Callable[[], None]
+    classified: DataFrame
+    stored_instances: DataFrame
+    #: new, unchanged, duplicate, conflict (instances by status); quarantined, skipped (header rows).
+    counts: dict
+
+
+def _header_pass(run: _IngestRun, files: list) -> _Headers:
+    """Step 2: headers read and checked on the executors; this run's instances classified, copies compared."""
+    spark, ic = run.spark, run.config.ingest
+    header_settings = HeaderSettings(
+        deid_key=run.deid_key,
         max_member_bytes=ic.max_member_bytes,
         max_header_json_bytes=ic.max_header_json_bytes,
         oblique_tolerance_deg=ic.oblique_tolerance_deg,
@@ -270,16 +370,14 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     )
     # Cached where the session can (Databricks serverless cannot: each action then runs the pass again).
     results = persist(results)
-
-    instance_columns = [f.name for f in S.INSTANCES.fields]
     candidates = (
-        results.where("kind = 'instance'").withColumn("series_key", series_key_column()).withColumns(run_columns)
+        results.where("kind = 'instance'").withColumn("series_key", series_key_column()).withColumns(run.run_columns)
     )
     # Each instance of this run is classified once, against the table as it was before this
     # run's writes (see _classify): new, unchanged, a duplicate copy, or a copy whose content
     # must be compared with the kept one's.
-    before = None if created[Table.INSTANCES] else refs[Table.INSTANCES].version(spark)
-    stored_instances = stored(Table.INSTANCES, version=before)
+    before = None if run.created[Table.INSTANCES] else run.refs[Table.INSTANCES].version(spark)
+    stored_instances = run.stored(Table.INSTANCES, version=before)
     classified = persist(_classify(candidates, stored_instances))
     # One job runs the header pass (beside the tables' creation), fills the caches and counts
     # this run's instances by status and the header pass's rows by kind.
@@ -289,22 +387,35 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         .unionByName(results.groupBy(F.lit("kind").alias("of"), F.col("kind").alias("value")).count())
     )
     found = {(r["of"], r["value"]): r["count"] for r in tally.collect()}
-    tables_made()
-    phase("header_pass")
+    run.tables_made()
+    run.phase("header_pass")
     if found.get(("status", "compare"), 0):  # copies with other bytes: the same content, or a conflict?
-        decided = _compare_copies(spark, classified, stored_instances, _pixel_settings(config))
+        decided = _compare_copies(spark, classified, stored_instances, _pixel_settings(run.config))
         unpersist(classified)
         classified = persist(decided)
         counts = classified.groupBy("_status").count().collect()
         found.update({("status", r["_status"]): r["count"] for r in counts})
         found.pop(("status", "compare"), None)
-    phase("copies")
-    n_new, n_unchanged, n_duplicates, n_conflicts = (
-        found.get(("status", k), 0) for k in ("new", "unchanged", "duplicate", "conflict")
-    )
-    n_skipped = found.get(("kind", "skipped"), 0)
-    n_quarantined = found.get(("kind", "failure"), 0) + n_conflicts
-    new_instances = classified.where("_status = 'new'").select(*instance_columns)
+    run.phase("copies")
+    counts = {k: found.get(("status", k), 0) for k in ("new", "unchanged", "duplicate", "conflict")}
+    counts["skipped"] = found.get(("kind", "skipped"), 0)
+    counts["quarantined"] = found.get(("kind", "failure"), 0) + counts["conflict"]
+    return _Headers(results, release_files, classified, stored_instances, counts)
+
+
+@dataclass
+class _HeaderRows:
+    """What the header pass adds to the tables: new instances, duplicates, quarantine rows (not yet written)."""
+
+    new_instances: DataFrame
+    duplicates: DataFrame
+    quarantine: DataFrame
+
+
+def _header_rows(run: _IngestRun, headers: _Headers) -> _HeaderRows:
+    """The rows of step 2 for the instances, duplicates and quarantine tables."""
+    classified = headers.classified
+    new_instances = classified.where("_status = 'new'").select(*(f.name for f in S.INSTANCES.fields))
     duplicates = classified.where("_status = 'duplicate'").select(
         F.sha2(F.concat_ws("|", "path", F.coalesce("member", F.lit("")), "content_sha256"), 256).alias("duplicate_id"),
         "path",
@@ -318,11 +429,10 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         F.col("_kept_path").alias("kept_path"),
         F.col("_kept_member").alias("kept_member"),
         F.col("_kept_sha").alias("kept_content_sha256"),
-        F.lit(run_id).alias("ingest_run_id"),
-        F.lit(now).alias("recorded_at"),
+        F.lit(run.run_id).alias("ingest_run_id"),
+        F.lit(run.now).alias("recorded_at"),
     )
-
-    header_failures = results.where("kind IN ('failure', 'skipped')").select(
+    header_failures = headers.results.where("kind IN ('failure', 'skipped')").select(
         "path",
         "member",
         "file_size",
@@ -355,59 +465,65 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
             F.lit("); this copy was not ingested"),
         ).alias("error_message"),
     )
-    quarantine_new = _quarantine_rows(header_failures.unionByName(conflict_rows), run_id, now)
+    quarantine = _quarantine_rows(header_failures.unionByName(conflict_rows), run.run_id, run.now)
+    return _HeaderRows(new_instances, duplicates, quarantine)
 
-    def store(table: Table, source: DataFrame, **merge_args) -> None:
-        """MERGE ``source`` into ``table``; into a table this run created, append it.
 
-        A table created by this run is empty, so the MERGE could only insert: an append writes
-        the same rows without the MERGE's join and copy of its source. A rerun after a kill
-        finds the table and MERGEs, so no row is stored twice.
-        """
-        if created[table]:
-            _append(refs[table], source.select(*(f.name for f in structs[table].fields)))
-        else:
-            refs[table].merge(spark, source, **merge_args)
+@dataclass
+class _Stored:
+    """Steps 2-4 written: the stacks built, the images decoded, what failed in the pixel pass."""
 
-    # The commits of steps 2-3 (independent tables) are written in the background, each as
-    # soon as its rows are known, while the driver builds the stacks and the pixel work list
-    # (short jobs that leave the cores mostly idle) and the pixel pass decodes. Everything
-    # below reads the snapshots taken above, never these commits. Any order of them is
-    # restart-safe: the pixel pass skips instances that already have images, the MERGEs skip
-    # rows already stored, and the ledger is written after all of them, so a run killed in
-    # between is redone by the next.
+    stacks: DataFrame
+    n_stacks: int
+    touched: DataFrame
+    new_images: int
+    pixel_failures: DataFrame | None
+
+
+def _store_and_decode(run: _IngestRun, headers: _Headers, rows: _HeaderRows) -> _Stored:
+    """Steps 2-4: the header pass's commits, the stacks and the pixel pass, overlapped.
+
+    The commits of steps 2-3 (independent tables) are written in the background, each as
+    soon as its rows are known, while the driver builds the stacks and the pixel work list
+    (short jobs that leave the cores mostly idle) and the pixel pass decodes. Everything
+    here reads the snapshots taken by the header pass, never these commits. Any order of
+    them is restart-safe: the pixel pass skips instances that already have images, the
+    MERGEs skip rows already stored, and the ledger is written after all of them, so a run
+    killed in between is redone by the next.
+    """
+    spark, n = run.spark, headers.counts
     with ThreadPoolExecutor(4) as background:  # leaving it waits for all, also on an error
         commits = []
-        if n_new:
-            commits.append(background.submit(store, Table.INSTANCES, new_instances, keys=["sop_instance_uid"]))
-        if n_quarantined or n_skipped:
-            commits.append(background.submit(store, Table.QUARANTINE, quarantine_new, keys=["quarantine_id"]))
-        if n_duplicates:
-            commits.append(background.submit(store, Table.DUPLICATES, duplicates, keys=["duplicate_id"]))
-        all_instances = stored_instances.unionByName(new_instances)
+        if n["new"]:
+            commits.append(background.submit(run.store, Table.INSTANCES, rows.new_instances, keys=["sop_instance_uid"]))
+        if n["quarantined"] or n["skipped"]:
+            commits.append(background.submit(run.store, Table.QUARANTINE, rows.quarantine, keys=["quarantine_id"]))
+        if n["duplicate"]:
+            commits.append(background.submit(run.store, Table.DUPLICATES, rows.duplicates, keys=["duplicate_id"]))
+        all_instances = headers.stored_instances.unionByName(rows.new_instances)
         # 4. The pixel pass's work list, collected in the background while step 3 builds the
         # stacks: the instances chosen by the rule that have neither an image nor a pixel
         # failure yet.
         todo = background.submit(
             _pixel_todo,
-            ic.image_rule,
+            run.config.ingest.image_rule,
             instances=all_instances,
-            images=stored(Table.IMAGES),
-            quarantine=stored(Table.QUARANTINE),
+            images=run.stored(Table.IMAGES),
+            quarantine=run.stored(Table.QUARANTINE),
         )
         # 3. Stacks of every series seen in this run (new or already stored: a restarted run
         # must finish what a killed one left), rebuilt from all their instances: the table as
-        # of ``before`` plus this run's new ones, which is what the instances table holds once
-        # this run's commit is in.
+        # of the header pass plus this run's new ones, which is what the instances table holds
+        # once this run's commit is in.
         # Into an instances table this run created, every instance is new and its series touched.
-        touched = classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
+        touched = headers.classified.where("_status <> 'conflict'").select("series_instance_uid").distinct()
         members = (
-            new_instances
-            if created[Table.INSTANCES]
+            rows.new_instances
+            if run.created[Table.INSTANCES]
             else all_instances.join(touched, "series_instance_uid", "left_semi")
         )
         stacks = persist(  # small (no pixels): collected below and stored by the series commit
-            build_series(members).withColumns({"updated_run_id": F.lit(run_id), "updated_at": F.lit(now)})
+            build_series(members).withColumns({"updated_run_id": F.lit(run.run_id), "updated_at": F.lit(run.now)})
         )
         # Built once here (this fills the cache the series commit reads): each stack's ordered
         # (instance, frame) list, metadata only.
@@ -415,65 +531,52 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         n_stacks = len(stack_slices)
         series_columns = [f.name for f in S.SERIES.fields if f.name != "series_key"]
         commits.append(
-            background.submit(store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)
+            background.submit(run.store, Table.SERIES, stacks, keys=["series_key"], update_columns=series_columns)
         )
         # Each frame's slice index in its stack, from the series table as it is once this
         # run's stacks are in: this run's, and stored ones for instances of series it did not
         # touch (an image rule widened since they were ingested).
         records = todo.result()
         untouched = {r["series_key"] for r in records} - {row["series_key"] for row in stack_slices} - {None}
-        if untouched and not created[Table.SERIES]:
+        if untouched and not run.created[Table.SERIES]:
             keys = spark.createDataFrame([(key,) for key in sorted(untouched)], "series_key string")
-            older = stored(Table.SERIES).join(keys, "series_key", "left_semi").select("series_key", "slices")
+            older = run.stored(Table.SERIES).join(keys, "series_key", "left_semi").select("series_key", "slices")
             stack_slices += older.collect()
         _add_slice_indices(records, stack_slices)
-        new_images, pixel_failures = _pixel_stage(spark, config, refs, run_columns, run_id, records, all_instances)
+        new_images, pixel_failures = _pixel_stage(
+            spark, run.config, run.refs, run.run_columns, run.run_id, records, all_instances
+        )
     for commit in commits:
         commit.result()  # raises a background write's error
-    phase("commits_and_pixels")
-    n_pixel_failures = 0
-    if pixel_failures is not None:  # after the quarantine MERGE above: one writer per table at a time
-        n_pixel_failures = pixel_failures.count()
-        if n_pixel_failures:
-            refs[Table.QUARANTINE].merge(spark, _quarantine_rows(pixel_failures, run_id, now), keys=["quarantine_id"])
-        unpersist(pixel_failures)
-    n_series = n_stacks if created[Table.SERIES] else refs[Table.SERIES].read(spark).count()
-    if not created[Table.IMAGES]:  # this run's images have their index from ``all_series``; older ones may move
-        _refresh_slice_indices(spark, refs, touched)
-    phase("slice_index_refresh")
-    unpersist(stacks)
+    run.phase("commits_and_pixels")
+    return _Stored(stacks, n_stacks, touched, new_images, pixel_failures)
 
-    # 5. The ledger, last.
+
+def _quarantine_pixel_failures(run: _IngestRun, pixel_failures: DataFrame | None) -> int:
+    """The pixel pass's failures into quarantine (after its header MERGE: one writer per table at a time)."""
+    if pixel_failures is None:
+        return 0
+    n_failures = pixel_failures.count()
+    if n_failures:
+        run.refs[Table.QUARANTINE].merge(
+            run.spark, _quarantine_rows(pixel_failures, run.run_id, run.now), keys=["quarantine_id"]
+        )
+    unpersist(pixel_failures)
+    return n_failures
+
+
+def _write_ledger(run: _IngestRun, results: DataFrame) -> None:
+    """Step 5, last: every file of this run in ``ingest_files``, with what it held."""
     per_file = results.groupBy("path", "file_size", "modification_time").agg(
         F.sum(F.when(F.col("kind") == "instance", 1).otherwise(0)).cast("int").alias("n_instances"),
         F.sum(F.when(F.col("kind") == "failure", 1).otherwise(0)).cast("int").alias("n_quarantined"),
     )
-    store(
+    run.store(
         Table.INGEST_FILES,
-        per_file.withColumns({"ingest_run_id": F.lit(run_id), "ingested_at": F.lit(now)}),
+        per_file.withColumns({"ingest_run_id": F.lit(run.run_id), "ingested_at": F.lit(run.now)}),
         keys=["path", "file_size", "modification_time"],
     )
-    phase("ledger")
-    unpersist(classified)
-    unpersist(results)
-    release_files()
-    return IngestSummary(
-        run_id=run_id,
-        archive=str(archive),
-        files_seen=files_seen,
-        files_unchanged=files_seen - len(files),
-        files_ingested=len(files),
-        new_instances=n_new,
-        unchanged_instances=n_unchanged,
-        duplicates=n_duplicates,
-        quarantined=n_quarantined + n_pixel_failures,
-        conflicts=n_conflicts,
-        dicomdir_skipped=n_skipped,
-        series=n_series,
-        new_images=new_images,
-        seconds=round(time.perf_counter() - started, 2),
-        phase_seconds=phases,
-    )
+    run.phase("ledger")
 
 
 def _pixel_settings(config: RadlakeConfig) -> PixelSettings:

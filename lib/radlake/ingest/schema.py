@@ -18,18 +18,14 @@ from pyspark.sql.types import (
     IntegerType,
     LongType,
     StringType,
-    StructField,
     StructType,
     TimestampType,
 )
 
+from radlake.tables import struct_fields
+
 _S, _I, _L, _D, _B = StringType(), IntegerType(), LongType(), DoubleType(), BooleanType()
 _DOUBLES = ArrayType(DoubleType())
-
-
-def struct_fields(*spec: tuple[str, object]) -> list[StructField]:
-    """Nullable ``StructField``s from ``(name, type)`` pairs (every radlake table's columns are nullable)."""
-    return [StructField(name, dtype, True) for name, dtype in spec]  # type: ignore[arg-type]
 
 
 #: Where an instance came from: the stored file (``path``, ``file_size``, ``modification_time``)

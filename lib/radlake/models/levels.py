@@ -268,63 +268,15 @@ def decode_levels(
     weight = NONE_WEIGHT if none_weight is None else none_weight
     none = views * np.log(weight * (1.0 - sure) ** 2 + _EPS)  # (N,)
     cum_none = np.concatenate([[0.0], np.cumsum(none)])  # cum_none[t] = sum of none[:t]
-    k_max = len(SKIP_PRIOR)
-    # step[i, j, k-1]: log P(body j is k levels below body i, both labelled, none between).
-    step = np.full((n, n, k_max), -np.inf)
-    floor = MIN_HEIGHT_SHARE * float(np.median(hgt))
-    for i in range(n):
-        for j in range(i + 1, n):
-            scale = max(hgt[i], hgt[j], floor)
-            step[i, j] = _step_log_likelihood(pos[j] - pos[i], scale) + (cum_none[j] - cum_none[i + 1])
+    step = _transitions(pos, hgt, cum_none)
     start = np.log(1.0 / n_levels) + cum_none[:n]  # (N,): bodies before the first labelled one are none
     end = cum_none[n] - cum_none[1:]  # (N,): bodies after the last labelled one are none
-
-    def shifted(values: np.ndarray, k: int) -> np.ndarray:
-        """values[ℓ - k] at ℓ (−inf where ℓ - k < 0)."""
-        out = np.full(n_levels, -np.inf)
-        out[k:] = values[: n_levels - k]
-        return out
-
-    # Forward (sum and max) over "body j is labelled ℓ and is the latest labelled body so far".
-    alpha = np.full((n, n_levels), -np.inf)
-    best = np.full((n, n_levels), -np.inf)
-    back = np.full((n, n_levels, 2), -1, dtype=np.int64)  # (previous body, previous level) of the best path
-    for j in range(n):
-        terms = [np.full(n_levels, start[j])]
-        best_j = np.full(n_levels, start[j])
-        for i in range(j):
-            for k in range(1, k_max + 1):
-                if not np.isfinite(step[i, j, k - 1]):
-                    continue
-                terms.append(shifted(alpha[i], k) + step[i, j, k - 1])
-                cand = shifted(best[i], k) + step[i, j, k - 1]
-                better = cand > best_j
-                best_j = np.where(better, cand, best_j)
-                back[j, better] = np.stack([np.full(better.sum(), i), np.flatnonzero(better) - k], axis=1)
-        alpha[j] = emit[j] + _logsumexp(np.stack(terms), axis=0)
-        best[j] = emit[j] + best_j
-    # Backward: everything after body j given that j is labelled ℓ.
-    beta = np.full((n, n_levels), -np.inf)
-    for i in range(n - 1, -1, -1):
-        terms = [np.full(n_levels, end[i])]
-        for j in range(i + 1, n):
-            for k in range(1, k_max + 1):
-                nxt = np.full(n_levels, -np.inf)
-                nxt[: n_levels - k] = (emit[j] + beta[j])[k:]
-                terms.append(nxt + step[i, j, k - 1])
-        beta[i] = _logsumexp(np.stack(terms), axis=0)
+    alpha, best, back = _forward(emit, step, start)
+    beta = _backward(emit, step, end)
     all_none = np.log(1.0 / n_levels) + cum_none[n]
     log_z = _logsumexp(np.concatenate([(alpha + end[:, None]).ravel(), [all_none]]))
     marginal = np.exp(alpha + beta - log_z)  # (N, L): P(body labelled ℓ)
-
-    # The most probable joint labelling.
-    levels_sorted = np.full(n, -1, dtype=np.int64)
-    finals = best + end[:, None]
-    if finals.max() > all_none:
-        j, level = np.unravel_index(int(np.argmax(finals)), finals.shape)
-        while j >= 0:
-            levels_sorted[j] = level
-            j, level = back[j, level]
+    levels_sorted = _best_path(best, back, end, all_none)
     labelled = marginal.sum(axis=1)
     # A labelled body's probability is that of its level given that it is a vertebra (whether it
     # is one at all is the detector's score); a body left out has the probability of that.
@@ -338,6 +290,85 @@ def decode_levels(
     out_prob = np.empty(n)
     out_levels[order], out_prob[order] = levels_sorted, prob_sorted
     return LevelDecoding(out_levels, out_prob, (out_levels >= 0) & (out_prob < min_probability))
+
+
+def _transitions(pos: np.ndarray, hgt: np.ndarray, cum_none: np.ndarray) -> np.ndarray:
+    """``step[i, j, k-1]``: log P(body j is k levels below body i, both labelled, none between).
+
+    ``pos`` and ``hgt`` are sorted head to feet; ``cum_none[t]`` is the log evidence of
+    *none* summed over the first ``t`` bodies.
+    """
+    n, k_max = len(pos), len(SKIP_PRIOR)
+    step = np.full((n, n, k_max), -np.inf)
+    floor = MIN_HEIGHT_SHARE * float(np.median(hgt))
+    for i in range(n):
+        for j in range(i + 1, n):
+            scale = max(hgt[i], hgt[j], floor)
+            step[i, j] = _step_log_likelihood(pos[j] - pos[i], scale) + (cum_none[j] - cum_none[i + 1])
+    return step
+
+
+def _shifted(values: np.ndarray, k: int) -> np.ndarray:
+    """values[ℓ - k] at ℓ (−inf where ℓ - k < 0)."""
+    out = np.full(len(values), -np.inf)
+    out[k:] = values[: len(values) - k]
+    return out
+
+
+def _forward(emit: np.ndarray, step: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forward sums and maxima over "body j is labelled ℓ and is the latest labelled body so far".
+
+    Returns ``alpha`` (log sums), ``best`` (log maxima) and ``back`` (the previous body and
+    level on the best path to each state; -1 where it starts).
+    """
+    n, n_levels = emit.shape
+    k_max = step.shape[2]
+    alpha = np.full((n, n_levels), -np.inf)
+    best = np.full((n, n_levels), -np.inf)
+    back = np.full((n, n_levels, 2), -1, dtype=np.int64)  # (previous body, previous level) of the best path
+    for j in range(n):
+        terms = [np.full(n_levels, start[j])]
+        best_j = np.full(n_levels, start[j])
+        for i in range(j):
+            for k in range(1, k_max + 1):
+                if not np.isfinite(step[i, j, k - 1]):
+                    continue
+                terms.append(_shifted(alpha[i], k) + step[i, j, k - 1])
+                cand = _shifted(best[i], k) + step[i, j, k - 1]
+                better = cand > best_j
+                best_j = np.where(better, cand, best_j)
+                back[j, better] = np.stack([np.full(better.sum(), i), np.flatnonzero(better) - k], axis=1)
+        alpha[j] = emit[j] + _logsumexp(np.stack(terms), axis=0)
+        best[j] = emit[j] + best_j
+    return alpha, best, back
+
+
+def _backward(emit: np.ndarray, step: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """``beta[i, ℓ]``: log evidence of everything after body i given that i is labelled ℓ."""
+    n, n_levels = emit.shape
+    k_max = step.shape[2]
+    beta = np.full((n, n_levels), -np.inf)
+    for i in range(n - 1, -1, -1):
+        terms = [np.full(n_levels, end[i])]
+        for j in range(i + 1, n):
+            for k in range(1, k_max + 1):
+                nxt = np.full(n_levels, -np.inf)
+                nxt[: n_levels - k] = (emit[j] + beta[j])[k:]
+                terms.append(nxt + step[i, j, k - 1])
+        beta[i] = _logsumexp(np.stack(terms), axis=0)
+    return beta
+
+
+def _best_path(best: np.ndarray, back: np.ndarray, end: np.ndarray, all_none: float) -> np.ndarray:
+    """The most probable joint labelling (level index per body, -1 for none), traced back from its end."""
+    levels = np.full(len(best), -1, dtype=np.int64)
+    finals = best + end[:, None]
+    if finals.max() > all_none:
+        j, level = np.unravel_index(int(np.argmax(finals)), finals.shape)
+        while j >= 0:
+            levels[j] = level
+            j, level = back[j, level]
+    return levels
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import mlflow
 import pandas as pd
 
 from radlake.errors import ConfigError
-from radlake.registry.resolve import version_aliases
+from radlake.models.resolve import version_aliases
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

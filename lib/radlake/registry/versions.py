@@ -21,8 +21,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from radlake.config import RadlakeConfig
+from radlake.models.resolve import ModelNotFoundError, version_aliases
 from radlake.registry.promote import CHAMPION
-from radlake.registry.resolve import ModelNotFoundError, version_aliases
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -55,16 +55,15 @@ from pyspark.sql.types import ArrayType, BinaryType, DoubleType, IntegerType, St
 
 from radlake.config import RadlakeConfig
 from radlake.errors import RadlakeError
-from radlake.ingest.schema import struct_fields
 from radlake.models.levels import LEVELS
 from radlake.score.schema import MODEL_PAIR_FIELDS, PREDICTIONS, STUDY_FINDINGS
 from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
-from radlake.tables import Table, table_ref
+from radlake.tables import Table, struct_fields, table_ref
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from radlake.registry.resolve import ResolvedModel
+    from radlake.models.resolve import ResolvedModel
 
 
 class NothingToScoreError(RadlakeError):
@@ -256,7 +255,7 @@ def check_models(vertebra_uri: str, schmorl_uri: str) -> tuple[CheckedModel, Che
         If a model's signature is not the detector pyfunc's.
     """
     from radlake.models.pyfunc import check_detector_signature
-    from radlake.registry.resolve import resolve_model_uri
+    from radlake.models.resolve import resolve_model_uri
 
     models = []
     for uri in (vertebra_uri, schmorl_uri):
@@ -298,7 +297,6 @@ def score_archive(
     import mlflow
 
     import radlake
-    from radlake.spark import persist, unpersist
     from radlake.tracking import configure_mlflow, run_scope
 
     started = time.perf_counter()
@@ -325,93 +323,138 @@ def score_archive(
     ) as run:
         run_id = run.info.run_id
         mlflow.set_tags({"radlake.step": "score", "radlake.version": radlake.__version__})
-        mlflow.log_params(
-            {
-                "vertebra_model": vertebra.uri,
-                "schmorl_model": schmorl.uri,
-                "vertebra_threshold": sc.vertebra_threshold,
-                "schmorl_threshold": sc.schmorl_threshold,
-                "batch_size": sc.batch_size,
-                "merge_iou": sc.merge_iou,
-                "crop_margin_fraction": config.crops.margin_fraction,
-                "crop_size": config.crops.size,
-                "images_version": images_ref.version(spark),
-            }
-        )
-        images = images_ref.read(spark).withColumn(_STACK, _stack_key())
-        done = (
-            predictions_ref.read(spark)
-            .where((F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri))
-            .select(*_KEYS)
-        )
-        unscored = images.join(done, _KEYS, "left_anti").withColumn("_ok", _valid_pixels())
-        counts = unscored.groupBy(F.when(F.col("_ok"), F.lit("ok")).otherwise(_skip_reason()).alias("r")).count()
-        by_reason = {r["r"]: int(r["count"]) for r in counts.collect()}
-        frames_total = images.count()
-        # A stack with a new frame is scored whole: its levels are decoded over all its frames.
-        stacks = unscored.where("_ok").select(_STACK).distinct()
-        todo = images.join(stacks, _STACK, "left_semi").where(_valid_pixels())
-        skipped = {k: v for k, v in by_reason.items() if k != "ok"}
-        quarantine_ref = table_ref(config, Table.QUARANTINE)
-        if quarantine_ref.exists(spark):
-            failed = quarantine_ref.read(spark).where("stage = 'pixels'").count()
-            if failed:
-                skipped["pixels_failed_at_ingest"] = failed
-
-        if by_reason.get("ok"):
-            by_reason["ok"] = todo.count()  # before the MERGE: frames scored again with their stack count here
-            _score_frames(spark, config, todo, *checked, run_id)
-
-        written = persist(predictions_ref.read(spark).where(F.col("score_run_id") == run_id))
-        stats = written.agg(
-            F.count("*").alias("frames"),
-            F.coalesce(F.sum("n_vertebrae"), F.lit(0)).alias("vertebrae"),
-            F.coalesce(F.sum("n_schmorl_nodes"), F.lit(0)).alias("nodes"),
-            F.coalesce(F.sum(F.expr("int(n_schmorl_nodes > 0)")), F.lit(0)).alias("with_nodes"),
-        ).first()
-        series_keys = written.select("series_key").distinct()
-        series_updated = series_keys.count()
-        unpersist(written)
-        if series_updated:
-            update_study_findings(spark, config, vertebra.uri, schmorl.uri, series_keys, run_id)
-        findings = findings_summary(spark, config, vertebra.uri, schmorl.uri)
-        pair = findings_ref.read(spark).where(
-            (F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri)
-        )
-        series_with_nodes = pair.where(F.size("levels_with_nodes") > 0).count()
-        summary = ScoreSummary(
-            run_id=run_id,
-            vertebra_model=_model_dict(vertebra),
-            schmorl_model=_model_dict(schmorl),
-            frames_in_images=frames_total,
-            frames_already_scored=frames_total - sum(by_reason.values()),
-            frames_scored=int(stats["frames"]),
-            skipped=skipped,
-            vertebrae=int(stats["vertebrae"]),
-            schmorl_nodes=int(stats["nodes"]),
-            frames_with_nodes=int(stats["with_nodes"]),
-            series_updated=series_updated,
-            series_with_nodes=series_with_nodes,
-            predictions_version=predictions_ref.version(spark),
-            study_findings_version=findings_ref.version(spark),
-            tables={"predictions": predictions_ref.location, "study_findings": findings_ref.location},
-            seconds=round(time.perf_counter() - started, 2),
-            findings=findings,
-        )
-        mlflow.log_metrics(
-            {
-                "frames_scored": summary.frames_scored,
-                "frames_skipped": sum(skipped.values()),
-                "vertebrae": summary.vertebrae,
-                "schmorl_nodes": summary.schmorl_nodes,
-                "frames_with_nodes": summary.frames_with_nodes,
-                "series_with_nodes": series_with_nodes,
-                "seconds": summary.seconds,
-                "frames_per_s": summary.frames_scored / summary.seconds if summary.seconds else 0.0,
-            }
-        )
+        _log_score_params(config, vertebra, schmorl, images_ref.version(spark))
+        plan = _plan_frames(spark, config, images_ref, predictions_ref, vertebra, schmorl)
+        if plan.by_reason.get("ok"):
+            plan.by_reason["ok"] = (
+                plan.todo.count()
+            )  # before the MERGE: frames scored again with their stack count here
+            _score_frames(spark, config, plan.todo, *checked, run_id)
+        summary = _summarize(spark, config, plan, checked, run_id, started)
+        _log_score_metrics(summary)
         mlflow.log_dict(summary.as_dict(), "score/summary.json")
     return summary
+
+
+def _log_score_params(config: RadlakeConfig, vertebra, schmorl, images_version: int) -> None:
+    import mlflow
+
+    sc = config.score
+    mlflow.log_params(
+        {
+            "vertebra_model": vertebra.uri,
+            "schmorl_model": schmorl.uri,
+            "vertebra_threshold": sc.vertebra_threshold,
+            "schmorl_threshold": sc.schmorl_threshold,
+            "batch_size": sc.batch_size,
+            "merge_iou": sc.merge_iou,
+            "crop_margin_fraction": config.crops.margin_fraction,
+            "crop_size": config.crops.size,
+            "images_version": images_version,
+        }
+    )
+
+
+@dataclass
+class _FramePlan:
+    """Which frames this run scores, and why the others are not."""
+
+    #: The frames to score: every valid frame of a stack with a frame not yet scored by the pair.
+    todo: DataFrame
+    #: ``ok`` (frames to score) or a skip reason → frames not yet scored by the pair.
+    by_reason: dict
+    #: Skip reason → frames (the ingest's pixel failures included).
+    skipped: dict
+    frames_total: int
+
+
+def _plan_frames(
+    spark: SparkSession, config: RadlakeConfig, images_ref, predictions_ref, vertebra, schmorl
+) -> _FramePlan:
+    """The frames of ``images`` this model pair has not scored, whole stacks at a time, and the skipped ones."""
+    images = images_ref.read(spark).withColumn(_STACK, _stack_key())
+    done = (
+        predictions_ref.read(spark)
+        .where((F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri))
+        .select(*_KEYS)
+    )
+    unscored = images.join(done, _KEYS, "left_anti").withColumn("_ok", _valid_pixels())
+    counts = unscored.groupBy(F.when(F.col("_ok"), F.lit("ok")).otherwise(_skip_reason()).alias("r")).count()
+    by_reason = {r["r"]: int(r["count"]) for r in counts.collect()}
+    frames_total = images.count()
+    # A stack with a new frame is scored whole: its levels are decoded over all its frames.
+    stacks = unscored.where("_ok").select(_STACK).distinct()
+    todo = images.join(stacks, _STACK, "left_semi").where(_valid_pixels())
+    skipped = {k: v for k, v in by_reason.items() if k != "ok"}
+    quarantine_ref = table_ref(config, Table.QUARANTINE)
+    if quarantine_ref.exists(spark):
+        failed = quarantine_ref.read(spark).where("stage = 'pixels'").count()
+        if failed:
+            skipped["pixels_failed_at_ingest"] = failed
+    return _FramePlan(todo=todo, by_reason=by_reason, skipped=skipped, frames_total=frames_total)
+
+
+def _summarize(
+    spark: SparkSession, config: RadlakeConfig, plan: _FramePlan, checked, run_id: str, started: float
+) -> ScoreSummary:
+    """What this run wrote, after study_findings is rebuilt for the series it scored."""
+    from radlake.spark import persist, unpersist
+
+    vertebra, schmorl = checked[0].model, checked[1].model
+    predictions_ref = table_ref(config, Table.PREDICTIONS)
+    findings_ref = table_ref(config, Table.STUDY_FINDINGS)
+    written = persist(predictions_ref.read(spark).where(F.col("score_run_id") == run_id))
+    stats = written.agg(
+        F.count("*").alias("frames"),
+        F.coalesce(F.sum("n_vertebrae"), F.lit(0)).alias("vertebrae"),
+        F.coalesce(F.sum("n_schmorl_nodes"), F.lit(0)).alias("nodes"),
+        F.coalesce(F.sum(F.expr("int(n_schmorl_nodes > 0)")), F.lit(0)).alias("with_nodes"),
+    ).first()
+    series_keys = written.select("series_key").distinct()
+    series_updated = series_keys.count()
+    unpersist(written)
+    if series_updated:
+        update_study_findings(spark, config, vertebra.uri, schmorl.uri, series_keys, run_id)
+    findings = findings_summary(spark, config, vertebra.uri, schmorl.uri)
+    pair = findings_ref.read(spark).where(
+        (F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri)
+    )
+    return ScoreSummary(
+        run_id=run_id,
+        vertebra_model=_model_dict(vertebra),
+        schmorl_model=_model_dict(schmorl),
+        frames_in_images=plan.frames_total,
+        frames_already_scored=plan.frames_total - sum(plan.by_reason.values()),
+        frames_scored=int(stats["frames"]),
+        skipped=plan.skipped,
+        vertebrae=int(stats["vertebrae"]),
+        schmorl_nodes=int(stats["nodes"]),
+        frames_with_nodes=int(stats["with_nodes"]),
+        series_updated=series_updated,
+        series_with_nodes=pair.where(F.size("levels_with_nodes") > 0).count(),
+        predictions_version=predictions_ref.version(spark),
+        study_findings_version=findings_ref.version(spark),
+        tables={"predictions": predictions_ref.location, "study_findings": findings_ref.location},
+        seconds=round(time.perf_counter() - started, 2),
+        findings=findings,
+    )
+
+
+def _log_score_metrics(summary: ScoreSummary) -> None:
+    import mlflow
+
+    mlflow.log_metrics(
+        {
+            "frames_scored": summary.frames_scored,
+            "frames_skipped": sum(summary.skipped.values()),
+            "vertebrae": summary.vertebrae,
+            "schmorl_nodes": summary.schmorl_nodes,
+            "frames_with_nodes": summary.frames_with_nodes,
+            "series_with_nodes": summary.series_with_nodes,
+            "seconds": summary.seconds,
+            "frames_per_s": summary.frames_scored / summary.seconds if summary.seconds else 0.0,
+        }
+    )
 
 
 def _score_frames(

@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, BooleanType, IntegerType, StringType, StructType
 
 from radlake.config import RadlakeConfig
 from radlake.dicom.geometry import Plane
-from radlake.ingest.schema import struct_fields
 from radlake.score.sr import NoPredictionsError, StudyNotFoundError, select_model_pairs
-from radlake.tables import Table, table_ref
+from radlake.tables import Table, struct_fields, table_ref
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -407,41 +407,15 @@ def write_review(
     --------
     >>> write_review(spark, config, study_uid="1.2.3", out_dir="review", max_slices=3)  # doctest: +SKIP
     """
-    from pyspark.sql import functions as F
-
     started = time.perf_counter()
-    if not isinstance(study_uid, str) or not study_uid:
-        raise ValueError(f"Argument 'study_uid' must be a non-empty string, got {study_uid!r}.")
-    if max_slices is not None and int(max_slices) < 1:
-        raise ValueError(f"Argument 'max_slices' must be >= 1 or None, got {max_slices}.")
-    if int(min_size) < 1:
-        raise ValueError(f"Argument 'min_size' must be >= 1, got {min_size}.")
+    _check_review_arguments(study_uid, max_slices, min_size)
     predictions_ref = table_ref(config, Table.PREDICTIONS)
     if not predictions_ref.exists(spark):
         raise NoPredictionsError(
             f"Table 'predictions' does not exist yet at {predictions_ref.location}: run `radlake score` first."
         )
-    keys = ["sop_instance_uid", "frame_index"]
-    frames = (
-        table_ref(config, Table.IMAGES)
-        .read(spark)
-        .where((F.col("study_instance_uid") == study_uid) & (F.col("plane") == Plane.SAGITTAL.value))
-        .select(*keys, "series_key", "slice_index", "pixels", "dtype", "height", "width")
-    )
-    if frames.select(*keys).limit(1).count() == 0:
-        raise StudyNotFoundError(
-            f"Study '{study_uid}' has no sagittal frame in table 'images': check the UID (ingested studies are "
-            "listed by `radlake tables`)."
-        )
-    study_rows = predictions_ref.read(spark).where(F.col("study_instance_uid") == study_uid)
-    chosen = select_model_pairs(study_rows, model_pair)
-    pair_row = chosen.select("vertebra_model_uri", "schmorl_model_uri").limit(1).collect()
-    if model_pair is not None and not pair_row:
-        raise StudyNotFoundError(
-            f"Study '{study_uid}' was not scored by model pair ({model_pair[0]}, {model_pair[1]})."
-        )
-    pair = [pair_row[0][0], pair_row[0][1]] if pair_row else None
-    boxes = chosen.select(*keys, "vertebrae", "schmorl_nodes").dropDuplicates(keys)
+    frames = _sagittal_frames(spark, config, study_uid)
+    boxes, pair = _boxes_of_pair(predictions_ref.read(spark), study_uid, model_pair)
     series_numbers = (
         table_ref(config, Table.INSTANCES)
         .read(spark)
@@ -451,10 +425,62 @@ def write_review(
     )
     if max_slices is not None:
         frames = central_slices(frames, int(max_slices))
-    work = frames.join(boxes, keys, "left").join(series_numbers, "sop_instance_uid", "left")
+    work = frames.join(boxes, _FRAME_KEYS, "left").join(series_numbers, "sop_instance_uid", "left")
     rendered = work.mapInArrow(partial(render_frames, min_size=int(min_size)), REVIEW_RESULT)
+    summary = _write_pngs(rendered, Path(out_dir))
+    return ReviewSummary(
+        study_instance_uid=study_uid,
+        model_pair=pair,
+        seconds=round(time.perf_counter() - started, 2),
+        **summary,
+    )
 
-    target = Path(out_dir)
+
+_FRAME_KEYS = ["sop_instance_uid", "frame_index"]
+
+
+def _check_review_arguments(study_uid: str, max_slices: int | None, min_size: int) -> None:
+    if not isinstance(study_uid, str) or not study_uid:
+        raise ValueError(f"Argument 'study_uid' must be a non-empty string, got {study_uid!r}.")
+    if max_slices is not None and int(max_slices) < 1:
+        raise ValueError(f"Argument 'max_slices' must be >= 1 or None, got {max_slices}.")
+    if int(min_size) < 1:
+        raise ValueError(f"Argument 'min_size' must be >= 1, got {min_size}.")
+
+
+def _sagittal_frames(spark: SparkSession, config: RadlakeConfig, study_uid: str) -> DataFrame:
+    """The study's sagittal frames in ``images`` with their pixels and place in their stack."""
+    frames = (
+        table_ref(config, Table.IMAGES)
+        .read(spark)
+        .where((F.col("study_instance_uid") == study_uid) & (F.col("plane") == Plane.SAGITTAL.value))
+        .select(*_FRAME_KEYS, "series_key", "slice_index", "pixels", "dtype", "height", "width")
+    )
+    if frames.select(*_FRAME_KEYS).limit(1).count() == 0:
+        raise StudyNotFoundError(
+            f"Study '{study_uid}' has no sagittal frame in table 'images': check the UID (ingested studies are "
+            "listed by `radlake tables`)."
+        )
+    return frames
+
+
+def _boxes_of_pair(
+    predictions: DataFrame, study_uid: str, model_pair: Sequence[str] | None
+) -> tuple[DataFrame, list[str] | None]:
+    """Per frame, the boxes the chosen model pair found in the study, and that pair (None: never scored)."""
+    study_rows = predictions.where(F.col("study_instance_uid") == study_uid)
+    chosen = select_model_pairs(study_rows, model_pair)
+    pair_row = chosen.select("vertebra_model_uri", "schmorl_model_uri").limit(1).collect()
+    if model_pair is not None and not pair_row:
+        raise StudyNotFoundError(
+            f"Study '{study_uid}' was not scored by model pair ({model_pair[0]}, {model_pair[1]})."
+        )
+    pair = [pair_row[0][0], pair_row[0][1]] if pair_row else None
+    return chosen.select(*_FRAME_KEYS, "vertebrae", "schmorl_nodes").dropDuplicates(_FRAME_KEYS), pair
+
+
+def _write_pngs(rendered: DataFrame, target: Path) -> dict:
+    """Each rendered frame into ``target`` (written whole, then renamed); the files and counts."""
     target.mkdir(parents=True, exist_ok=True)
     written: list[tuple[str, int, str]] = []
     with_predictions = n_vertebrae = n_nodes = 0
@@ -467,14 +493,11 @@ def write_review(
         with_predictions += bool(row["has_prediction"])
         n_vertebrae += int(row["n_vertebrae"] or 0)
         n_nodes += int(row["n_schmorl_nodes"] or 0)
-    return ReviewSummary(
-        study_instance_uid=study_uid,
-        out_dir=str(target),
-        files=[p for _, _, p in sorted(written)],
-        frames=len(written),
-        frames_with_predictions=with_predictions,
-        vertebrae=n_vertebrae,
-        schmorl_nodes=n_nodes,
-        model_pair=pair,
-        seconds=round(time.perf_counter() - started, 2),
-    )
+    return {
+        "out_dir": str(target),
+        "files": [p for _, _, p in sorted(written)],
+        "frames": len(written),
+        "frames_with_predictions": with_predictions,
+        "vertebrae": n_vertebrae,
+        "schmorl_nodes": n_nodes,
+    }

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StringType, StructType, TimestampType
 
-from radlake.ingest.schema import struct_fields
+from radlake.tables import struct_fields
 
 __all__ = ["FINDING", "LEVEL_FINDING", "MODEL_PAIR_FIELDS", "PREDICTIONS", "RUN_COLUMNS", "STUDY_FINDINGS"]
 

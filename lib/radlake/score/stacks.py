@@ -30,8 +30,8 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StringType, StructType
 
-from radlake.ingest.schema import struct_fields
 from radlake.score.schema import PREDICTIONS, RUN_COLUMNS
+from radlake.tables import struct_fields
 
 _DOUBLES = ArrayType(DoubleType())
 #: Columns of ``images`` carried into ``predictions``.

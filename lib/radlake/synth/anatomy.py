@@ -440,8 +440,22 @@ def _bone(tissue: Tissue, factor: float = 1.0, *, texture: float = 0.10, rim: fl
     )
 
 
+#: Lumbar and thoracic levels from S1 upwards, in the order the column is stacked.
+_UPWARD = ("L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10", "T9", "T8", "T7", "T6", "T5")
+#: Sacral and coccygeal segments without posterior elements.
+_NO_POSTERIOR = ("S4", "S5", "Co1", "Co2", "Co3")
+
+#: One segment of the column: name, frame (before scoliosis), body shape, fracture.
+_Segment = tuple[str, Frame, BodyShape, Fracture]
+#: One disc: upper and lower segment names, frame, shape, degenerate.
+_Disc = tuple[str, str, Frame, BodyShape, bool]
+
+
 def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
     """Draw one patient's spine and soft tissue.
+
+    The draws happen in a fixed order (the steps below), so the spine is a pure function
+    of the generator's state.
 
     Parameters
     ----------
@@ -460,11 +474,46 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
     lordosis_gain = _u(rng, 0.55, 1.45)
     kyphosis_gain = _u(rng, 0.6, 1.4)
     anchor = np.array([_u(rng, -6.0, 6.0), _u(rng, 10.0, 70.0), _u(rng, -180.0, 40.0)])
-
-    upward = ["L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10", "T9", "T8", "T7", "T6", "T5"]
     # Disc heights and lordosis first: the sacral slope follows the lordosis.
+    disc_dims = _disc_dimensions(rng, config, scale, lordosis_gain, kyphosis_gain)
+    body_dims = _body_dimensions(rng, config, scale, kyphosis_gain)
+    sacral_slope = _sacral_slope(rng, disc_dims, body_dims)
+    body_shapes = {level: _body_shape(rng, *body_dims[level]) for level in ["S1", *_UPWARD]}
+    segments, discs = _sacrum(rng, anchor, sacral_slope, body_dims["S1"], body_shapes["S1"], scale)
+    _stack_upwards(rng, anchor, sacral_slope, disc_dims, body_dims, body_shapes, segments, discs)
+    by_z, vert_frames, disc_frames = _with_scoliosis(rng, segments, discs)
+    centerline = _centerline(rng, segments, vert_frames, disc_frames, anchor)
+    cl_s_of: dict[str, float] = {}
+    for name, frame in vert_frames.items():
+        s_val, _ = centerline.project(np.array([frame.origin[1]]), np.array([frame.origin[2]]))
+        cl_s_of[name] = float(s_val[0])
+
+    items: list[Item] = []
+    _bladder(rng, tissue, vert_frames["S1"], items)
+    _posterior_elements(rng, tissue, segments, vert_frames, centerline, cl_s_of, scale, items)
+    _sacral_alae(tissue, vert_frames["S1"], body_dims["S1"], items)
+    disc_infos = _disc_items(rng, tissue, disc_frames, items)
+    bodies = _body_items(rng, tissue, by_z, vert_frames, items)
+    vertebrae: dict[str, Vertebra] = {}
+    for name, _, shape, fracture in by_z:
+        frame = vert_frames[name]
+        if name not in LABELLED_LEVELS:
+            vertebrae[name] = Vertebra(name, frame, shape, False, fracture)
+            continue
+        lesions, nodes = _body_lesions(rng, config, tissue, name, frame, shape, bodies[name], disc_infos, items)
+        vertebrae[name] = Vertebra(name, frame, shape, True, fracture, tuple(nodes), tuple(lesions))
+    disc_infos.sort(key=lambda d: -d.frame.origin[2])
+    # Keep every segment in the dictionary, cranial to caudal.
+    ordered = {name: vertebrae[name] for name, _, _, _ in by_z}
+    return _finish_spine(rng, tissue, items, ordered, disc_infos, centerline, cl_s_of, anchor, body_dims)
+
+
+def _disc_dimensions(
+    rng: np.random.Generator, config: SynthConfig, scale: float, lordosis_gain: float, kyphosis_gain: float
+) -> dict[str, tuple[float, float, bool]]:
+    """Per level of :data:`_UPWARD`, the disc below it: anterior and posterior height (mm), degenerate."""
     disc_dims: dict[str, tuple[float, float, bool]] = {}
-    for level in upward:
+    for level in _UPWARD:
         da, dp = _DISC_SIZES[level]
         mean = 0.5 * (da + dp)
         gain = lordosis_gain if level.startswith("L") else kyphosis_gain
@@ -475,9 +524,15 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
             half *= _u(rng, 0.5, 1.0)
         j = _u(rng, 0.92, 1.08) * scale
         disc_dims[level] = (max(1.2, (mean + half) * j), max(1.0, (mean - half) * j), degenerate)
+    return disc_dims
 
+
+def _body_dimensions(
+    rng: np.random.Generator, config: SynthConfig, scale: float, kyphosis_gain: float
+) -> dict[str, tuple[float, float, float, float, Fracture]]:
+    """Per level (and S1): anterior and posterior height, depth, width (mm) and fracture of its body."""
     body_dims: dict[str, tuple[float, float, float, float, Fracture]] = {}
-    for level in [*upward, "S1"]:
+    for level in [*_UPWARD, "S1"]:
         hp, dh, depth, width = _BODY_SIZES[level]
         j = _u(rng, 0.95, 1.05) * scale
         hp, depth, width = hp * j, depth * j * _u(rng, 0.96, 1.04), width * j * _u(rng, 0.96, 1.04)
@@ -489,49 +544,63 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
             if fracture is Fracture.WEDGE:
                 ha = hp * _u(rng, 0.5, 0.82)
         body_dims[level] = (ha, hp, depth, width, fracture)
+    return body_dims
 
+
+def _sacral_slope(rng: np.random.Generator, disc_dims: dict, body_dims: dict) -> float:
+    """The sacral slope (degrees) that goes with the lumbar lordosis of these wedges."""
     lordosis = 0.0
     for level in ("L5", "L4", "L3", "L2", "L1"):
         da, dp, _ = disc_dims[level]
         ha, hp, depth, _, _ = body_dims[level]
         lordosis += math.degrees(math.atan((da - dp) / depth) + math.atan((ha - hp) / depth))
-    sacral_slope = float(np.clip(0.72 * lordosis + rng.normal(0.0, 5.0), 22.0, 58.0))
+    return float(np.clip(0.72 * lordosis + rng.normal(0.0, 5.0), 22.0, 58.0))
 
-    segments: list[tuple[str, Frame, BodyShape, Fracture]] = []
-    discs: list[tuple[str, str, Frame, BodyShape, bool]] = []
 
-    def body_shape(ha: float, hp: float, depth: float, width: float, fracture: Fracture) -> BodyShape:
-        c_sup, c_inf = _u(rng, 0.6, 1.6), _u(rng, 0.6, 1.6)
-        if fracture is Fracture.BICONCAVE:
-            c_sup, c_inf = _u(rng, 3.0, 6.0), _u(rng, 2.0, 5.0)
-        return BodyShape(
-            depth=depth,
-            width=width,
-            h_ant=ha,
-            h_post=hp,
-            concavity_sup=c_sup,
-            concavity_inf=c_inf,
-            corner=_u(rng, 2.0, 3.5),
-            front_round=_u(rng, 0.65, 0.9),
-        )
+def _body_shape(
+    rng: np.random.Generator, ha: float, hp: float, depth: float, width: float, fracture: Fracture
+) -> BodyShape:
+    """A body of these heights, depth and width (mm), with endplate concavities (deep if biconcave)."""
+    c_sup, c_inf = _u(rng, 0.6, 1.6), _u(rng, 0.6, 1.6)
+    if fracture is Fracture.BICONCAVE:
+        c_sup, c_inf = _u(rng, 3.0, 6.0), _u(rng, 2.0, 5.0)
+    return BodyShape(
+        depth=depth,
+        width=width,
+        h_ant=ha,
+        h_post=hp,
+        concavity_sup=c_sup,
+        concavity_inf=c_inf,
+        corner=_u(rng, 2.0, 3.5),
+        front_round=_u(rng, 0.65, 0.9),
+    )
 
-    def e_u(tilt: float) -> np.ndarray:
-        return np.array([0.0, -math.sin(tilt), math.cos(tilt)])
 
-    body_shapes = {level: body_shape(*body_dims[level]) for level in ["S1", *upward]}
+def _e_u(tilt: float) -> np.ndarray:
+    """The cranial axis of a segment tilted by ``tilt`` (radians, positive towards anterior), in LPS."""
+    return np.array([0.0, -math.sin(tilt), math.cos(tilt)])
 
-    # S1 sits below the anchor.
-    ha, hp, depth, width, _ = body_dims["S1"]
-    s1_shape = body_shapes["S1"]
+
+def _sacrum(
+    rng: np.random.Generator,
+    anchor: np.ndarray,
+    sacral_slope: float,
+    s1_dims: tuple,
+    s1_shape: BodyShape,
+    scale: float,
+) -> tuple[list[_Segment], list[_Disc]]:
+    """S1 below the anchor, then the sacral and coccygeal segments downwards, with their fused discs."""
+    segments: list[_Segment] = []
+    discs: list[_Disc] = []
+    ha, hp, depth, width, _ = s1_dims
     tilt_sup = math.radians(sacral_slope)
     gamma = math.atan((ha - hp) / (2.0 * depth))
     tilt_mid = tilt_sup + gamma
     hc = 0.5 * (ha + hp)
-    center = anchor - e_u(tilt_mid) * hc / 2
-    s1_frame = frame_from_tilt(center, tilt_mid)
-    segments.append(("S1", s1_frame, s1_shape, Fracture.NONE))
+    center = anchor - _e_u(tilt_mid) * hc / 2
+    segments.append(("S1", frame_from_tilt(center, tilt_mid), s1_shape, Fracture.NONE))
     tilt_inf = tilt_mid + gamma
-    p_inf = center - e_u(tilt_mid) * hc / 2
+    p_inf = center - _e_u(tilt_mid) * hc / 2
     # Sacrum and coccyx, downwards: fused remnants of discs between segments.
     lower = "S1"
     prev_depth, prev_width = depth, width
@@ -541,7 +610,7 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
         s_ha = s_hp + s_dh * j
         bend = math.radians(_u(rng, 3.0, 9.0))
         d_tilt = tilt_inf - 0.5 * bend
-        d_center = p_inf - e_u(d_tilt) * gap / 2
+        d_center = p_inf - _e_u(d_tilt) * gap / 2
         disc_shape = BodyShape(
             depth=0.5 * (prev_depth + s_depth),
             width=0.5 * (prev_width + s_width),
@@ -552,25 +621,37 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
             corner=1.0,
         )
         discs.append((lower, name, frame_from_tilt(d_center, d_tilt), disc_shape, False))
-        p_sup = p_inf - e_u(d_tilt) * gap
+        p_sup = p_inf - _e_u(d_tilt) * gap
         tilt_sup_seg = tilt_inf - bend
         gamma = math.atan((s_ha - s_hp) / (2.0 * s_depth))
         tilt_mid = tilt_sup_seg + gamma
         hc = 0.5 * (s_ha + s_hp)
-        center = p_sup - e_u(tilt_mid) * hc / 2
+        center = p_sup - _e_u(tilt_mid) * hc / 2
         shape = BodyShape(
             depth=s_depth, width=s_width, h_ant=s_ha, h_post=s_hp, concavity_sup=0.3, concavity_inf=0.3, corner=1.8
         )
         segments.append((name, frame_from_tilt(center, tilt_mid), shape, Fracture.NONE))
         tilt_inf = tilt_mid + gamma
-        p_inf = center - e_u(tilt_mid) * hc / 2
+        p_inf = center - _e_u(tilt_mid) * hc / 2
         lower, prev_depth, prev_width = name, s_depth, s_width
+    return segments, discs
 
-    # Upwards from S1: disc, body, disc, body ...
+
+def _stack_upwards(
+    rng: np.random.Generator,
+    anchor: np.ndarray,
+    sacral_slope: float,
+    disc_dims: dict,
+    body_dims: dict,
+    body_shapes: dict[str, BodyShape],
+    segments: list[_Segment],
+    discs: list[_Disc],
+) -> None:
+    """From S1 upwards, disc, body, disc, body ...: appended to ``segments`` and ``discs``."""
     p_sup = anchor.copy()
     tilt_sup = math.radians(sacral_slope)
     below = "S1"
-    for level in upward:
+    for level in _UPWARD:
         da, dp, degenerate = disc_dims[level]
         ha, hp, depth, width, fracture = body_dims[level]
         low_depth, low_width = body_dims[below][2], body_dims[below][3]
@@ -578,7 +659,7 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
         beta = math.atan((da - dp) / d_depth)
         d_tilt = tilt_sup - 0.5 * beta
         dc = 0.5 * (da + dp)
-        d_center = p_sup + e_u(d_tilt) * dc / 2
+        d_center = p_sup + _e_u(d_tilt) * dc / 2
         bulge = _u(rng, 1.5, 4.0) if degenerate else _u(rng, 0.3, 1.2)
         disc_shape = BodyShape(
             depth=d_depth + bulge,
@@ -593,43 +674,53 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
         )
         d_frame = frame_from_tilt(d_center, d_tilt).shifted((0.0, -0.5 * bulge * _u(rng, 0.2, 1.0), 0.0))
         discs.append((level, below, d_frame, disc_shape, degenerate))
-        p_inf = p_sup + e_u(d_tilt) * dc
+        p_inf = p_sup + _e_u(d_tilt) * dc
         tilt_inf = tilt_sup - beta
         shape = body_shapes[level]
         gamma = math.atan((ha - hp) / (2.0 * depth))
         tilt_mid = tilt_inf - gamma
         hc = 0.5 * (ha + hp)
-        center = p_inf + e_u(tilt_mid) * hc / 2
+        center = p_inf + _e_u(tilt_mid) * hc / 2
         segments.append((level, frame_from_tilt(center, tilt_mid), shape, fracture))
-        p_sup = center + e_u(tilt_mid) * hc / 2
+        p_sup = center + _e_u(tilt_mid) * hc / 2
         tilt_sup = tilt_mid - gamma
         below = level
 
-    # Order cranial to caudal; scoliosis as a smooth lateral offset along the curve.
+
+def _with_scoliosis(
+    rng: np.random.Generator, segments: list[_Segment], discs: list[_Disc]
+) -> tuple[list[_Segment], dict[str, Frame], list[_Disc]]:
+    """Segments cranial to caudal, and every frame moved by a smooth lateral curve along the column's arc."""
     by_z = sorted(segments, key=lambda seg: -seg[1].origin[2])
     centres = np.array([seg[1].origin for seg in by_z])
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(centres[:, 1:], axis=0), axis=1))])
     amplitude = _u(rng, 0.0, 9.0) if rng.random() < 0.35 else _u(rng, 0.0, 2.5)
     wavelength, phase = _u(rng, 250.0, 500.0), _u(rng, 0.0, 2 * math.pi)
 
-    def lateral(a: float) -> tuple[float, float]:
-        x = amplitude * math.sin(2 * math.pi * a / wavelength + phase)
-        slope = amplitude * 2 * math.pi / wavelength * math.cos(2 * math.pi * a / wavelength + phase)
-        return x, math.atan(slope)
-
-    def with_scoliosis(frame: Frame, a: float) -> Frame:
-        x, roll = lateral(a)
+    def moved(frame: Frame, a: float) -> Frame:
+        angle = 2 * math.pi * a / wavelength + phase
+        x = amplitude * math.sin(angle)
+        roll = math.atan(amplitude * 2 * math.pi / wavelength * math.cos(angle))
         rolled = frame.rotated(-roll, about=1)
         return Frame(frame.origin + np.array([x, 0.0, 0.0]), rolled.axes)
 
     arc_of = {seg[0]: float(a) for seg, a in zip(by_z, arc, strict=True)}
-    vert_frames = {name: with_scoliosis(frame, arc_of[name]) for name, frame, _, _ in segments}
-    disc_frames = []
-    for upper, lower_, frame, shape, degenerate in discs:
-        a = 0.5 * (arc_of[upper] + arc_of[lower_])
-        disc_frames.append((upper, lower_, with_scoliosis(frame, a), shape, degenerate))
+    vert_frames = {name: moved(frame, arc_of[name]) for name, frame, _, _ in segments}
+    disc_frames = [
+        (upper, lower, moved(frame, 0.5 * (arc_of[upper] + arc_of[lower])), shape, degenerate)
+        for upper, lower, frame, shape, degenerate in discs
+    ]
+    return by_z, vert_frames, disc_frames
 
-    # Soft-tissue profiles along the centre line (caudal to cranial): body and disc centres.
+
+def _centerline(
+    rng: np.random.Generator,
+    segments: list[_Segment],
+    vert_frames: dict[str, Frame],
+    disc_frames: list[_Disc],
+    anchor: np.ndarray,
+) -> Centerline:
+    """Soft-tissue profiles along the centre line through the body and disc centres (caudal to cranial)."""
     line = [(vert_frames[name].origin, shape.depth) for name, _, shape, _ in segments]
     line += [(frame.origin, shape.depth) for _, _, frame, shape, _ in disc_frames]
     line.sort(key=lambda t: t[0][2])
@@ -651,18 +742,12 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
     muscle_t = np.interp(z_rel, [-150, -60, 0, 100, 220, 330], [18, 30, 55, 70, 60, 48]) * _u(rng, 0.8, 1.25)
     fat_base = _u(rng, 3.0, 30.0)
     fat_t = fat_base * np.interp(z_rel, [-150, -40, 60, 200, 330], [1.3, 1.2, 1.0, 0.8, 0.7])
-    centerline = Centerline(pts, xs, depth_p, canal_ap, canal_half, muscle_t, fat_t)
+    return Centerline(pts, xs, depth_p, canal_ap, canal_half, muscle_t, fat_t)
 
-    items: list[Item] = []
-    vertebrae: dict[str, Vertebra] = {}
-    cl_s_of: dict[str, float] = {}
-    for name, frame in vert_frames.items():
-        s_val, _ = centerline.project(np.array([frame.origin[1]]), np.array([frame.origin[2]]))
-        cl_s_of[name] = float(s_val[0])
 
-    # Soft organs: bladder in the pelvis (bright urine) when the patient has a full one.
+def _bladder(rng: np.random.Generator, tissue: Tissue, s1: Frame, items: list[Item]) -> None:
+    """A full bladder in the pelvis (bright urine), in 70 % of patients."""
     if rng.random() < 0.7:
-        s1 = vert_frames["S1"]
         bladder_center = s1.origin + np.array([_u(rng, -10, 10), -_u(rng, 85, 120), -_u(rng, 70, 110)])
         r = _u(rng, 25, 55)
         items.append(
@@ -675,9 +760,20 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
             )
         )
 
-    # Posterior elements per vertebra (not below S3).
+
+def _posterior_elements(
+    rng: np.random.Generator,
+    tissue: Tissue,
+    segments: list[_Segment],
+    vert_frames: dict[str, Frame],
+    centerline: Centerline,
+    cl_s_of: dict[str, float],
+    scale: float,
+    items: list[Item],
+) -> None:
+    """Pedicles, nerve roots, facets, laminae and spinous processes of every segment down to S3."""
     for name, _, shape, _ in segments:
-        if name in ("S4", "S5", "Co1", "Co2", "Co3"):
+        if name in _NO_POSTERIOR:
             continue
         f = vert_frames[name]
         s_here = cl_s_of[name]
@@ -724,23 +820,29 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
                 subsamples=1,
             )
         )
-        lumbar = name.startswith("L")
-        length = (_u(rng, 24.0, 32.0) if lumbar else _u(rng, 9.0, 14.0) if sacral else _u(rng, 18.0, 26.0)) * scale
-        sp_half = (_u(rng, 7.0, 10.0) if lumbar else _u(rng, 4.0, 6.0)) * scale
-        tilt = math.radians(_u(rng, 5.0, 22.0) if lumbar or sacral else _u(rng, 35.0, 55.0))
-        sp_frame = f.shifted((-0.25 * h, back - ap - 1.0, 0.0)).rotated(-tilt, about=2)
-        items.append(
-            Item(
-                ItemKind.POSTERIOR,
-                sp_frame.shifted((0.0, -0.5 * length, 0.0)),
-                RoundBox((sp_half, 0.5 * length, _u(rng, 2.2, 3.2)), min(sp_half, 0.5 * length) * 0.8),
-                Paint(tissue.marrow * 0.75, rim_intensity=tissue.cortex, rim_mm=0.6, texture=0.12, soft_mm=0.8),
-                subsamples=1,
-            )
-        )
-    # Sacral alae beside S1.
-    s1f = vert_frames["S1"]
-    s1s = body_dims["S1"]
+        items.append(_spinous_process(rng, tissue, name, f, h, back - ap, scale))
+
+
+def _spinous_process(
+    rng: np.random.Generator, tissue: Tissue, name: str, f: Frame, h: float, canal_back: float, scale: float
+) -> Item:
+    """The spinous process behind the canal (``canal_back``: the canal's posterior wall, mm along v)."""
+    lumbar, sacral = name.startswith("L"), name.startswith("S")
+    length = (_u(rng, 24.0, 32.0) if lumbar else _u(rng, 9.0, 14.0) if sacral else _u(rng, 18.0, 26.0)) * scale
+    sp_half = (_u(rng, 7.0, 10.0) if lumbar else _u(rng, 4.0, 6.0)) * scale
+    tilt = math.radians(_u(rng, 5.0, 22.0) if lumbar or sacral else _u(rng, 35.0, 55.0))
+    sp_frame = f.shifted((-0.25 * h, canal_back - 1.0, 0.0)).rotated(-tilt, about=2)
+    return Item(
+        ItemKind.POSTERIOR,
+        sp_frame.shifted((0.0, -0.5 * length, 0.0)),
+        RoundBox((sp_half, 0.5 * length, _u(rng, 2.2, 3.2)), min(sp_half, 0.5 * length) * 0.8),
+        Paint(tissue.marrow * 0.75, rim_intensity=tissue.cortex, rim_mm=0.6, texture=0.12, soft_mm=0.8),
+        subsamples=1,
+    )
+
+
+def _sacral_alae(tissue: Tissue, s1f: Frame, s1s: tuple, items: list[Item]) -> None:
+    """The sacral alae beside S1."""
     for side in (-1.0, 1.0):
         items.append(
             Item(
@@ -752,10 +854,13 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
             )
         )
 
-    # Discs.
+
+def _disc_items(
+    rng: np.random.Generator, tissue: Tissue, disc_frames: list[_Disc], items: list[Item]
+) -> list[DiscInfo]:
+    """Every disc as an item (fused, degenerate or healthy with a nucleus); the unfused ones described."""
     disc_infos: list[DiscInfo] = []
-    degenerate_levels: set[str] = set()
-    for upper, lower_, frame, shape, degenerate in disc_frames:
+    for upper, lower, frame, shape, degenerate in disc_frames:
         fused = upper.startswith(("S", "Co"))
         if fused:
             paint = Paint(tissue.annulus * 1.2, soft_mm=0.8)
@@ -766,7 +871,6 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
                 core_scale=(_u(rng, 0.5, 0.8), _u(rng, 0.55, 0.75), _u(rng, 0.55, 0.75)),
                 core_soft_mm=2.0,
             )
-            degenerate_levels.update({upper, lower_})
         else:
             cleft = rng.random() < 0.6
             paint = Paint(
@@ -777,149 +881,204 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
                 cleft_intensity=tissue.annulus * 1.5 if cleft else None,
                 cleft_mm=_u(rng, 0.4, 0.8),
             )
-        items.append(Item(ItemKind.DISC, frame, shape, paint, level=f"{upper}-{lower_}"))
+        items.append(Item(ItemKind.DISC, frame, shape, paint, level=f"{upper}-{lower}"))
         if not fused:
-            disc_infos.append(DiscInfo(upper, lower_, frame, shape, degenerate))
+            disc_infos.append(DiscInfo(upper, lower, frame, shape, degenerate))
+    return disc_infos
 
-    # Bodies, then what lies inside them.
-    cranial_order = list(by_z)
-    body_index: dict[str, int] = {}
-    body_marrow: dict[str, float] = {}
+
+def _body_items(
+    rng: np.random.Generator,
+    tissue: Tissue,
+    cranial_order: list[_Segment],
+    vert_frames: dict[str, Frame],
+    items: list[Item],
+) -> dict[str, tuple[int, float]]:
+    """Every body as an item, cranial to caudal; per body its item index and marrow signal."""
+    bodies: dict[str, tuple[int, float]] = {}
     for name, _, shape, fracture in cranial_order:
-        frame = vert_frames[name]
         oedema = fracture is not Fracture.NONE and rng.random() < 0.5
         marrow = _u(rng, 0.93, 1.07) * (_u(rng, 1.25, 1.5) if oedema else 1.0)
-        labelled = name in LABELLED_LEVELS
-        body_index[name] = len(items)
-        body_marrow[name] = tissue.marrow * marrow
+        bodies[name] = (len(items), tissue.marrow * marrow)
         items.append(
             Item(
                 ItemKind.BODY,
-                frame,
+                vert_frames[name],
                 shape,
                 _bone(tissue, marrow, texture=_u(rng, 0.06, 0.16), rim=_u(rng, 0.5, 0.9)),
                 level=name,
-                labelled=labelled,
+                labelled=name in LABELLED_LEVELS,
             )
         )
+    return bodies
 
+
+def _body_lesions(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    tissue: Tissue,
+    name: str,
+    frame: Frame,
+    shape: BodyShape,
+    body: tuple[int, float],
+    disc_infos: list[DiscInfo],
+    items: list[Item],
+) -> tuple[list[str], list[Endplate]]:
+    """What lies inside a labelled body: vein, Modic bands, haemangioma, Schmorl's nodes (clipped to it)."""
+    idx, marrow = body
+    lesions: list[str] = []
+    # Basivertebral vein at mid-height of the posterior wall.
+    if rng.random() < 0.7:
+        items.append(
+            Item(
+                ItemKind.LESION,
+                frame.shifted((_u(rng, -2, 2), -0.5 * shape.depth + _u(rng, 1.5, 3.0), 0.0)),
+                Ellipsoid((_u(rng, 0.9, 1.6), _u(rng, 3.0, 5.0), _u(rng, 2.0, 3.5))),
+                Paint(tissue.fat if rng.random() < 0.6 else tissue.cortex, soft_mm=0.6),
+                level=name,
+                clip_to=idx,
+            )
+        )
+        lesions.append("basivertebral")
+    lesions += _modic_bands(rng, config, name, frame, shape, body, disc_infos, items)
+    # Haemangioma (bright, round, away from the endplates).
+    if rng.random() < config.hemangioma_fraction:
+        r = _u(rng, 3.0, 8.0)
+        h = 0.5 * min(shape.h_ant, shape.h_post)
+        items.append(
+            Item(
+                ItemKind.LESION,
+                frame.shifted(
+                    (
+                        _u(rng, -1, 1) * max(0.0, h - r - 3.0),
+                        _u(rng, -0.25, 0.25) * shape.depth,
+                        _u(rng, -0.25, 0.25) * shape.width,
+                    )
+                ),
+                Ellipsoid((r * _u(rng, 0.8, 1.2), r, r * _u(rng, 0.8, 1.2))),
+                Paint(marrow * _u(rng, 1.5, 2.1), soft_mm=0.8, texture=0.15),
+                level=name,
+                clip_to=idx,
+            )
+        )
+        lesions.append("hemangioma")
+    nodes = (
+        _schmorl_nodes(rng, config, tissue, name, frame, shape, body, items)
+        if rng.random() < config.node_fraction
+        else []
+    )
+    return lesions, nodes
+
+
+def _modic_bands(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    name: str,
+    frame: Frame,
+    shape: BodyShape,
+    body: tuple[int, float],
+    disc_infos: list[DiscInfo],
+    items: list[Item],
+) -> list[str]:
+    """Modic change bands along the endplates next to a degenerate disc; their lesion names."""
+    idx, marrow = body
+    found = []
+    for endplate in (Endplate.SUPERIOR, Endplate.INFERIOR):
+        neighbour_degenerate = any(
+            d.degenerate and ((d.lower == name) if endplate is Endplate.SUPERIOR else (d.upper == name))
+            for d in disc_infos
+        )
+        if neighbour_degenerate and rng.random() < config.modic_fraction:
+            sign = 1.0 if endplate is Endplate.SUPERIOR else -1.0
+            u_plate = sign * float(shape.top(np.array(0.0), np.array(0.0), superior=sign > 0))
+            kind = rng.random()
+            factor = _u(rng, 1.3, 1.7) if kind < 0.75 else _u(rng, 0.45, 0.7)
+            band = _u(rng, 3.0, 8.0)
+            items.append(
+                Item(
+                    ItemKind.LESION,
+                    frame.shifted((u_plate - sign * 0.3 * band, _u(rng, -3, 3), _u(rng, -4, 4))),
+                    Ellipsoid((band, 0.5 * shape.depth * _u(rng, 0.6, 1.0), 0.5 * shape.width * _u(rng, 0.5, 0.9))),
+                    Paint(marrow * factor, soft_mm=_u(rng, 1.5, 3.0), opacity=_u(rng, 0.7, 1.0)),
+                    level=name,
+                    clip_to=idx,
+                )
+            )
+            found.append(f"modic-{endplate.value}")
+    return found
+
+
+def _schmorl_nodes(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    tissue: Tissue,
+    name: str,
+    frame: Frame,
+    shape: BodyShape,
+    body: tuple[int, float],
+    items: list[Item],
+) -> list[Endplate]:
+    """One or two Schmorl's nodes in this body (labelled items), some with oedema or a sclerotic rim."""
+    idx, marrow = body
     lo_node, hi_node = config.node_size_mm
-    for name, _, shape, fracture in cranial_order:
-        frame = vert_frames[name]
-        idx = body_index[name]
-        lesions: list[str] = []
-        nodes: list[Endplate] = []
-        marrow = body_marrow[name]
-        if name not in LABELLED_LEVELS:
-            vertebrae[name] = Vertebra(name, frame, shape, False, fracture)
-            continue
-        # Basivertebral vein at mid-height of the posterior wall.
-        if rng.random() < 0.7:
+    nodes: list[Endplate] = []
+    count = 1 + int(rng.random() < 0.25)
+    for _ in range(count):
+        # S1's inferior endplate is fused to S2: nodes only indent its superior one.
+        endplate = Endplate.SUPERIOR if rng.random() < 0.5 or name == "S1" else Endplate.INFERIOR
+        size = _u(rng, lo_node, hi_node)
+        v_n = _u(rng, -0.28, 0.22) * shape.depth
+        w_n = _u(rng, -0.3, 0.3) * shape.width
+        sign = 1.0 if endplate is Endplate.SUPERIOR else -1.0
+        u_n = sign * float(shape.top(np.array(v_n), np.array(w_n), superior=sign > 0))
+        depth_n = 0.5 * size * _u(rng, 0.8, 1.5)
+        contrast = config.node_contrast * _u(rng, 0.6, 1.4)
+        node_frame = frame.shifted((u_n, v_n, w_n)).rotated(math.radians(_u(rng, -12, 12)), about=2)
+        if rng.random() < 0.25:  # marrow oedema around an active node
             items.append(
                 Item(
                     ItemKind.LESION,
-                    frame.shifted((_u(rng, -2, 2), -0.5 * shape.depth + _u(rng, 1.5, 3.0), 0.0)),
-                    Ellipsoid((_u(rng, 0.9, 1.6), _u(rng, 3.0, 5.0), _u(rng, 2.0, 3.5))),
-                    Paint(tissue.fat if rng.random() < 0.6 else tissue.cortex, soft_mm=0.6),
+                    node_frame,
+                    Ellipsoid((depth_n * 2.0, size, size)),
+                    Paint(marrow * (1.0 + 0.35 * contrast), soft_mm=2.5, opacity=0.8),
                     level=name,
                     clip_to=idx,
                 )
             )
-            lesions.append("basivertebral")
-        # Modic change bands next to a degenerate disc.
-        for endplate in (Endplate.SUPERIOR, Endplate.INFERIOR):
-            neighbour_degenerate = any(
-                d.degenerate and ((d.lower == name) if endplate is Endplate.SUPERIOR else (d.upper == name))
-                for d in disc_infos
+        sclerotic = size >= 4.5 and rng.random() < 0.6
+        items.append(
+            Item(
+                ItemKind.NODE,
+                node_frame,
+                Ellipsoid((depth_n, 0.5 * size, 0.5 * size * _u(rng, 0.8, 1.2))),
+                Paint(
+                    marrow * (1.0 + contrast),
+                    rim_intensity=tissue.cortex + 0.3 * marrow if sclerotic else None,
+                    rim_mm=_u(rng, 0.6, 1.1) if sclerotic else 0.0,
+                    soft_mm=0.4,
+                ),
+                level=name,
+                labelled=True,
+                endplate=endplate,
+                clip_to=idx,
             )
-            if neighbour_degenerate and rng.random() < config.modic_fraction:
-                sign = 1.0 if endplate is Endplate.SUPERIOR else -1.0
-                u_plate = sign * float(shape.top(np.array(0.0), np.array(0.0), superior=sign > 0))
-                kind = rng.random()
-                factor = _u(rng, 1.3, 1.7) if kind < 0.75 else _u(rng, 0.45, 0.7)
-                band = _u(rng, 3.0, 8.0)
-                items.append(
-                    Item(
-                        ItemKind.LESION,
-                        frame.shifted((u_plate - sign * 0.3 * band, _u(rng, -3, 3), _u(rng, -4, 4))),
-                        Ellipsoid((band, 0.5 * shape.depth * _u(rng, 0.6, 1.0), 0.5 * shape.width * _u(rng, 0.5, 0.9))),
-                        Paint(marrow * factor, soft_mm=_u(rng, 1.5, 3.0), opacity=_u(rng, 0.7, 1.0)),
-                        level=name,
-                        clip_to=idx,
-                    )
-                )
-                lesions.append(f"modic-{endplate.value}")
-        # Haemangioma (bright, round, away from the endplates).
-        if rng.random() < config.hemangioma_fraction:
-            r = _u(rng, 3.0, 8.0)
-            h = 0.5 * min(shape.h_ant, shape.h_post)
-            items.append(
-                Item(
-                    ItemKind.LESION,
-                    frame.shifted(
-                        (
-                            _u(rng, -1, 1) * max(0.0, h - r - 3.0),
-                            _u(rng, -0.25, 0.25) * shape.depth,
-                            _u(rng, -0.25, 0.25) * shape.width,
-                        )
-                    ),
-                    Ellipsoid((r * _u(rng, 0.8, 1.2), r, r * _u(rng, 0.8, 1.2))),
-                    Paint(marrow * _u(rng, 1.5, 2.1), soft_mm=0.8, texture=0.15),
-                    level=name,
-                    clip_to=idx,
-                )
-            )
-            lesions.append("hemangioma")
-        # Schmorl's nodes.
-        if rng.random() < config.node_fraction:
-            count = 1 + int(rng.random() < 0.25)
-            for _ in range(count):
-                # S1's inferior endplate is fused to S2: nodes only indent its superior one.
-                endplate = Endplate.SUPERIOR if rng.random() < 0.5 or name == "S1" else Endplate.INFERIOR
-                size = _u(rng, lo_node, hi_node)
-                v_n = _u(rng, -0.28, 0.22) * shape.depth
-                w_n = _u(rng, -0.3, 0.3) * shape.width
-                sign = 1.0 if endplate is Endplate.SUPERIOR else -1.0
-                u_n = sign * float(shape.top(np.array(v_n), np.array(w_n), superior=sign > 0))
-                depth_n = 0.5 * size * _u(rng, 0.8, 1.5)
-                contrast = config.node_contrast * _u(rng, 0.6, 1.4)
-                node_frame = frame.shifted((u_n, v_n, w_n)).rotated(math.radians(_u(rng, -12, 12)), about=2)
-                if rng.random() < 0.25:  # marrow oedema around an active node
-                    items.append(
-                        Item(
-                            ItemKind.LESION,
-                            node_frame,
-                            Ellipsoid((depth_n * 2.0, size, size)),
-                            Paint(marrow * (1.0 + 0.35 * contrast), soft_mm=2.5, opacity=0.8),
-                            level=name,
-                            clip_to=idx,
-                        )
-                    )
-                sclerotic = size >= 4.5 and rng.random() < 0.6
-                items.append(
-                    Item(
-                        ItemKind.NODE,
-                        node_frame,
-                        Ellipsoid((depth_n, 0.5 * size, 0.5 * size * _u(rng, 0.8, 1.2))),
-                        Paint(
-                            marrow * (1.0 + contrast),
-                            rim_intensity=tissue.cortex + 0.3 * marrow if sclerotic else None,
-                            rim_mm=_u(rng, 0.6, 1.1) if sclerotic else 0.0,
-                            soft_mm=0.4,
-                        ),
-                        level=name,
-                        labelled=True,
-                        endplate=endplate,
-                        clip_to=idx,
-                    )
-                )
-                nodes.append(endplate)
-        vertebrae[name] = Vertebra(name, frame, shape, True, fracture, tuple(nodes), tuple(lesions))
+        )
+        nodes.append(endplate)
+    return nodes
 
-    disc_infos.sort(key=lambda d: -d.frame.origin[2])
-    # Keep every segment in the dictionary, cranial to caudal.
-    ordered = {name: vertebrae[name] for name, _, _, _ in cranial_order}
 
+def _finish_spine(
+    rng: np.random.Generator,
+    tissue: Tissue,
+    items: list[Item],
+    vertebrae: dict[str, Vertebra],
+    disc_infos: list[DiscInfo],
+    centerline: Centerline,
+    cl_s_of: dict[str, float],
+    anchor: np.ndarray,
+    body_dims: dict,
+) -> Spine:
+    """The :class:`Spine`, with the aorta, the abdominal wall, the nerve roots and the conus drawn last."""
     s_l4 = cl_s_of["L4"]
     aorta = (_u(rng, 9.0, 20.0), _u(rng, 7.0, 11.0), s_l4 + _u(rng, -5.0, 15.0), tissue.vessel)
     if rng.random() < 0.2:  # slow flow: bright vessels
@@ -941,7 +1100,7 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
     conus_s = cl_s_of["L1"] + _u(rng, -25.0, 10.0)
     return Spine(
         items=items,
-        vertebrae=ordered,
+        vertebrae=vertebrae,
         discs=disc_infos,
         centerline=centerline,
         tissue=tissue,

@@ -261,22 +261,7 @@ def _write_study(config: SynthConfig, index: int, zipped: bool, out_dir: str) ->
             sop_uid = make_uid(key, config.seed, index, "instance", plan.number, instance_number)
             rendered = render_slice(spine, geom, with_boxes=sagittal)
             gain = _gain(bias, geom)
-            # The site's contrast power acts on signal, which is never negative (the renderer's
-            # soft edges can undershoot zero by a hair; a fractional power of that is nan).
-            tissue_signal = np.maximum(rendered.image, 0.0) ** site.contrast_gamma
-            magnitude = acquire(
-                tissue_signal,
-                gain,
-                sigma=sigma,
-                rng=noise_rng,
-                ghosting=plan.ghosting,
-                ghost_period=plan.ghost_period,
-                phase_axis=0 if plan.phase_direction == "COL" else 1,
-                blur_px=site.blur_px,
-            )
-            stored = to_stored(
-                magnitude, bits_stored=plan.bits_stored, peak=peak, rescale=plan.rescale, monochrome1=plan.monochrome1
-            )
+            stored = _acquired(rendered, gain, site, plan, sigma=sigma, peak=peak, noise_rng=noise_rng)
             location = float(np.dot(geom.normal, np.asarray(geom.position)))
             data = encode_instance(
                 ctx,
@@ -311,7 +296,49 @@ def _write_study(config: SynthConfig, index: int, zipped: bool, out_dir: str) ->
             "ghosting": round(plan.ghosting, 4),
         }
 
-    root = Path(out_dir)
+    _write_files(Path(out_dir), folder, files, zipped=zipped, nested=nested)
+
+    study = {
+        "index": index,
+        "path": f"{folder}.zip" if zipped else folder,
+        "series": series_meta,
+        "manufacturer": scanner.manufacturer,
+        **_study_summary(spine),
+    }
+    return _StudyResult(index, study_uid, study, images, len(plans), len(files), zipped, dict(codecs))
+
+
+def _acquired(
+    rendered: RenderedSlice,
+    gain: np.ndarray,
+    site,
+    plan,
+    *,
+    sigma: float,
+    peak: float,
+    noise_rng: np.random.Generator,
+):
+    """The rendered tissue signal as the site's scanner stores it: contrast, bias, noise, ghosts, blur, bits."""
+    # The site's contrast power acts on signal, which is never negative (the renderer's
+    # soft edges can undershoot zero by a hair; a fractional power of that is nan).
+    tissue_signal = np.maximum(rendered.image, 0.0) ** site.contrast_gamma
+    magnitude = acquire(
+        tissue_signal,
+        gain,
+        sigma=sigma,
+        rng=noise_rng,
+        ghosting=plan.ghosting,
+        ghost_period=plan.ghost_period,
+        phase_axis=0 if plan.phase_direction == "COL" else 1,
+        blur_px=site.blur_px,
+    )
+    return to_stored(
+        magnitude, bits_stored=plan.bits_stored, peak=peak, rescale=plan.rescale, monochrome1=plan.monochrome1
+    )
+
+
+def _write_files(root: Path, folder: str, files: list[tuple[str, bytes]], *, zipped: bool, nested: bool) -> None:
+    """A study's files under ``root/folder``, or packed into ``root/folder.zip`` (members under ``folder/`` if nested)."""
     if zipped:
         with zipfile.ZipFile(root / f"{folder}.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for relative, data in sorted(files):
@@ -324,15 +351,6 @@ def _write_study(config: SynthConfig, index: int, zipped: bool, out_dir: str) ->
             target = root / folder / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-
-    study = {
-        "index": index,
-        "path": f"{folder}.zip" if zipped else folder,
-        "series": series_meta,
-        "manufacturer": scanner.manufacturer,
-        **_study_summary(spine),
-    }
-    return _StudyResult(index, study_uid, study, images, len(plans), len(files), zipped, dict(codecs))
 
 
 def _visible_nodes(rendered: RenderedSlice, gain: np.ndarray, *, sigma: float, contrast_gamma: float) -> RenderedSlice:

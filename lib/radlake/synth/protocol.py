@@ -214,10 +214,31 @@ def plan_study(
     tuple[Scanner, list[SeriesPlan]]
         The scanner and the sagittal, axial and coronal series, in that order.
     """
+    scanner = _draw_scanner(rng)
+    size = size or config.matrix_sizes[0]
+    codecs = _available(tuple(config.transfer_syntaxes))
+
+    def storage(
+        kind: SeriesKind, number: int, slices: tuple[SliceGeometry, ...], spacing: float, **timing
+    ) -> SeriesPlan:
+        codec = codecs[(codec_offset + number - 2) % len(codecs)]
+        return _series_plan(rng, config, scanner, kind, number, slices, spacing, codec=codec, size=size, **timing)
+
+    sag, spacing = _sagittal_stack(rng, config, spine, size)
+    plans = [storage(SeriesKind.SAGITTAL_T2, 2, sag, spacing, **_t2_timing(rng, (2500, 4500), (80, 120)))]
+    ax, ax_gap = _axial_stack(rng, config, spine, size)
+    plans.append(storage(SeriesKind.AXIAL_T2, 3, ax, ax_gap, **_t2_timing(rng, (3000, 5500), (85, 115))))
+    cor, cor_gap = _coronal_stack(rng, config, spine, size)
+    plans.append(storage(SeriesKind.CORONAL_T2, 4, cor, cor_gap, **_t2_timing(rng, (3000, 5000), (80, 110))))
+    return scanner, plans
+
+
+def _draw_scanner(rng: np.random.Generator) -> Scanner:
+    """A vendor, model and software version, field strength, station and serial number."""
     vendor = _VENDORS[int(rng.integers(len(_VENDORS)))]
     manufacturer, models, software, bits, rescale, descriptions = vendor
     field_strength = 3.0 if rng.random() < 0.4 else 1.5
-    scanner = Scanner(
+    return Scanner(
         manufacturer=manufacturer,
         model=models[int(rng.integers(len(models)))],
         field_strength=field_strength,
@@ -228,62 +249,77 @@ def plan_study(
         rescale=rescale,
         descriptions=descriptions,
     )
-    size = size or config.matrix_sizes[0]
-    codecs = _available(tuple(config.transfer_syntaxes))
-    verts = spine.vertebrae
 
-    def storage(
-        kind: SeriesKind, number: int, slices: tuple[SliceGeometry, ...], spacing: float, **timing
-    ) -> SeriesPlan:
-        n = len(slices)
-        u = rng.random()
-        if u < config.shuffle_fraction:
-            order = InstanceOrder.SHUFFLED
-        elif rng.random() < 0.4:
-            order = InstanceOrder.DESCENDING
-        else:
-            order = InstanceOrder.ASCENDING
-        numbers = list(range(1, n + 1))
-        if order is InstanceOrder.DESCENDING:
-            numbers.reverse()
-        elif order is InstanceOrder.SHUFFLED:
-            numbers = [int(i) + 1 for i in rng.permutation(n)]
-        bits_stored = scanner.bits_stored if rng.random() < 0.85 else int(rng.choice([12, 14, 15, 16]))
-        has_rescale = scanner.rescale or rng.random() < 0.1
-        rescale_pair = None
-        if has_rescale:
-            rescale_pair = (round(_u(rng, 0.4, 4.5), 6), float(rng.choice([0.0, 0.0, -round(_u(rng, 1, 50), 2)])))
-        ghost = _u(rng, 0.08, 0.3) if rng.random() < config.ghosting_fraction else 0.0
-        phase = "COL" if (kind is SeriesKind.SAGITTAL_T2) == (rng.random() < 0.6) else "ROW"
-        return SeriesPlan(
-            kind=kind,
-            number=number,
-            description=scanner.descriptions[list(SeriesKind).index(kind)],
-            slices=slices,
-            spacing_between=spacing,
-            instance_numbers=tuple(numbers),
-            phase_direction=phase,
-            bits_stored=bits_stored,
-            rescale=rescale_pair,
-            monochrome1=bool(rng.random() < config.monochrome1_fraction),
-            codec=codecs[(codec_offset + number - 2) % len(codecs)],
-            ghosting=ghost,
-            ghost_period=int(size / _u(rng, 3.0, 9.0)),
-            file_style=int(rng.integers(4)),
-            suffix="" if rng.random() < config.no_suffix_fraction else ".dcm",
-            **timing,
-        )
 
-    def t2_timing(tr: tuple[float, float], te: tuple[float, float]) -> dict:
-        return {
-            "repetition_time": round(_u(rng, *tr), 2),
-            "echo_time": round(_u(rng, *te), 2),
-            "echo_train": int(rng.integers(12, 28)),
-            "flip_angle": float(rng.choice([90.0, 150.0, 160.0])),
-        }
+def _series_plan(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    scanner: Scanner,
+    kind: SeriesKind,
+    number: int,
+    slices: tuple[SliceGeometry, ...],
+    spacing: float,
+    *,
+    codec,
+    size: int,
+    **timing,
+) -> SeriesPlan:
+    """How a series of these slices is stored: instance order, bit depth, rescale, photometry, codec, file names."""
+    n = len(slices)
+    u = rng.random()
+    if u < config.shuffle_fraction:
+        order = InstanceOrder.SHUFFLED
+    elif rng.random() < 0.4:
+        order = InstanceOrder.DESCENDING
+    else:
+        order = InstanceOrder.ASCENDING
+    numbers = list(range(1, n + 1))
+    if order is InstanceOrder.DESCENDING:
+        numbers.reverse()
+    elif order is InstanceOrder.SHUFFLED:
+        numbers = [int(i) + 1 for i in rng.permutation(n)]
+    bits_stored = scanner.bits_stored if rng.random() < 0.85 else int(rng.choice([12, 14, 15, 16]))
+    has_rescale = scanner.rescale or rng.random() < 0.1
+    rescale_pair = None
+    if has_rescale:
+        rescale_pair = (round(_u(rng, 0.4, 4.5), 6), float(rng.choice([0.0, 0.0, -round(_u(rng, 1, 50), 2)])))
+    ghost = _u(rng, 0.08, 0.3) if rng.random() < config.ghosting_fraction else 0.0
+    phase = "COL" if (kind is SeriesKind.SAGITTAL_T2) == (rng.random() < 0.6) else "ROW"
+    return SeriesPlan(
+        kind=kind,
+        number=number,
+        description=scanner.descriptions[list(SeriesKind).index(kind)],
+        slices=slices,
+        spacing_between=spacing,
+        instance_numbers=tuple(numbers),
+        phase_direction=phase,
+        bits_stored=bits_stored,
+        rescale=rescale_pair,
+        monochrome1=bool(rng.random() < config.monochrome1_fraction),
+        codec=codec,
+        ghosting=ghost,
+        ghost_period=int(size / _u(rng, 3.0, 9.0)),
+        file_style=int(rng.integers(4)),
+        suffix="" if rng.random() < config.no_suffix_fraction else ".dcm",
+        **timing,
+    )
 
-    # Sagittal: centre near L2-L4, field of view 240-340 mm, maybe anisotropic pixels.
-    l3 = verts["L3"].frame
+
+def _t2_timing(rng: np.random.Generator, tr: tuple[float, float], te: tuple[float, float]) -> dict:
+    """Repetition and echo time (ms) in these ranges, echo train length and flip angle (degrees) of a T2 TSE."""
+    return {
+        "repetition_time": round(_u(rng, *tr), 2),
+        "echo_time": round(_u(rng, *te), 2),
+        "echo_train": int(rng.integers(12, 28)),
+        "flip_angle": float(rng.choice([90.0, 150.0, 160.0])),
+    }
+
+
+def _sagittal_stack(
+    rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int
+) -> tuple[tuple[SliceGeometry, ...], float]:
+    """Sagittal slices centred near L2-L4, field of view ``config.fov_mm``, maybe anisotropic pixels; and their spacing (mm)."""
+    l3 = spine.vertebrae["L3"].frame
     centre = l3.origin + l3.axes[0] * _u(rng, -40.0, 45.0) + l3.axes[1] * -_u(rng, 5.0, 35.0)
     centre = centre + np.array([_u(rng, -3.0, 3.0), 0.0, 0.0])
     fov = _u(rng, *config.fov_mm)
@@ -307,9 +343,13 @@ def plan_study(
         pixel_spacing=(row_spacing, col_spacing),
         thickness=thickness,
     )
-    plans = [storage(SeriesKind.SAGITTAL_T2, 2, sag, spacing, **t2_timing((2500, 4500), (80, 120)))]
+    return sag, spacing
 
-    # Axial: a block along one lower lumbar disc, angled with it (at most 22 degrees).
+
+def _axial_stack(
+    rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int
+) -> tuple[tuple[SliceGeometry, ...], float]:
+    """An axial block along one lower lumbar disc, angled with it (at most 22 degrees); and its spacing (mm)."""
     target = [("L3", "L4"), ("L4", "L5"), ("L5", "S1")][int(rng.choice(3, p=[0.25, 0.45, 0.30]))]
     disc = next((d for d in spine.discs if (d.upper, d.lower) == target), spine.discs[-1])
     n_disc = disc.frame.axes[0]
@@ -333,9 +373,14 @@ def plan_study(
         pixel_spacing=(ax_spacing_px, ax_spacing_px),
         thickness=ax_thick,
     )
-    plans.append(storage(SeriesKind.AXIAL_T2, 3, ax, ax_gap, **t2_timing((3000, 5500), (85, 115))))
+    return ax, ax_gap
 
-    # Coronal: through the bodies, parallel to the lumbar axis (at most 15 degrees).
+
+def _coronal_stack(
+    rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int
+) -> tuple[tuple[SliceGeometry, ...], float]:
+    """Coronal slices through the bodies, parallel to the lumbar axis (at most 15 degrees); and their spacing (mm)."""
+    l3 = spine.vertebrae["L3"].frame
     c_angle = float(np.clip(math.atan2(-l3.axes[0][1], l3.axes[0][2]), -math.radians(15), math.radians(15)))
     c_normal = np.array([0.0, math.cos(c_angle), math.sin(c_angle)])
     c_row = np.array([1.0, 0.0, 0.0])
@@ -355,5 +400,4 @@ def plan_study(
         pixel_spacing=(cor_px, cor_px),
         thickness=cor_thick,
     )
-    plans.append(storage(SeriesKind.CORONAL_T2, 4, cor, cor_gap, **t2_timing((3000, 5000), (80, 110))))
-    return scanner, plans
+    return cor, cor_gap

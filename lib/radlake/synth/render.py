@@ -436,70 +436,114 @@ def render_slice(spine: Spine, geom: SliceGeometry, *, with_boxes: bool = True) 
             parent = spine.items[item.clip_to]
             parent_k = [_soft(sd, pix_mm) for sd in _distances(parent, wpts, offsets, normal)]
         occ = _fill(sd_k, width, parent_k)
-        before = None  # a node's window before it is painted: its contrast is what a reader sees
-
-        # In-image part of the window.
-        ir0, ir1, ic0, ic1 = max(r0, 0), min(r1, rows), max(c0, 0), min(c1, cols)
-        if ir1 > ir0 and ic1 > ic0:
-            sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
-            target = (slice(ir0, ir1), slice(ic0, ic1))
-            paint = item.paint
-            colour = paint.intensity * (1.0 + paint.texture * fine[target]) if paint.texture else paint.intensity
-            o = occ[sl]
-            if paint.rim_intensity is not None and paint.rim_mm > 0:
-                inner = _fill(
-                    [sd[sl] for sd in sd_k],
-                    width,
-                    None if parent_k is None else [p[sl] for p in parent_k],
-                    paint.rim_mm,
-                )
-                fill = paint.rim_intensity * (o - inner) + colour * inner
-            else:
-                fill = colour * o
-            a = paint.opacity
-            before = img[target].copy() if item.kind is ItemKind.NODE and with_boxes else None
-            img[target] = img[target] * (1.0 - a * o) + a * fill
-            if paint.core_intensity is not None:
-                core_sd = _distances(item, wpts[sl], offsets, normal, scale=paint.core_scale)
-                core = _fill(core_sd, paint.core_soft_mm, None)
-                core_colour: np.ndarray | float = paint.core_intensity * (1.0 + 0.06 * fine[target])
-                if paint.cleft_intensity is not None:
-                    u = item.frame.to_local(wpts[sl].astype(np.float32))[..., 0]
-                    band = 0.8 * np.clip(1.0 - np.abs(u) / max(paint.cleft_mm, 0.1), 0.0, 1.0)
-                    core_colour = core_colour * (1.0 - band) + paint.cleft_intensity * band
-                img[target] = img[target] * (1.0 - core) + core * core_colour
-
+        before = _paint(
+            img, item, (r0, r1, c0, c1), occ, sd_k, parent_k, width, fine, wpts, offsets, normal, with_boxes
+        )
         if not (with_boxes and item.labelled):
             continue
-        mask = occ >= 0.5
-        total = int(mask.sum())
-        if total == 0:
-            continue
-        inside = np.zeros_like(mask)
-        if ir1 > ir0 and ic1 > ic0:
-            inside[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0] = mask[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0]
-        n_in = int(inside.sum())
-        if n_in == 0:
-            continue
-        rr = np.nonzero(inside.any(axis=1))[0]
-        cc = np.nonzero(inside.any(axis=0))[0]
-        xyxy = (float(c0 + cc[0]), float(r0 + rr[0]), float(c0 + cc[-1] + 1), float(r0 + rr[-1] + 1))
-        px_area = geom.pixel_spacing[0] * geom.pixel_spacing[1]
-        if item.kind is ItemKind.BODY:
-            shape = item.shape
-            ref = 0.93 * 0.5 * (shape.h_ant + shape.h_post) * shape.depth / px_area  # type: ignore[attr-defined]
-            if total >= MIN_BODY_FRACTION * ref and n_in >= MIN_IN_IMAGE_FRACTION * total and n_in >= 12:
-                body_boxes.append(VertebraBox(str(item.level), xyxy, n_in < total, round(n_in / total, 4)))
-        elif item.kind is ItemKind.NODE:
-            radii = item.shape.half_extent
-            ref = 0.5 * math.pi * radii[0] * 0.5 * (radii[1] + radii[2]) / px_area
-            if total >= max(MIN_NODE_PIXELS, MIN_NODE_FRACTION * ref) and n_in >= 0.5 * total:
-                assert item.endplate is not None
-                here = inside[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0]
-                signal = float(img[ir0:ir1, ic0:ic1][here].mean()) if before is not None else 0.0
-                background = float(before[here].mean()) if before is not None else 0.0
-                node_boxes.append(NodeBox(str(item.level), item.endplate, xyxy, signal, background, n_in))
+        box = _measured_box(item, occ, (r0, r1, c0, c1), img, before, geom)
+        if isinstance(box, VertebraBox):
+            body_boxes.append(box)
+        elif box is not None:
+            node_boxes.append(box)
 
     visible = {b.level for b in body_boxes}
     nodes = tuple(n for n in node_boxes if n.parent_level in visible)
     return RenderedSlice(img, tuple(body_boxes), nodes)
+
+
+def _paint(
+    img: np.ndarray,
+    item,
+    window: tuple[int, int, int, int],
+    occ: np.ndarray,
+    sd_k: list[np.ndarray],
+    parent_k: list[np.ndarray] | None,
+    width: float,
+    fine: np.ndarray,
+    wpts: np.ndarray,
+    offsets: np.ndarray,
+    normal: np.ndarray,
+    with_boxes: bool,
+) -> np.ndarray | None:
+    """Paint ``item`` into the in-image part of its window (``r0, r1, c0, c1``, pixels) of ``img``.
+
+    Returns a node's pixels before it was painted (its contrast is what a reader sees) when
+    boxes are measured, else None.
+    """
+    rows, cols = img.shape
+    r0, r1, c0, c1 = window
+    ir0, ir1, ic0, ic1 = max(r0, 0), min(r1, rows), max(c0, 0), min(c1, cols)
+    if not (ir1 > ir0 and ic1 > ic0):
+        return None
+    sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
+    target = (slice(ir0, ir1), slice(ic0, ic1))
+    paint = item.paint
+    colour = paint.intensity * (1.0 + paint.texture * fine[target]) if paint.texture else paint.intensity
+    o = occ[sl]
+    if paint.rim_intensity is not None and paint.rim_mm > 0:
+        inner = _fill(
+            [sd[sl] for sd in sd_k],
+            width,
+            None if parent_k is None else [p[sl] for p in parent_k],
+            paint.rim_mm,
+        )
+        fill = paint.rim_intensity * (o - inner) + colour * inner
+    else:
+        fill = colour * o
+    a = paint.opacity
+    before = img[target].copy() if item.kind is ItemKind.NODE and with_boxes else None
+    img[target] = img[target] * (1.0 - a * o) + a * fill
+    if paint.core_intensity is not None:
+        core_sd = _distances(item, wpts[sl], offsets, normal, scale=paint.core_scale)
+        core = _fill(core_sd, paint.core_soft_mm, None)
+        core_colour: np.ndarray | float = paint.core_intensity * (1.0 + 0.06 * fine[target])
+        if paint.cleft_intensity is not None:
+            u = item.frame.to_local(wpts[sl].astype(np.float32))[..., 0]
+            band = 0.8 * np.clip(1.0 - np.abs(u) / max(paint.cleft_mm, 0.1), 0.0, 1.0)
+            core_colour = core_colour * (1.0 - band) + paint.cleft_intensity * band
+        img[target] = img[target] * (1.0 - core) + core * core_colour
+    return before
+
+
+def _measured_box(
+    item,
+    occ: np.ndarray,
+    window: tuple[int, int, int, int],
+    img: np.ndarray,
+    before: np.ndarray | None,
+    geom: SliceGeometry,
+) -> VertebraBox | NodeBox | None:
+    """The box (pixels, ``xyxy``) of a labelled solid's in-image part, if enough of it is in the image."""
+    rows, cols = img.shape
+    r0, r1, c0, c1 = window
+    ir0, ir1, ic0, ic1 = max(r0, 0), min(r1, rows), max(c0, 0), min(c1, cols)
+    mask = occ >= 0.5
+    total = int(mask.sum())
+    if total == 0:
+        return None
+    inside = np.zeros_like(mask)
+    if ir1 > ir0 and ic1 > ic0:
+        inside[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0] = mask[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0]
+    n_in = int(inside.sum())
+    if n_in == 0:
+        return None
+    rr = np.nonzero(inside.any(axis=1))[0]
+    cc = np.nonzero(inside.any(axis=0))[0]
+    xyxy = (float(c0 + cc[0]), float(r0 + rr[0]), float(c0 + cc[-1] + 1), float(r0 + rr[-1] + 1))
+    px_area = geom.pixel_spacing[0] * geom.pixel_spacing[1]
+    if item.kind is ItemKind.BODY:
+        shape = item.shape
+        ref = 0.93 * 0.5 * (shape.h_ant + shape.h_post) * shape.depth / px_area  # type: ignore[attr-defined]
+        if total >= MIN_BODY_FRACTION * ref and n_in >= MIN_IN_IMAGE_FRACTION * total and n_in >= 12:
+            return VertebraBox(str(item.level), xyxy, n_in < total, round(n_in / total, 4))
+    elif item.kind is ItemKind.NODE:
+        radii = item.shape.half_extent
+        ref = 0.5 * math.pi * radii[0] * 0.5 * (radii[1] + radii[2]) / px_area
+        if total >= max(MIN_NODE_PIXELS, MIN_NODE_FRACTION * ref) and n_in >= 0.5 * total:
+            assert item.endplate is not None
+            here = inside[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0]
+            signal = float(img[ir0:ir1, ic0:ic1][here].mean()) if before is not None else 0.0
+            background = float(before[here].mean()) if before is not None else 0.0
+            return NodeBox(str(item.level), item.endplate, xyxy, signal, background, n_in)
+    return None

@@ -126,8 +126,16 @@ def encode_instance(
     bytes
         The file, encoded in ``ctx.plan.codec``'s transfer syntax.
     """
-    plan, ident, scanner = ctx.plan, ctx.identity, ctx.scanner
     ds = Dataset()
+    _set_patient_and_study(ds, ctx, instance_number, sop_uid)
+    _set_mr_acquisition(ds, ctx, geometry)
+    _set_image(ds, ctx, geometry, stored, instance_number, slice_location)
+    return _encoded(ds, ctx.plan, stored, sop_uid)
+
+
+def _set_patient_and_study(ds: Dataset, ctx: InstanceContext, instance_number: int, sop_uid: str) -> None:
+    """Patient, study, series and equipment attributes, and the instance's dates and times."""
+    plan, ident, scanner = ctx.plan, ctx.identity, ctx.scanner
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     ds.InstanceCreationDate = ident.study_date
@@ -159,6 +167,11 @@ def encode_instance(
     ds.PatientAge = ident.age
     ds.PatientSize = _ds(ident.height_m)
     ds.PatientWeight = _ds(ident.weight_kg)
+
+
+def _set_mr_acquisition(ds: Dataset, ctx: InstanceContext, geometry: SliceGeometry) -> None:
+    """MR image and acquisition attributes of a 2D T2 turbo spin echo."""
+    plan, scanner = ctx.plan, ctx.scanner
     ds.BodyPartExamined = "LSPINE"
     ds.ScanningSequence = "SE"
     ds.SequenceVariant = ["SK", "SP"]
@@ -189,6 +202,18 @@ def encode_instance(
     ds.InPlanePhaseEncodingDirection = plan.phase_direction
     ds.FlipAngle = _ds(plan.flip_angle)
     ds.PatientPosition = "HFS"
+
+
+def _set_image(
+    ds: Dataset,
+    ctx: InstanceContext,
+    geometry: SliceGeometry,
+    stored: StoredImage,
+    instance_number: int,
+    slice_location: float,
+) -> None:
+    """UIDs, image plane (mm, LPS), pixel description, window and rescale of the instance."""
+    plan, ident = ctx.plan, ctx.identity
     ds.StudyInstanceUID = ctx.study_uid
     ds.SeriesInstanceUID = ctx.series_uid
     ds.StudyID = ident.study_id
@@ -216,6 +241,9 @@ def encode_instance(
         ds.RescaleSlope = _ds(plan.rescale[0])
         ds.RescaleType = "US"
 
+
+def _encoded(ds: Dataset, plan: SeriesPlan, stored: StoredImage, sop_uid: str) -> bytes:
+    """``ds`` with its pixels in ``plan.codec``'s transfer syntax, as Part 10 bytes."""
     uid = CODEC_UIDS[plan.codec]
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage

@@ -18,7 +18,7 @@ import mlflow
 import yaml
 
 from radlake.config import RadlakeConfig
-from radlake.registry.resolve import ModelNotFoundError
+from radlake.models.resolve import ModelNotFoundError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -33,13 +33,7 @@ import mlflow
 
 import radlake
 from radlake.config import RadlakeConfig, config_as_yaml
-from radlake.errors import ConfigError
-from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
-from radlake.models.levels import LEVELS
-from radlake.tables import Table
-from radlake.tracking import configure_mlflow, detector_experiment, log_table_input, run_scope
-from radlake.train.schmorl import end_to_end_metrics, pin_vertebra_model, schmorl_view
-from radlake.train.view import (
+from radlake.data.view import (
     IMAGE_COLUMNS,
     SPLITS,
     STACK_COLUMNS,
@@ -48,6 +42,12 @@ from radlake.train.view import (
     detection_view,
     pin_versions,
 )
+from radlake.errors import ConfigError
+from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
+from radlake.models.levels import LEVELS
+from radlake.tables import Table
+from radlake.tracking import configure_mlflow, detector_experiment, log_table_input, run_scope
+from radlake.train.schmorl import end_to_end_metrics, pin_vertebra_model, schmorl_view
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

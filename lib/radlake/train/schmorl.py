@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from radlake.config import RadlakeConfig
+from radlake.data.view import IMAGE_COLUMNS, NoTrainingDataError
 from radlake.tables import Table, table_ref
-from radlake.train.view import IMAGE_COLUMNS, NoTrainingDataError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from radlake.registry.resolve import ResolvedModel
+    from radlake.models.resolve import ResolvedModel
 
 #: Tables the Schmorl's stage reads (pinned per run).
 SCHMORL_TABLES = (Table.VERTEBRA_CROPS, Table.ANNOTATIONS, Table.SPLITS, Table.IMAGES)
@@ -57,7 +57,7 @@ class VertebraModelInput:
 
 def pin_vertebra_model(config: RadlakeConfig) -> VertebraModelInput:
     """Resolve ``crops.vertebra_model`` and return a config that names the concrete version."""
-    from radlake.registry.resolve import resolve_model_uri
+    from radlake.models.resolve import resolve_model_uri
 
     model = resolve_model_uri(config.crops.model_uri(config.models))
     pinned = config.with_vertebra_model(model.uri)

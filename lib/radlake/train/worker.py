@@ -28,6 +28,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 #: Fraction of the schedule spent warming the learning rate up linearly.
@@ -63,39 +64,115 @@ def train_worker(settings: dict[str, Any], *, on_epoch: Callable[[int, dict[str,
     import torch
     import torch.distributed as dist
 
-    from radlake.config import AugmentConfig
-    from radlake.data.loader import make_torch_dataloader
-    from radlake.data.transforms import DetectionTransform, collate_detection
     from radlake.models.detector import DetectorSpec, build_detector
     from radlake.train.engine import train_one_epoch
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    use_gpu = bool(settings["use_gpu"]) and torch.cuda.is_available()
-    distributed = world > 1
-    if distributed and on_epoch is not None:
-        raise ValueError(f"Argument 'on_epoch' is only supported at world size 1, got WORLD_SIZE={world}.")
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_gpu else "gloo")
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings["threads"]))
-    elif not use_gpu:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world)))))
-
+    process = _Process.start(settings, on_epoch)
     spec = DetectorSpec.from_dict(settings["spec"])
     torch.manual_seed(settings["seed"])  # the same initial weights on every rank
-    model = build_detector(spec, settings.get("weights")).to(device)
-    torch.manual_seed(settings["seed"] * 1000 + rank)  # different augmentations per rank
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    model = build_detector(spec, settings.get("weights")).to(process.device)
+    torch.manual_seed(settings["seed"] * 1000 + process.rank)  # different augmentations per rank
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if process.distributed else model
+    train_loader = _train_loader(settings, spec, process)
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
+    schedule = _Schedule(
+        optimizer,
+        learning_rate=settings["learning_rate"],
+        total_steps=max(1, settings["epochs"] * train_loader.dataset.steps_per_epoch),
+        budget_s=settings.get("max_train_seconds") or float("inf"),
+        distributed=process.distributed,
+    )
+    logger = _RankZeroLogger(settings) if process.rank == 0 else None
+    history: list[dict[str, float]] = []
+    for epoch in range(settings["epochs"]):
+        train_loader.dataset.set_epoch(epoch)
+        losses = train_one_epoch(
+            ddp,
+            optimizer,
+            train_loader,
+            process.device,
+            should_stop=schedule.should_stop,
+            all_reduce=process.all_reduce,
+        )
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
+        last = schedule.progress >= 1.0 or epoch == settings["epochs"] - 1
+        validate = last or (epoch + 1) % max(1, int(settings.get("val_every_epochs", 1))) == 0
+        if logger is not None:
+            if validate:
+                row.update(logger.validate(model, spec, process.device, epoch))
+            logger.log_epoch(row, epoch)
+            if on_epoch is not None and validate:
+                on_epoch(epoch, row)
+        history.append(row)
+        if schedule.progress >= 1.0:
+            break
+    if logger is not None:
+        logger.finish(
+            model,
+            spec,
+            process.device,
+            history,
+            elapsed_s=time.perf_counter() - schedule.started,
+            timed_out=schedule.timed_out,
+        )
+    if process.distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@dataclass
+class _Process:
+    """This training process: its rank in the world, its device, and the process group if there is one."""
+
+    world: int
+    rank: int
+    distributed: bool
+    device: Any
+
+    @classmethod
+    def start(cls, settings: dict[str, Any], on_epoch) -> _Process:
+        """Read the rank from torchrun's environment, join the process group, pick the device and threads."""
+        import torch
+        import torch.distributed as dist
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        use_gpu = bool(settings["use_gpu"]) and torch.cuda.is_available()
+        distributed = world > 1
+        if distributed and on_epoch is not None:
+            raise ValueError(f"Argument 'on_epoch' is only supported at world size 1, got WORLD_SIZE={world}.")
+        if distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if use_gpu else "gloo")
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_gpu else "cpu")
+        if settings.get("threads"):
+            torch.set_num_threads(int(settings["threads"]))
+        elif not use_gpu:
+            local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        return cls(world=world, rank=rank, distributed=distributed, device=device)
+
+    def all_reduce(self, t):
+        """``t`` summed over the ranks, in place (itself at world size 1)."""
+        import torch.distributed as dist
+
+        if self.distributed:
+            dist.all_reduce(t)
+        return t
+
+
+def _train_loader(settings: dict[str, Any], spec, process: _Process):
+    """This rank's shard of the training cache, shuffled per epoch, augmented."""
+    from radlake.config import AugmentConfig
+    from radlake.data.loader import make_torch_dataloader
+    from radlake.data.transforms import DetectionTransform, collate_detection
 
     augment = AugmentConfig(**settings["augment"])
-    train_loader = make_torch_dataloader(
+    return make_torch_dataloader(
         settings["caches"]["train"],
         batch_size=settings["batch_size"],
         num_workers=settings["num_workers"],
-        rank=rank,
-        world_size=world,
+        rank=process.rank,
+        world_size=process.world,
         shuffle=True,
         seed=settings["seed"],
         transform=DetectionTransform(
@@ -104,64 +181,48 @@ def train_worker(settings: dict[str, Any], *, on_epoch: Callable[[int, dict[str,
         collate_fn=collate_detection,
         drop_last=True,
     )
-    steps_per_epoch = train_loader.dataset.steps_per_epoch
-    total_steps = max(1, settings["epochs"] * steps_per_epoch)
-    budget_s = settings.get("max_train_seconds") or float("inf")
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
 
-    started = time.perf_counter()
-    state = {"step": 0, "progress": 0.0, "timed_out": False}
 
-    def out_of_time() -> bool:
+class _Schedule:
+    """The learning rate by step (cosine) and when training stops: all steps done, or the time budget spent.
+
+    The learning rate follows the step count only, so a run is repeatable; the time budget
+    is a hard stop on top (a run that hits it says so: tag radlake.stopped_by).
+    """
+
+    def __init__(self, optimizer, *, learning_rate: float, total_steps: int, budget_s: float, distributed: bool):
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.total_steps = total_steps
+        self.budget_s = budget_s
+        self.distributed = distributed
+        self.started = time.perf_counter()
+        self.step = 0
+        self.progress = 0.0
+        self.timed_out = False
+
+    def out_of_time(self) -> bool:
         """True on every rank once any rank has used the wall-time budget (one tiny all-reduce per step)."""
-        over = torch.tensor([float(time.perf_counter() - started >= budget_s)], dtype=torch.float64)
-        if distributed:
+        import torch
+        import torch.distributed as dist
+
+        over = torch.tensor([float(time.perf_counter() - self.started >= self.budget_s)], dtype=torch.float64)
+        if self.distributed:
             dist.all_reduce(over, op=dist.ReduceOp.MAX)
         return bool(over[0] > 0)
 
-    def should_stop() -> bool:
-        # The learning rate follows the step count only, so a run is repeatable; the time
-        # budget is a hard stop on top (a run that hits it says so: tag radlake.stopped_by).
-        state["progress"] = state["step"] / total_steps
-        if state["progress"] >= 1.0:
+    def should_stop(self) -> bool:
+        """Before each step: stop, or set this step's learning rate and count it."""
+        self.progress = self.step / self.total_steps
+        if self.progress >= 1.0:
             return True
-        if out_of_time():
-            state["progress"], state["timed_out"] = 1.0, True
+        if self.out_of_time():
+            self.progress, self.timed_out = 1.0, True
             return True
-        for group in optimizer.param_groups:
-            group["lr"] = settings["learning_rate"] * _cosine(state["progress"])
-        state["step"] += 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate * _cosine(self.progress)
+        self.step += 1
         return False
-
-    def all_reduce(t: torch.Tensor) -> torch.Tensor:
-        if distributed:
-            dist.all_reduce(t)
-        return t
-
-    logger = _RankZeroLogger(settings) if rank == 0 else None
-    history: list[dict[str, float]] = []
-    for epoch in range(settings["epochs"]):
-        train_loader.dataset.set_epoch(epoch)
-        losses = train_one_epoch(ddp, optimizer, train_loader, device, should_stop=should_stop, all_reduce=all_reduce)
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
-        last = state["progress"] >= 1.0 or epoch == settings["epochs"] - 1
-        validate = last or (epoch + 1) % max(1, int(settings.get("val_every_epochs", 1))) == 0
-        if logger is not None:
-            if validate:
-                row.update(logger.validate(model, spec, device, epoch))
-            logger.log_epoch(row, epoch)
-            if on_epoch is not None and validate:
-                on_epoch(epoch, row)
-        history.append(row)
-        if state["progress"] >= 1.0:
-            break
-    if logger is not None:
-        logger.finish(
-            model, spec, device, history, elapsed_s=time.perf_counter() - started, timed_out=state["timed_out"]
-        )
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 class _RankZeroLogger:

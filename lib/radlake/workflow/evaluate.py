@@ -157,7 +157,7 @@ def evaluate_models(
     ------
     EvaluationInputError
         If the archive or labels file does not exist, or ``root`` is the training storage.
-    radlake.registry.resolve.ModelNotFoundError, radlake.models.pyfunc.ModelSignatureError
+    radlake.models.resolve.ModelNotFoundError, radlake.models.pyfunc.ModelSignatureError
         Before anything is read, for a model URI that names nothing or no detector.
     """
     import mlflow

@@ -21,9 +21,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructType
 
 from radlake.config import RadlakeConfig
-from radlake.ingest.schema import struct_fields
 from radlake.models.levels import LEVELS
-from radlake.tables import Table, table_ref
+from radlake.tables import Table, struct_fields, table_ref
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -144,8 +144,8 @@ def _train(detector: str):
 
 def _promote(detector: str):
     def step(spark, config, state):
+        from radlake.models.resolve import ModelNotFoundError, resolve_model_uri
         from radlake.registry.promote import register_and_promote
-        from radlake.registry.resolve import ModelNotFoundError, resolve_model_uri
         from radlake.train.run import get_stage
 
         run_id = _need(state, f"{detector}_run_id", f"promote_{detector}", f"--{detector}-run-id")
