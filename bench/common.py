@@ -115,7 +115,7 @@ def synthetic_archive(config, name: str) -> Path:
     """``WORK/<name>``: the synthetic archive of ``config`` (a ``SynthConfig``), generated once and reused."""
     import shutil
 
-    from radlake.synth import generate_archive
+    from radlake.synth.archive import generate_archive
 
     out = WORK / name
     labels = out / "labels.json"

@@ -74,7 +74,7 @@ FILES_PER_STUDY = 22  # 15 sagittal + 4 axial + 3 coronal slices with the defaul
 
 def ensure_archive(studies: int, *, image_size: int = 384) -> Path:
     """The benchmark archive for ``studies`` studies, generated once and reused."""
-    from radlake.synth import SynthConfig
+    from radlake.synth.params import SynthConfig
 
     config = SynthConfig(studies=studies, seed=2024, image_size=image_size, zip_fraction=0.0, **SINGLE_SITE)
     return synthetic_archive(config, f"ingest-archive-{studies}x{image_size}")
@@ -243,7 +243,7 @@ def run_peer(archive: Path, root: Path) -> dict:
 
 
 def run_radlake(archive: Path, root: Path, overrides: tuple[str, ...] = ()) -> dict:
-    from radlake.ingest import run_ingest
+    from radlake.ingest.job import run_ingest
 
     os.environ.setdefault("RADLAKE_DEID_KEY", "bench-key")
     with TreeMemory() as memory:

@@ -76,8 +76,8 @@ def _spark(root: Path):
 
 def build_cache(archive: Path, root: Path, *, compression: str) -> dict[str, Any]:
     """Ingest ``archive`` into ``root`` (once) and materialise the sagittal rows; returns the converter's facts."""
-    from radlake.data import clean_cache, make_spark_converter
-    from radlake.ingest import run_ingest
+    from radlake.data.converter import clean_cache, make_spark_converter
+    from radlake.ingest.job import run_ingest
     from radlake.tables import Table, table_ref
 
     os.environ.setdefault("RADLAKE_DEID_KEY", "bench-key")
@@ -118,7 +118,7 @@ def build_cache(archive: Path, root: Path, *, compression: str) -> dict[str, Any
 
 
 def run_loader(path: str, transform, collate, *, epochs: int, batch_size: int, num_workers: int) -> dict[str, Any]:
-    from radlake.data import make_torch_dataloader
+    from radlake.data.loader import make_torch_dataloader
 
     loader = make_torch_dataloader(
         path,

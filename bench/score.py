@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,64 @@ def main(argv: list[str] | None = None) -> dict | None:
     return run(args)
 
 
+@dataclass
+class _Timed:
+    """The Spark runs (first, warm) and the bare-torch limit's runs, interleaved, and what they used."""
+
+    first: dict
+    warm: list[dict]
+    limits: list[dict]
+    workers: list[dict]
+    threads_per_worker: int
+    threads: int
+    memory: Any
+    limit: Any
+
+
+def _timed_runs(spark, scored, parallelism: int, rows_path, uri: str, store: Path, params: dict, *, repeats: int):
+    """A first Spark run, then ``repeats`` warm Spark runs each followed by a run of the limit (same threads)."""
+    java = _java_pid(spark)
+    with TreeMemory(root=java) if java else TreeMemory() as spark_memory:
+        first = spark_run(scored)
+        _say(f"spark first run: {first}")
+        workers = probe_workers(spark, parallelism)
+        threads_per_worker = max(w["torch_threads"] for w in workers)
+        threads = parallelism * threads_per_worker
+        limit = LimitProcess(rows_path, uri, f"sqlite:///{store}/mlflow.db", threads=threads, params=params)
+        warm, limits = [], []
+        try:
+            for _ in range(repeats):
+                warm.append(spark_run(scored))
+                _say(f"spark warm run: {warm[-1]}")
+                limits.append(limit.run())
+                _say(f"limit run: {limits[-1]}")
+        except BaseException:
+            limit.close()  # the caller closes it after a success only
+            raise
+    return _Timed(first, warm, limits, workers, threads_per_worker, threads, spark_memory, limit)
+
+
+def _memory_mb(memory, driver_rss: int) -> dict[str, Any]:
+    """Peak resident memory of Spark's processes (all, and by process name) and the driver's, in MiB."""
+    return {
+        "peak_rss_mb": round(memory.peak_bytes / 2**20, 1),
+        "peak_rss_by_process_mb": {k: round(v / 2**20, 1) for k, v in memory.peak_by_name.items()},
+        "driver_rss_mb": round(driver_rss / 2**20, 1),
+    }
+
+
+def _archive_and_root(images: int) -> tuple[Path, float, Path]:
+    """The sagittal archive (made once), the seconds that took, and its storage root (emptied if half made)."""
+    t0 = time.perf_counter()
+    archive = ensure_sagittal_archive(images)
+    archive_s = time.perf_counter() - t0
+    root = WORK / f"score-root-{archive.name.removeprefix('score-archive-')}"
+    if not (root / "bench-ingested.json").is_file() and root.exists():
+        shutil.rmtree(root)
+    WORK.mkdir(parents=True, exist_ok=True)
+    return archive, archive_s, root
+
+
 def run(args: argparse.Namespace) -> dict:
     from pyspark.sql import functions as F
 
@@ -302,13 +361,7 @@ def run(args: argparse.Namespace) -> dict:
     from radlake.tables import Table, table_ref
 
     os.environ.setdefault("RADLAKE_DEID_KEY", "bench-key")
-    t0 = time.perf_counter()
-    archive = ensure_sagittal_archive(args.images)
-    archive_s = time.perf_counter() - t0
-    root = WORK / f"score-root-{archive.name.removeprefix('score-archive-')}"
-    if not (root / "bench-ingested.json").is_file() and root.exists():
-        shutil.rmtree(root)
-    WORK.mkdir(parents=True, exist_ok=True)
+    archive, archive_s, root = _archive_and_root(args.images)
     store = Path(tempfile.mkdtemp(prefix="score-mlflow-", dir=WORK))
     load_before = os.getloadavg()[0]
     spark, config, startup_s = _spark(root, arrow_batch_size=args.arrow_batch_size)
@@ -332,20 +385,8 @@ def run(args: argparse.Namespace) -> dict:
             column = detections_column(spark, uri, params=params)
         scored = view.select(F.size(column).alias("n"))
 
-        java = _java_pid(spark)
-        with TreeMemory(root=java) if java else TreeMemory() as spark_memory:
-            first = spark_run(scored)
-            _say(f"spark first run: {first}")
-            workers = probe_workers(spark, parallelism)
-            threads_per_worker = max(w["torch_threads"] for w in workers)
-            threads = parallelism * threads_per_worker
-            limit = LimitProcess(rows_path, uri, f"sqlite:///{store}/mlflow.db", threads=threads, params=params)
-            warm, limits = [], []
-            for _ in range(args.repeats):
-                warm.append(spark_run(scored))
-                _say(f"spark warm run: {warm[-1]}")
-                limits.append(limit.run())
-                _say(f"limit run: {limits[-1]}")
+        timed = _timed_runs(spark, scored, parallelism, rows_path, uri, store, params, repeats=args.repeats)
+        limit = timed.limit
         driver_rss = _rss_bytes(os.getpid())
     finally:
         if limit is not None:
@@ -353,71 +394,15 @@ def run(args: argparse.Namespace) -> dict:
         spark.stop()
         shutil.rmtree(store, ignore_errors=True)
 
+    first, warm, limits = timed.first, timed.warm, timed.limits
     best_warm, best_limit = _best(warm), _best(limits)
     # Same model and rows: the same detections, but for boxes whose score sits at the threshold
     # within float noise (Spark groups the rows into forward passes differently).
     found = {"spark": [r["detections"] for r in [first, *warm]], "limit": [r["detections"] for r in limits]}
     if max(abs(a - b) for a in found["spark"] for b in found["limit"]) > 0.001 * max(found["limit"]):
         raise RuntimeError(f"the two sides disagree on the number of detections: {found}")
-    result = _report(
-        args=args,
-        n_images=n_images,
-        arrow_batch=arrow_batch,
-        params=params,
-        found=found,
-        parallelism=parallelism,
-        threads_per_worker=threads_per_worker,
-        threads=threads,
-        workers=workers,
-        partitions=partitions,
-        startup_s=startup_s,
-        udf_setup=udf_setup,
-        first=first,
-        best_warm=best_warm,
-        spark_memory=spark_memory,
-        driver_rss=driver_rss,
-        best_limit=best_limit,
-        warm=warm,
-        limits=limits,
-        archive=archive,
-        archive_s=archive_s,
-        ingest_s=ingest_s,
-        version=version,
-        load_before=load_before,
-    )
-    return write_result("score", result)
-
-
-def _report(
-    *,
-    args,
-    n_images,
-    arrow_batch,
-    params,
-    found,
-    parallelism,
-    threads_per_worker,
-    threads,
-    workers,
-    partitions,
-    startup_s,
-    udf_setup,
-    first,
-    best_warm,
-    spark_memory,
-    driver_rss,
-    best_limit,
-    warm,
-    limits,
-    archive,
-    archive_s,
-    ingest_s,
-    version,
-    load_before,
-) -> dict:
-    """The benchmark's JSON: both sides' best runs, their ratio against the target, and how they ran."""
     ratio = best_warm["images_per_s"] / best_limit["images_per_s"]
-    return {
+    result = {
         "images": n_images,
         "source_image_size": IMAGE_SIZE,
         "model": f"vertebra_spec(image_size={MODEL_IMAGE_SIZE}), backbone tiny, untrained (seed 0, REGRESSION_BIAS)",
@@ -428,10 +413,10 @@ def _report(
         "detections": found,
         "threads": {
             "spark_concurrent_tasks": parallelism,
-            "spark_torch_threads_per_worker": threads_per_worker,
-            "spark_total": threads,
+            "spark_torch_threads_per_worker": timed.threads_per_worker,
+            "spark_total": timed.threads,
             "limit": best_limit["torch_threads"],
-            "workers_probed": workers,
+            "workers_probed": timed.workers,
         },
         "spark": {
             "master": "local[2]",
@@ -442,9 +427,7 @@ def _report(
             "udf_setup_seconds": round(udf_setup.seconds, 2),
             "first_run": first,
             "warm": best_warm,
-            "peak_rss_mb": round(spark_memory.peak_bytes / 2**20, 1),
-            "peak_rss_by_process_mb": {k: round(v / 2**20, 1) for k, v in spark_memory.peak_by_name.items()},
-            "driver_rss_mb": round(driver_rss / 2**20, 1),
+            **_memory_mb(timed.memory, driver_rss),
         },
         "limit": best_limit,
         "images_per_s": {
@@ -460,7 +443,7 @@ def _report(
         "ratio": ratio,
         "target": 0.8,
         "met": ratio >= 0.8,
-        "peak_rss_mb": {"spark": round(spark_memory.peak_bytes / 2**20, 1), "limit": best_limit["peak_rss_mb"]},
+        "peak_rss_mb": {"spark": round(timed.memory.peak_bytes / 2**20, 1), "limit": best_limit["peak_rss_mb"]},
         "setup": {
             "archive": str(archive),
             "archive_seconds": round(archive_s, 1),
@@ -469,6 +452,7 @@ def _report(
         },
         "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
     }
+    return write_result("score", result)
 
 
 if __name__ == "__main__":

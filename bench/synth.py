@@ -12,7 +12,8 @@ from bench.common import SINGLE_SITE, WORK, Timer, write_result
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from radlake.synth import SynthConfig, generate_archive
+    from radlake.synth.archive import generate_archive
+    from radlake.synth.params import SynthConfig
 
     parser = argparse.ArgumentParser(prog="bench synth")
     parser.add_argument("--studies", type=int, default=40)

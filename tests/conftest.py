@@ -90,8 +90,9 @@ def labelled_archive(spark, tmp_path_factory) -> LabelledArchive:
     """Generate, ingest and label a 4-study archive once, in a storage root of its own."""
     from radlake.data.labels import import_labels
     from radlake.data.splits import assign_splits
-    from radlake.ingest import run_ingest
-    from radlake.synth import SynthConfig, generate_archive
+    from radlake.ingest.job import run_ingest
+    from radlake.synth.archive import generate_archive
+    from radlake.synth.params import SynthConfig
 
     root = tmp_path_factory.mktemp("data-archive")
     archive = root / "archive"
@@ -137,6 +138,48 @@ def add_images(spark) -> Callable[[RadlakeConfig, Sequence[Frame]], None]:
         spark.createDataFrame(rows, IMAGES).write.format("delta").mode("append").save(ref.path)
 
     return add
+
+
+def training_overrides(root: Path, warehouse: Path, *extra: str) -> list[str]:
+    """Overrides for a tiny vertebra training on the labelled archive's tables (``warehouse``), its MLflow
+    store and caches under ``root``: validation every epoch, no images logged, no loader workers."""
+    return [
+        f"storage.root={root}",
+        f"storage.warehouse={warehouse}",
+        "environment=test",
+        "spark.master=local[2]",
+        "spark.shuffle_partitions=2",
+        f"loader.cache_dir={root / 'cache'}",
+        "loader.num_workers=0",
+        "train.vertebra.batch_size=2",
+        "train.vertebra.val_every_epochs=1",
+        "train.vertebra.val_images_logged=0",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_training() -> Callable[..., list[str]]:
+    """:func:`training_overrides` as a fixture: ``tiny_training(root, warehouse, "train.vertebra.epochs=2")``."""
+    return training_overrides
+
+
+@pytest.fixture
+def lr_space(tmp_path) -> Path:
+    """A sweep search space over the learning rate alone, random sampler (seed 1), no pruner."""
+    space = tmp_path / "space.yml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "direction": "maximize",
+                "metric": "map_50",
+                "pruner": {"type": "none"},
+                "sampler": {"type": "random", "seed": 1},
+                "params": {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 5.0e-3, "log": True}},
+            }
+        )
+    )
+    return space
 
 
 @pytest.fixture(scope="session")

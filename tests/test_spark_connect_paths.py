@@ -10,36 +10,18 @@ against a real Spark Connect server.
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
-import pydicom
 import pytest
 
 import radlake.spark
 import radlake.tables
+from dicom_files import TEST_FILES, rle_with_a_cut_frame
 from radlake.spark import counters, default_parallelism, list_files, map_task_lists
 from radlake.tables import Table, TableRef
 
 pytestmark = pytest.mark.spark
-
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-
-
-def rle_with_a_cut_frame(index: int) -> bytes:
-    """pydicom-data's 10-frame RLE Enhanced MR with frame ``index`` cut short: earlier frames decode, it fails."""
-    import data_store
-    from pydicom.encaps import encapsulate, generate_frames
-
-    ds = pydicom.dcmread(Path(data_store.__file__).parent / "data" / "emri_small_RLE.dcm")
-    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["radlake-connect-frame-cut"])
-    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
-    frames[index] = frames[index][:64]
-    ds.PixelData = encapsulate(frames)
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -158,8 +140,9 @@ def test_tables_through_sql_match_the_delta_api(spark, config, monkeypatch, tmp_
 def test_ingest_through_the_connect_paths_equals_the_classic_ingest(spark, tmp_path, monkeypatch):
     """The whole job: task lists as rows, counts from the written images, tables through SQL."""
     from radlake.config import load_config
-    from radlake.ingest import run_ingest
-    from radlake.synth import SynthConfig, generate_archive
+    from radlake.ingest.job import run_ingest
+    from radlake.synth.archive import generate_archive
+    from radlake.synth.params import SynthConfig
 
     archive = tmp_path / "archive"
     small = {"sagittal_slices": 3, "axial_slices": 1, "coronal_slices": 1}
@@ -167,7 +150,9 @@ def test_ingest_through_the_connect_paths_equals_the_classic_ingest(spark, tmp_p
     (archive / "real").mkdir()
     shutil.copy(TEST_FILES / "MR_small.dcm", archive / "real" / "MR_small.dcm")
     shutil.copy(TEST_FILES / "MR_small.dcm", archive / "real" / "MR_small_again.dcm")
-    (archive / "real" / "frame5_cut.dcm").write_bytes(rle_with_a_cut_frame(5))  # frames 0-4 decode, then a failure
+    (archive / "real" / "frame5_cut.dcm").write_bytes(
+        rle_with_a_cut_frame(5, entropy="radlake-connect-frame-cut")
+    )  # frames 0-4 decode, then a failure
     monkeypatch.setenv("RADLAKE_DEID_KEY", "connect-paths")
     summaries, tables = {}, {}
     for kind in ("classic", "connect"):

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
 from radlake.config import load_config
 from radlake.stops import Stopped, handle_stops
@@ -208,24 +207,13 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def _command_overrides(root: Path, warehouse: Path) -> list[str]:
-    """Tiny, slow-to-finish training on the labelled archive's tables, MLflow store under ``root``."""
-    return [
-        f"storage.root={root}",
-        f"storage.warehouse={warehouse}",
-        "environment=test",
-        "spark.master=local[2]",
-        "spark.shuffle_partitions=2",
-        f"loader.cache_dir={root / 'cache'}",
-        "loader.num_workers=0",
-        "train.vertebra.image_size=64",
-        "train.vertebra.batch_size=2",
-        "train.vertebra.val_every_epochs=1",
-        "train.vertebra.val_images_logged=0",
-        "train.vertebra.max_train_minutes=5",
-        "train.vertebra.epochs=200",  # still training when the signal comes
-        "models.vertebra=stops_vertebra",
-    ]
+#: On top of :func:`conftest.training_overrides`: a training still running when the signal comes.
+SLOW_TRAINING = (
+    "train.vertebra.image_size=64",
+    "train.vertebra.max_train_minutes=5",
+    "train.vertebra.epochs=200",
+    "models.vertebra=stops_vertebra",
+)
 
 
 def _experiment(client: mlflow.MlflowClient, name: str, root: Path):
@@ -243,23 +231,14 @@ def _warehouse(labelled_archive) -> Path:
     return Path(table_ref(labelled_archive.config, Table.IMAGES).path).parent
 
 
-def test_a_sweep_stopped_by_sigterm_ends_its_runs_killed_and_resumes(spark, labelled_archive, tmp_path):
+def test_a_sweep_stopped_by_sigterm_ends_its_runs_killed_and_resumes(
+    lr_space, tiny_training, spark, labelled_archive, tmp_path
+):
     from radlake.train.sweep import INTERRUPTED_TAG, SweepStorage
     from radlake.workflow.sweep import run_sweep
 
-    overrides = _command_overrides(tmp_path / "radlake", _warehouse(labelled_archive))
-    space = tmp_path / "space.yml"
-    space.write_text(
-        yaml.safe_dump(
-            {
-                "direction": "maximize",
-                "metric": "map_50",
-                "pruner": {"type": "none"},
-                "sampler": {"type": "random", "seed": 1},
-                "params": {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 5.0e-3, "log": True}},
-            }
-        )
-    )
+    overrides = tiny_training(tmp_path / "radlake", _warehouse(labelled_archive), *SLOW_TRAINING)
+    space = lr_space
     log = tmp_path / "sweep.log"
     args = ["sweep", "vertebra", "--trials", "3", "--parallel", "2", "--space", str(space), "--name", "stopped"]
     proc = _start([*args, "--no-register", *_sets(overrides)], log)
@@ -311,9 +290,9 @@ def test_a_sweep_stopped_by_sigterm_ends_its_runs_killed_and_resumes(spark, labe
     assert all(runs[run_id].info.status == "KILLED" for run_id in trials)
 
 
-def test_a_pipeline_stopped_by_sigint_while_training_ends_both_runs_killed(labelled_archive, tmp_path):
+def test_a_pipeline_stopped_by_sigint_while_training_ends_both_runs_killed(tiny_training, labelled_archive, tmp_path):
     overrides = [
-        *_command_overrides(tmp_path / "radlake", _warehouse(labelled_archive)),
+        *tiny_training(tmp_path / "radlake", _warehouse(labelled_archive), *SLOW_TRAINING),
         "train.vertebra.num_processes=2",
     ]
     log = tmp_path / "pipeline.log"

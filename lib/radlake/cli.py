@@ -443,7 +443,7 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_synth(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from radlake.synth import generate_archive
+    from radlake.synth.archive import generate_archive
 
     summary = generate_archive(args.out, config.synth, workers=args.workers)
     print(

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from radlake.errors import ConfigError
-from radlake.synth import SynthConfig
+from radlake.synth.params import SynthConfig
 
 #: Environment variable naming the folder that holds ``<name>.yml`` configurations.
 CONF_DIR_ENV = "RADLAKE_CONF_DIR"

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,109 +25,13 @@ from pathlib import Path
 
 import pytest
 
+from spark_daemons import Daemon, free_port, log_tail, spark_home
+
 #: Task slots (one per core) and memory the worker offers; an executor takes Spark's default 1 GiB heap.
 WORKER_CORES = 2
 WORKER_MEMORY = "3g"
 #: Seconds to wait for the master to come up with the worker registered (about 15 s on 2 cores).
 START_TIMEOUT_S = 120.0
-#: Seconds a daemon's process group gets to end after SIGTERM, before SIGKILL.
-STOP_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spark_home() -> Path:
-    """The pyspark package folder: it has ``bin/spark-class`` and ``jars/``, a Spark distribution's layout."""
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes of session ``sid``: a daemon and every descendant that did not start a session of its own.
-
-    pyspark's worker daemon moves itself into a process group of its own, but not into
-    another session. Read from ``/proc`` (Linux); elsewhere only the session leader is seen.
-    """
-    if not Path("/proc").is_dir():
-        return [sid] if _exists(sid) else []
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    pids.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return pids
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _wait_session_gone(sid: int, timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (left := session_pids(sid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
-
-
-def log_tail(path: Path, chars: int = 4000) -> str:
-    """The last ``chars`` characters of a log file ('' if there is none)."""
-    return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
-
-
-@dataclass
-class Daemon:
-    """One ``spark-class`` process (master or worker), leading a session and process group of its own."""
-
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-    @classmethod
-    def start(cls, name: str, args: list[str], *, env: dict[str, str], log: Path) -> Daemon:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return cls(name, proc, log)
-
-    def stop(self) -> list[int]:
-        """SIGTERM its process group, then SIGKILL what is left of its session; return the pids still there.
-
-        The JVM's shutdown hooks end what it started (a worker its executors, whose
-        Python daemons and DDP processes end with them); whatever of the session is still
-        running after :data:`STOP_TIMEOUT_S` is killed by pid.
-        """
-        sid = self.proc.pid  # start_new_session: the daemon leads its session and its process group
-        try:
-            os.killpg(sid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)  # reaped, so that the leader itself is not listed
-        except subprocess.TimeoutExpired:
-            pass
-        left = _wait_session_gone(sid, STOP_TIMEOUT_S)
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        return _wait_session_gone(sid, STOP_TIMEOUT_S)
 
 
 @dataclass

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ import yaml
 
 from radlake.config import RadlakeConfig, load_config
 from radlake.tables import Table, table_ref
+from spark_daemons import run_command
 
 pytestmark = pytest.mark.cluster
 
@@ -102,25 +101,12 @@ def radlake(step: str, *args: str, cluster, run_dir: Path, conf: Path) -> tuple[
     command = [sys.executable, "-m", "radlake", *args, "--conf", str(conf)]
     command += ["--set", f"spark.master={cluster.master_url}", "--set", f"spark.extra.spark.app.name=radlake-{step}"]
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen(
-            command,
-            cwd=run_dir,
-            env={**inherited, **cluster.driver_env},
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=COMMAND_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail(f"radlake {step} ran past {COMMAND_TIMEOUT_S} s:\n{err.read_text(errors='replace')[-4000:]}")
-    if proc.returncode != 0:
+    returncode = run_command(
+        command, cwd=run_dir, env={**inherited, **cluster.driver_env}, out=out, err=err, timeout_s=COMMAND_TIMEOUT_S
+    )
+    if returncode != 0:
         pytest.fail(
-            f"radlake {step} exited with {proc.returncode}:\n{err.read_text(errors='replace')[-6000:]}\n"
+            f"radlake {step} exited with {returncode}:\n{err.read_text(errors='replace')[-6000:]}\n"
             f"cluster logs:\n{cluster.logs()}"
         )
     return out.read_text(errors="replace"), err.read_text(errors="replace")

@@ -12,65 +12,21 @@ is left.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from radlake.config import load_config
 from radlake.spark import _delta_jars, class_archive_path
+from spark_daemons import Daemon, free_port, spark_home
 
 #: Seconds to wait for the server to accept connections (about 10 to 20 s on 2 cores).
 START_TIMEOUT_S = 180.0
-#: Seconds the server's process group gets to end after SIGTERM, before SIGKILL.
-STOP_TIMEOUT_S = 30.0
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spark_home() -> Path:
-    """The pyspark package folder: it has ``bin/spark-submit`` and ``jars/``, a Spark distribution's layout."""
-    import pyspark
-
-    return Path(pyspark.__file__).resolve().parent
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes of session ``sid`` (read from ``/proc``; elsewhere only the leader is seen)."""
-    if not Path("/proc").is_dir():
-        try:
-            os.kill(sid, 0)
-        except ProcessLookupError:
-            return []
-        return [sid]
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getsid(int(entry.name)) == sid:
-                    pids.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return pids
-
-
-def _wait_session_gone(sid: int, timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (left := session_pids(sid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
 
 
 @dataclass
@@ -79,32 +35,15 @@ class ConnectServer:
 
     url: str
     """``sc://127.0.0.1:<port>``: the value of ``--set spark.remote=``."""
-    proc: subprocess.Popen
-    log: Path
+    daemon: Daemon
 
     def logs(self, chars: int = 6000) -> str:
         """The end of the server's log."""
-        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
+        return self.daemon.logs(chars)
 
     def stop(self) -> list[int]:
         """SIGTERM its process group, then SIGKILL what is left of its session; return the pids still there."""
-        sid = self.proc.pid  # start_new_session: the server leads its session and its process group
-        try:
-            os.killpg(sid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in _wait_session_gone(sid, STOP_TIMEOUT_S):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        return _wait_session_gone(sid, STOP_TIMEOUT_S)
+        return self.daemon.stop()
 
 
 def _accepts(port: int) -> bool:
@@ -160,12 +99,10 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connect
     }
     env.pop("SPARK_REMOTE", None)
     env.pop("SPARK_CONNECT_MODE_ENABLED", None)
-    log = root / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = ConnectServer(f"sc://127.0.0.1:{port}", proc, log)
+    server = ConnectServer(
+        f"sc://127.0.0.1:{port}", Daemon.start("Spark Connect server", command, env=env, log=root / "server.log")
+    )
+    proc = server.daemon.proc
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _accepts(port):

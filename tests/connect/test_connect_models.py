@@ -215,9 +215,10 @@ def steps(remote, tmp_path_factory):
     """A one-study archive ingested, labelled, cropped and scored over Spark Connect: (config, crops, score)."""
     from radlake.data.crops import make_crops
     from radlake.data.labels import import_labels
-    from radlake.ingest import run_ingest
+    from radlake.ingest.job import run_ingest
     from radlake.score.job import score_archive
-    from radlake.synth import SynthConfig, generate_archive
+    from radlake.synth.archive import generate_archive
+    from radlake.synth.params import SynthConfig
 
     root = tmp_path_factory.mktemp("connect-steps")
     synth = SynthConfig(studies=1, seed=7, image_size=128, sagittal_slices=5, axial_slices=1, coronal_slices=1)

@@ -24,11 +24,8 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +34,13 @@ import pydicom
 import pytest
 import yaml
 
+from dicom_files import TEST_FILES, rle_with_a_cut_frame, write_bad_files
 from radlake.config import RadlakeConfig, load_config
 from radlake.tables import Table, table_ref
+from spark_daemons import run_command
 
 pytestmark = pytest.mark.connect
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 #: Seconds one command may take.
 COMMAND_TIMEOUT_S = 600
 MODES = ("classic", "connect")
@@ -114,37 +112,9 @@ def _hostile_files(root: Path) -> None:
     buffer = io.BytesIO()
     other.save_as(buffer)
     (copies / "MR_small_other_pixels.dcm").write_bytes(buffer.getvalue())
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "empty.dcm").write_bytes(b"")
-    (bad / "notes.txt").write_text("not a dicom file\n" * 20)
-    (bad / "random.dcm").write_bytes(np.random.default_rng(0).bytes(4096))
-    (bad / "header_cut.dcm").write_bytes(mr[:300])
-    cut = pydicom.dcmread(TEST_FILES / "MR_small.dcm")
-    cut.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["radlake-connect-test-pixels-cut"])
-    buffer = io.BytesIO()
-    cut.save_as(buffer)
-    (bad / "pixels_cut.dcm").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
-    (bad / "frame5_cut.dcm").write_bytes(_rle_with_a_cut_frame(5))  # frames 0-4 decode, then a failure
-    with zipfile.ZipFile(bad / "evil.zip", "w") as zf:
-        zf.writestr("../escape.dcm", mr)
-        zf.writestr("ok/inside.dcm", (TEST_FILES / "CT_small.dcm").read_bytes())
-
-
-def _rle_with_a_cut_frame(index: int) -> bytes:
-    """pydicom-data's 10-frame RLE Enhanced MR with frame ``index`` cut short: earlier frames decode, it fails."""
-    import data_store
-    from pydicom.encaps import encapsulate, generate_frames
-
-    ds = pydicom.dcmread(Path(data_store.__file__).parent / "data" / "emri_small_RLE.dcm")
-    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["radlake-connect-test-frame-cut"])
-    ds.PixelSpacing = [0.5, 0.5]  # the detectors take frames with a spacing; this file has none
-    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
-    frames[index] = frames[index][:64]
-    ds.PixelData = encapsulate(frames)
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
+    # frames 0-4 decode, then a failure; the detectors take frames with a spacing: the file has none
+    frame_cut = rle_with_a_cut_frame(5, entropy="radlake-connect-test-frame-cut", pixel_spacing=[0.5, 0.5])
+    write_bad_files(root / "bad", entropy="radlake-connect-test-pixels-cut", frame_cut=frame_cut)
 
 
 def _last_json_object(text: str) -> dict[str, Any]:
@@ -179,26 +149,11 @@ class Runs:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SPARK_REMOTE", "SPARK_CONNECT"))}
         env["RADLAKE_DEID_KEY"] = "radlake-connect-test"  # the same pseudonyms in both runs
         started = time.monotonic()
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            proc = subprocess.Popen(
-                command,
-                cwd=self.root,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                start_new_session=True,
-            )
-            try:
-                proc.wait(timeout=COMMAND_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                pytest.fail(f"radlake {step} ({mode}) ran past {COMMAND_TIMEOUT_S} s:\n{_tail(err)}")
+        returncode = run_command(command, cwd=self.root, env=env, out=out, err=err, timeout_s=COMMAND_TIMEOUT_S)
         self.seconds[f"{mode}-{step}"] = round(time.monotonic() - started, 1)
-        if proc.returncode != 0:
+        if returncode != 0:
             server = f"\nserver log:\n{self.server.logs()}" if mode == "connect" else ""
-            pytest.fail(f"radlake {step} ({mode}) exited with {proc.returncode}:\n{_tail(err)}{server}")
+            pytest.fail(f"radlake {step} ({mode}) exited with {returncode}:\n{_tail(err)}{server}")
         return out.read_text(errors="replace"), err.read_text(errors="replace")
 
 
@@ -214,7 +169,8 @@ def runs(connect_server, tmp_path_factory) -> Runs:
 @pytest.fixture(scope="module")
 def archive(runs) -> tuple[Path, Path]:
     """(archive folder, its labels file): two synthetic studies plus real and hostile files."""
-    from radlake.synth import SynthConfig, generate_archive
+    from radlake.synth.archive import generate_archive
+    from radlake.synth.params import SynthConfig
 
     root = runs.root / "archive"
     summary = generate_archive(root / "synth", SynthConfig(**SYNTH))
@@ -311,7 +267,6 @@ def test_a_second_ingest_over_spark_connect_finds_nothing_new(runs, ingested, ar
 def _register_models(config: RadlakeConfig) -> None:
     """Log an untrained, seeded, confident pair of detectors and make each the champion of its registered model."""
     import mlflow
-    import numpy as np
     import pandas as pd
     import torch
 

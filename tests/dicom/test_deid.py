@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import data_store
 import pydicom
 import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dicom_files import DATA_STORE, MR_SMALL, TEST_FILES
 from radlake.dicom import deid as deid_module
 from radlake.dicom.deid import (
     ACCESSION_HEX_DIGITS,
@@ -27,9 +27,6 @@ from radlake.dicom.deid import (
 from radlake.dicom.header import parse_header
 from radlake.errors import RadlakeError
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-DATA_STORE = Path(data_store.__file__).parent / "data"
-MR_SMALL = TEST_FILES / "MR_small.dcm"
 KEY = b"test-key"
 
 #: Attributes whose values identify a patient, a person or a place.

@@ -10,10 +10,10 @@ import random
 import struct
 from pathlib import Path
 
-import data_store
 import pydicom
 import pytest
 
+from dicom_files import DATA_STORE, MR_SMALL, TEST_FILES
 from radlake.dicom.header import (
     BULK_DATA_BYTES,
     PROMOTED_COLUMNS,
@@ -30,9 +30,6 @@ from radlake.dicom.sources import Stage
 
 DAMAGE_CLASSES = {v for k, v in vars(Damage).items() if k.isupper()}
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-DATA_STORE = Path(data_store.__file__).parent / "data"
-MR_SMALL = TEST_FILES / "MR_small.dcm"
 
 _TYPES = {
     int: {

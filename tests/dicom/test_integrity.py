@@ -4,16 +4,14 @@ import io
 import time
 from pathlib import Path
 
-import data_store
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from dicom_files import DATA_STORE, TEST_FILES
 from radlake.dicom.header import parse_header, read_dataset
 from radlake.dicom.integrity import Damage, native_pixel_bytes
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-DATA_STORE = Path(data_store.__file__).parent / "data"
 LIMIT = 1 << 30
 
 

@@ -6,12 +6,12 @@ import sys
 import tracemalloc
 from pathlib import Path
 
-import data_store
 import numpy as np
 import pydicom
 import pydicom.pixels
 import pytest
 
+from dicom_files import DATA_STORE, MR_SMALL, TEST_FILES
 from radlake.dicom import pixels as pixels_module
 from radlake.dicom.header import parse_header
 from radlake.dicom.pixels import (
@@ -25,9 +25,6 @@ from radlake.dicom.pixels import (
 )
 from radlake.dicom.sources import Stage
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-DATA_STORE = Path(data_store.__file__).parent / "data"
-MR_SMALL = TEST_FILES / "MR_small.dcm"
 LIMIT = 64 << 20
 
 

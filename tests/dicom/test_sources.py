@@ -4,11 +4,10 @@ import io
 import stat
 import tarfile
 import zipfile
-from pathlib import Path
 
-import pydicom
 import pytest
 
+from dicom_files import TEST_FILES
 from radlake.dicom.header import parse_header
 from radlake.dicom.sources import (
     MAX_MESSAGE_CHARS,
@@ -21,7 +20,6 @@ from radlake.dicom.sources import (
     unsafe_member_name,
 )
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 MR = (TEST_FILES / "MR_small.dcm").read_bytes()
 CT = (TEST_FILES / "CT_small.dcm").read_bytes()
 LIMIT = 1 << 20

@@ -13,17 +13,18 @@ import pydicom
 import pytest
 from pyspark.sql import functions as F
 
+from dicom_files import TEST_FILES, rle_with_a_cut_frame, write_bad_files
 from radlake.config import load_config
 from radlake.errors import ConfigError
 from radlake.ingest import job as ingest_job
-from radlake.ingest import run_ingest
+from radlake.ingest.job import run_ingest
 from radlake.ingest.listing import ArchiveNotFoundError, ListedFile, list_archive, pack_tasks, unseen_files
-from radlake.synth import SynthConfig, generate_archive
+from radlake.synth.archive import generate_archive
+from radlake.synth.params import SynthConfig
 from radlake.tables import Table, TableRef, table_ref
 
 pytestmark = pytest.mark.spark
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 PHI_TAGS = ("PatientName", "PatientBirthDate", "PatientID", "AccessionNumber", "InstitutionName")
 
 
@@ -58,21 +59,6 @@ def _phi_values(archive: Path) -> set[str]:
     return values
 
 
-def _rle_with_a_cut_frame(index: int) -> bytes:
-    """pydicom-data's 10-frame RLE Enhanced MR with frame ``index`` cut short: earlier frames decode, it fails."""
-    import data_store
-    from pydicom.encaps import encapsulate, generate_frames
-
-    ds = pydicom.dcmread(Path(data_store.__file__).parent / "data" / "emri_small_RLE.dcm")
-    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["radlake-test-frame-cut"])
-    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
-    frames[index] = frames[index][:64]
-    ds.PixelData = encapsulate(frames)
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     """Synthetic studies plus real pydicom files and hostile inputs."""
@@ -83,22 +69,11 @@ def archive(tmp_path_factory) -> Path:
     for name in ("MR_small.dcm", "CT_small.dcm"):
         shutil.copy(TEST_FILES / name, real / name)
     shutil.copytree(TEST_FILES / "dicomdirtests" / "98892003" / "MR2", real / "scout")
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "empty.dcm").write_bytes(b"")
-    (bad / "notes.txt").write_text("not a dicom file\n" * 20)
-    (bad / "random.dcm").write_bytes(np.random.default_rng(0).bytes(4096))
-    mr = (TEST_FILES / "MR_small.dcm").read_bytes()
-    (bad / "header_cut.dcm").write_bytes(mr[:300])
-    own = pydicom.dcmread(TEST_FILES / "MR_small.dcm")
-    own.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["radlake-test-truncated"])
-    buffer = io.BytesIO()
-    own.save_as(buffer)
-    (bad / "pixels_cut.dcm").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
-    (bad / "frame5_cut.dcm").write_bytes(_rle_with_a_cut_frame(5))
-    with zipfile.ZipFile(bad / "evil.zip", "w") as zf:
-        zf.writestr("../escape.dcm", mr)
-        zf.writestr("ok/inside.dcm", (TEST_FILES / "CT_small.dcm").read_bytes())
+    write_bad_files(
+        root / "bad",
+        entropy="radlake-test-truncated",
+        frame_cut=rle_with_a_cut_frame(5, entropy="radlake-test-frame-cut"),
+    )
     return root
 
 

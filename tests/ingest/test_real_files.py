@@ -12,7 +12,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from radlake.config import load_config
-from radlake.ingest import run_ingest
+from radlake.ingest.job import run_ingest
 from radlake.tables import Table, table_ref
 
 pytestmark = pytest.mark.spark

@@ -19,8 +19,9 @@ from pydicom import config as pydicom_config
 
 from radlake.dicom.geometry import Plane, classify_plane, order_slices, slice_positions_mm
 from radlake.errors import RadlakeError
-from radlake.synth import ArchiveExistsError, Codec, SynthConfig, generate_archive, study_spine
 from radlake.synth.acquisition import rose_visible, to_stored
+from radlake.synth.archive import ArchiveExistsError, generate_archive, study_spine
+from radlake.synth.params import Codec, SynthConfig
 from radlake.synth.writer import CODEC_UIDS, codec_available
 
 CONFIG = SynthConfig(

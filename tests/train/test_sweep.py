@@ -42,25 +42,12 @@ SPACE = {
 }
 
 
-def _overrides(root: Path, warehouse: Path) -> list[str]:
-    return [
-        f"storage.root={root}",
-        f"storage.warehouse={warehouse}",
-        "environment=test",
-        "spark.master=local[2]",
-        "spark.shuffle_partitions=2",
-        f"loader.cache_dir={root / 'cache'}",
-        "loader.num_workers=0",
-        "train.vertebra.batch_size=2",
-        "train.vertebra.val_every_epochs=1",  # pruning reads every epoch's validation
-        "train.vertebra.max_train_minutes=3",
-        "train.vertebra.val_images_logged=0",
-        "models.vertebra=sweep_vertebra",
-    ]
+#: On top of :func:`conftest.training_overrides` (pruning reads every epoch's validation).
+SWEEP_TRAINING = ("train.vertebra.max_train_minutes=3", "models.vertebra=sweep_vertebra")
 
 
 @pytest.fixture(scope="module")
-def sweep(spark, labelled_archive, tmp_path_factory):
+def sweep(tiny_training, spark, labelled_archive, tmp_path_factory):
     """Phase 1 (3 enqueued trials), a stale RUNNING trial, phase 2 through the CLI (--trials 6)."""
     import optuna
     from mlflow.optuna.storage import MlflowStorage
@@ -73,7 +60,7 @@ def sweep(spark, labelled_archive, tmp_path_factory):
     warehouse = Path(table_ref(labelled_archive.config, Table.IMAGES).path).parent
     space = root / "space.yml"
     space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
-    overrides = _overrides(root / "radlake", warehouse)
+    overrides = tiny_training(root / "radlake", warehouse, *SWEEP_TRAINING)
     cfg = load_config("local", overrides=overrides)
     first = run_sweep(spark, cfg, "vertebra", trials=3, parallel=2, space=space, name="tiny")
 
@@ -255,7 +242,7 @@ def test_prune_reason_names_the_median_of_completed_trials():
     assert reason == "val_map_50 0.1000 at epoch 1 fell behind the median 0.5000 of 2 completed trials (MedianPruner)"
 
 
-def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(spark, sweep, tmp_path):
+def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(lr_space, tiny_training, spark, sweep, tmp_path):
     """SIGKILL the whole sweep (driver and trial processes) while a trial trains, then start it again."""
     import os
     import signal
@@ -264,19 +251,11 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_requested_total(spark, sweep, t
     import time
 
     cfg, first, _, _ = sweep
-    space = tmp_path / "space.yml"
-    space.write_text(
-        yaml.safe_dump(
-            {
-                "direction": "maximize",
-                "metric": "map_50",
-                "pruner": {"type": "none"},
-                "sampler": {"type": "random", "seed": 1},
-                "params": {"learning_rate": {"type": "float", "low": 1.0e-3, "high": 5.0e-3, "log": True}},
-            }
-        )
-    )
-    overrides = [*_overrides(cfg.storage.root_dir, cfg.storage.warehouse_dir), "train.vertebra.image_size=64"]
+    space = lr_space
+    overrides = [
+        *tiny_training(cfg.storage.root_dir, cfg.storage.warehouse_dir, *SWEEP_TRAINING),
+        "train.vertebra.image_size=64",
+    ]
     # Long trials, so that one is surely caught training (a 2-epoch trial can end between two polls);
     # the resumed sweep below trains its trials for 2 epochs.
     overrides.append("train.vertebra.epochs=200")

@@ -22,7 +22,8 @@ from radlake.workflow.evaluate import BARS, EvaluationInputError, evaluate_model
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     """Two labelled studies of a seed the pipeline never saw, at another matrix size."""
-    from radlake.synth import SynthConfig, generate_archive
+    from radlake.synth.archive import generate_archive
+    from radlake.synth.params import SynthConfig
 
     root = tmp_path_factory.mktemp("held-out")
     settings = {"studies": 2, "seed": 77, "image_size": 160, "sagittal_slices": 4, "axial_slices": 1}

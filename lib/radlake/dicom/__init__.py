@@ -1,27 +1,14 @@
-"""DICOM helpers shared by the stages: geometry now (:mod:`radlake.dicom.geometry`).
+"""DICOM files, one instance at a time: reading, checking, decoding, de-identifying, geometry.
 
-Patient coordinates are LPS in millimetres and only :mod:`radlake.dicom.geometry`
-converts between pixels and patient coordinates.
+- :mod:`.sources`: the files of an archive (folders, zip and tar members), safely.
+- :mod:`.header`: one instance's header as typed columns and DICOM JSON.
+- :mod:`.integrity`: damage found from the header alone (truncation, missing frames, sizes).
+- :mod:`.identity`: the content digests that tell copies of one instance apart.
+- :mod:`.pixels`: decoding through pydicom's pixel pipeline, and the stored-pixel encoding.
+- :mod:`.sandbox`: decoders in a child process with memory and time limits.
+- :mod:`.deid`: PS3.15 de-identification with keyed pseudonyms and date shifts.
+- :mod:`.geometry`: pixels <-> patient coordinates (LPS, mm), planes, slice order.
+
+May import: :mod:`radlake.errors` only (no Spark: everything here runs on the executors).
+Import names from their module (``from radlake.dicom.geometry import Plane``).
 """
-
-from radlake.dicom.geometry import (
-    Plane,
-    classify_plane,
-    order_slices,
-    patient_to_pixel,
-    pixel_grid_to_patient,
-    pixel_to_patient,
-    slice_normal,
-    slice_positions_mm,
-)
-
-__all__ = [
-    "Plane",
-    "classify_plane",
-    "order_slices",
-    "patient_to_pixel",
-    "pixel_grid_to_patient",
-    "pixel_to_patient",
-    "slice_normal",
-    "slice_positions_mm",
-]

@@ -237,6 +237,22 @@ def _too_large(name: str, size: int, limit: int) -> SourceItem:
     return _member_failure(name, "TooLarge", f"member {name!r} is {size} bytes, limit {limit}")
 
 
+def _refusal(
+    name: str, size: int, max_member_bytes: int, *, link: str | None = None, regular: bool = True
+) -> SourceItem | None:
+    """Why a member is not read (its name escapes, it is a link, not a file, or too large), or None."""
+    reason = unsafe_member_name(name)
+    if reason:
+        return _member_failure(name, "UnsafeMemberName", reason)
+    if link:
+        return _member_failure(name, "LinkMember", f"member {name!r} is {link}; links are not followed")
+    if not regular:
+        return _member_failure(name, "NotAFile", f"member {name!r} is not a regular file")
+    if size > max_member_bytes:
+        return _too_large(name, size, max_member_bytes)
+    return None
+
+
 def _zip_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -249,13 +265,10 @@ def _zip_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
             if info.is_dir():
                 continue
             name = info.filename
-            reason = unsafe_member_name(name)
-            if reason:
-                yield _member_failure(name, "UnsafeMemberName", reason)
-            elif stat.S_ISLNK(info.external_attr >> 16):
-                yield _member_failure(name, "LinkMember", f"member {name!r} is a symbolic link; links are not followed")
-            elif info.file_size > max_member_bytes:
-                yield _too_large(name, info.file_size, max_member_bytes)
+            link = "a symbolic link" if stat.S_ISLNK(info.external_attr >> 16) else None
+            refused = _refusal(name, info.file_size, max_member_bytes, link=link)
+            if refused is not None:
+                yield refused
             else:
                 # zipfile stops at the declared size and checks the CRC, so a member
                 # cannot decompress to more than file_size bytes.
@@ -286,15 +299,10 @@ def _tar_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
             if member.isdir():
                 continue
             name = member.name
-            reason = unsafe_member_name(name)
-            if reason:
-                yield _member_failure(name, "UnsafeMemberName", reason)
-            elif member.issym() or member.islnk():
-                yield _member_failure(name, "LinkMember", f"member {name!r} is a link; links are not followed")
-            elif not member.isfile():
-                yield _member_failure(name, "NotAFile", f"member {name!r} is not a regular file")
-            elif member.size > max_member_bytes:
-                yield _too_large(name, member.size, max_member_bytes)
+            link = "a link" if member.issym() or member.islnk() else None
+            refused = _refusal(name, member.size, max_member_bytes, link=link, regular=member.isfile())
+            if refused is not None:
+                yield refused
             else:
                 try:
                     handle = archive.extractfile(member)

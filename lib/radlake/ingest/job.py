@@ -208,6 +208,9 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     )
 
 
+#: What identifies one stored copy of an instance in the quarantine: where it is, its bytes, its UID.
+_COPY_COLUMNS = ("path", "member", "file_size", "modification_time", "content_sha256", "sop_instance_uid")
+
 #: The tables an ingest run writes, with their schemas.
 _STRUCTS = {
     Table.INSTANCES: S.INSTANCES,
@@ -433,12 +436,7 @@ def _header_rows(run: _IngestRun, headers: _Headers) -> _HeaderRows:
         F.lit(run.now).alias("recorded_at"),
     )
     header_failures = headers.results.where("kind IN ('failure', 'skipped')").select(
-        "path",
-        "member",
-        "file_size",
-        "modification_time",
-        "content_sha256",
-        "sop_instance_uid",  # known for a damaged instance, else null
+        *_COPY_COLUMNS,  # sop_instance_uid: known for a damaged instance, else null
         F.coalesce("stage", F.lit(Stage.SKIPPED.value)).alias("stage"),
         F.coalesce("error_class", F.lit("Dicomdir")).alias("error_class"),
         F.coalesce(
@@ -446,12 +444,7 @@ def _header_rows(run: _IngestRun, headers: _Headers) -> _HeaderRows:
         ).alias("error_message"),
     )
     conflict_rows = classified.where("_status = 'conflict'").select(
-        "path",
-        "member",
-        "file_size",
-        "modification_time",
-        "content_sha256",
-        "sop_instance_uid",
+        *_COPY_COLUMNS,
         F.lit(Stage.CONFLICT.value).alias("stage"),
         F.lit("SOPInstanceUIDConflict").alias("error_class"),
         F.concat(
@@ -843,12 +836,7 @@ def _pixel_stage(
         retried.where("kind = 'failure'")
         .join(instances.select("sop_instance_uid", "file_size", "modification_time"), "sop_instance_uid")
         .select(
-            "path",
-            "member",
-            "file_size",
-            "modification_time",
-            "content_sha256",
-            "sop_instance_uid",
+            *_COPY_COLUMNS,
             "frame_index",
             "stage",
             "error_class",

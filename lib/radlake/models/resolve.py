@@ -68,30 +68,17 @@ def resolve_model_uri(uri: str) -> ResolvedModel:
     """
     client = mlflow.MlflowClient()
     if m := _LOGGED.match(uri):
-        try:
-            logged = client.get_logged_model(m["id"])
-        except MlflowException as exc:
-            raise ModelNotFoundError(
-                f"Model URI {uri!r} does not resolve: no logged model '{m['id']}' ({_short(exc)})"
-            ) from None
+        logged = _look_up(uri, f"logged model '{m['id']}'", client.get_logged_model, m["id"])
         return ResolvedModel(uri, uri, None, None, logged.source_run_id or "")
     if m := _MODELS.match(uri):
         name, alias, version = m["name"], m["alias"], m["version"]
-        try:
-            mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-        except MlflowException as exc:
-            what = f"alias '{alias}'" if alias else f"version {version}"
-            raise ModelNotFoundError(
-                f"Model URI {uri!r} does not resolve: no {what} of model '{name}' ({_short(exc)})"
-            ) from None
+        if alias:
+            mv = _look_up(uri, f"alias '{alias}' of model '{name}'", client.get_model_version_by_alias, name, alias)
+        else:
+            mv = _look_up(uri, f"version {version} of model '{name}'", client.get_model_version, name, version)
         return ResolvedModel(uri, f"models:/{name}/{mv.version}", name, str(mv.version), mv.run_id)
     if m := _RUNS.match(uri):
-        try:
-            run = client.get_run(m["run"])
-        except MlflowException as exc:
-            raise ModelNotFoundError(
-                f"Model URI {uri!r} does not resolve: no run '{m['run']}' ({_short(exc)})"
-            ) from None
+        run = _look_up(uri, f"run '{m['run']}'", client.get_run, m["run"])
         return ResolvedModel(uri, uri, None, None, run.info.run_id)
     raise ModelNotFoundError(
         f"Model URI {uri!r} is not one of models:/<name>@<alias>, models:/<name>/<version>, "
@@ -102,3 +89,11 @@ def resolve_model_uri(uri: str) -> ResolvedModel:
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+def _look_up(uri: str, what: str, get, *args):
+    """``get(*args)``; an MLflow error becomes :class:`ModelNotFoundError` naming ``uri`` and ``what`` is missing."""
+    try:
+        return get(*args)
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"Model URI {uri!r} does not resolve: no {what} ({_short(exc)})") from None

@@ -183,10 +183,8 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: DetectorStage
             ]
         )
         results.append(
-            ImageResult(
-                study_uid=row["study_instance_uid"],
-                sop_instance_uid=row["sop_instance_uid"],
-                frame_index=int(row["frame_index"]),
+            ImageResult.of_frame(
+                row,
                 pred_boxes=boxes,
                 pred_scores=scores,
                 pred_classes=classes,

@@ -783,44 +783,41 @@ def _posterior_elements(
         back = -0.5 * shape.depth
         sacral = name.startswith("S")
         for side in (-1.0, 1.0):
-            if not sacral:
+            if not sacral:  # pedicle and nerve root
                 items.append(
-                    Item(
-                        ItemKind.POSTERIOR,
+                    _posterior(
                         f.shifted((0.22 * h, back - 5.5, side * (half + 4.0))),
                         Ellipsoid((0.28 * h, 6.5, 4.0)),
                         _bone(tissue, 0.95, texture=0.06),
-                        subsamples=1,
                     )
                 )
                 items.append(
-                    Item(
-                        ItemKind.POSTERIOR,
+                    _posterior(
                         f.shifted((-0.1 * h, back - 5.0, side * (half + 5.0))),
                         Ellipsoid((2.5, 2.5, 3.5)),
                         Paint(tissue.nerve, soft_mm=0.5),
-                        subsamples=1,
                     )
                 )
-            items.append(
-                Item(
-                    ItemKind.POSTERIOR,
+            items.append(  # facet
+                _posterior(
                     f.shifted((-0.05 * h, back - ap - 3.0, side * (half + 5.5))),
                     Ellipsoid((0.5 * h, 6.0, 6.5)),
                     _bone(tissue, 0.85, texture=0.06),
-                    subsamples=1,
                 )
             )
-        items.append(
-            Item(
-                ItemKind.POSTERIOR,
+        items.append(  # lamina
+            _posterior(
                 f.shifted((-0.1 * h, back - ap - 4.0, 0.0)),
                 RoundBox((0.35 * h, 2.8, half + 4.0), 1.5),
                 _bone(tissue, 0.9, texture=0.05, rim=0.6),
-                subsamples=1,
             )
         )
         items.append(_spinous_process(rng, tissue, name, f, h, back - ap, scale))
+
+
+def _posterior(frame: Frame, shape: Shape, paint: Paint) -> Item:
+    """A posterior element (painted from one plane: no partial volume across the slice)."""
+    return Item(ItemKind.POSTERIOR, frame, shape, paint, subsamples=1)
 
 
 def _spinous_process(
@@ -832,12 +829,10 @@ def _spinous_process(
     sp_half = (_u(rng, 7.0, 10.0) if lumbar else _u(rng, 4.0, 6.0)) * scale
     tilt = math.radians(_u(rng, 5.0, 22.0) if lumbar or sacral else _u(rng, 35.0, 55.0))
     sp_frame = f.shifted((-0.25 * h, canal_back - 1.0, 0.0)).rotated(-tilt, about=2)
-    return Item(
-        ItemKind.POSTERIOR,
+    return _posterior(
         sp_frame.shifted((0.0, -0.5 * length, 0.0)),
         RoundBox((sp_half, 0.5 * length, _u(rng, 2.2, 3.2)), min(sp_half, 0.5 * length) * 0.8),
         Paint(tissue.marrow * 0.75, rim_intensity=tissue.cortex, rim_mm=0.6, texture=0.12, soft_mm=0.8),
-        subsamples=1,
     )
 
 
@@ -845,12 +840,10 @@ def _sacral_alae(tissue: Tissue, s1f: Frame, s1s: tuple, items: list[Item]) -> N
     """The sacral alae beside S1."""
     for side in (-1.0, 1.0):
         items.append(
-            Item(
-                ItemKind.POSTERIOR,
+            _posterior(
                 s1f.shifted((-2.0, -0.15 * s1s[2], side * (0.5 * s1s[3] + 14.0))),
                 Ellipsoid((14.0, 0.45 * s1s[2], 20.0)),
                 _bone(tissue, 0.9),
-                subsamples=1,
             )
         )
 

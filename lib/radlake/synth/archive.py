@@ -13,7 +13,8 @@ processes, and the same configuration writes the same bytes.
 
 Examples
 --------
->>> from radlake.synth import SynthConfig, generate_archive
+>>> from radlake.synth.archive import generate_archive
+>>> from radlake.synth.params import SynthConfig
 >>> summary = generate_archive("/tmp/radlake-synth-doc", SynthConfig(studies=2, image_size=128))  # doctest: +SKIP
 >>> summary.n_files  # doctest: +SKIP
 44

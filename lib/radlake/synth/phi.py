@@ -46,6 +46,10 @@ class Identity:
     study_id: str
 
 
+#: PatientID styles of different sites: prefix and the range of the number after it.
+_PATIENT_ID_STYLES = (("PID", 10**6, 10**7), ("MRN", 10**7, 10**8), ("", 10**8, 10**9))
+
+
 def _pn(rng: np.random.Generator, given: tuple[str, ...]) -> tuple[str, str]:
     return str(rng.choice(_SURNAMES)), str(rng.choice(given))
 
@@ -65,13 +69,8 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     age_years = int(rng.integers(19, 88))
     birth = study - dt.timedelta(days=int(age_years * 365.25 + rng.integers(0, 365)))
     age = (study - birth).days // 365
-    pid_style = int(rng.integers(3))
-    if pid_style == 0:
-        patient_id = f"PID{int(rng.integers(10**6, 10**7))}"
-    elif pid_style == 1:
-        patient_id = f"MRN{int(rng.integers(10**7, 10**8))}"
-    else:
-        patient_id = f"{int(rng.integers(10**8, 10**9))}"
+    prefix, low, high = _PATIENT_ID_STYLES[int(rng.integers(len(_PATIENT_ID_STYLES)))]
+    patient_id = f"{prefix}{int(rng.integers(low, high))}"
     ref_family, ref_given = _pn(rng, _FEMALE + _MALE)
     op_family, op_given = _pn(rng, _FEMALE + _MALE)
     hour, minute, second = int(rng.integers(7, 20)), int(rng.integers(60)), int(rng.integers(60))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 
@@ -218,19 +219,41 @@ def plan_study(
     size = size or config.matrix_sizes[0]
     codecs = _available(tuple(config.transfer_syntaxes))
 
-    def storage(
-        kind: SeriesKind, number: int, slices: tuple[SliceGeometry, ...], spacing: float, **timing
-    ) -> SeriesPlan:
+    def storage(kind: SeriesKind, number: int, block: _Block, **timing) -> SeriesPlan:
+        slices = _stack(
+            block.centre,
+            block.row,
+            block.col,
+            n=block.n,
+            spacing=block.spacing,
+            size=size,
+            pixel_spacing=block.pixel_spacing,
+            thickness=block.thickness,
+        )
         codec = codecs[(codec_offset + number - 2) % len(codecs)]
-        return _series_plan(rng, config, scanner, kind, number, slices, spacing, codec=codec, size=size, **timing)
+        return _series_plan(rng, config, scanner, kind, number, slices, block.spacing, codec=codec, size=size, **timing)
 
-    sag, spacing = _sagittal_stack(rng, config, spine, size)
-    plans = [storage(SeriesKind.SAGITTAL_T2, 2, sag, spacing, **_t2_timing(rng, (2500, 4500), (80, 120)))]
-    ax, ax_gap = _axial_stack(rng, config, spine, size)
-    plans.append(storage(SeriesKind.AXIAL_T2, 3, ax, ax_gap, **_t2_timing(rng, (3000, 5500), (85, 115))))
-    cor, cor_gap = _coronal_stack(rng, config, spine, size)
-    plans.append(storage(SeriesKind.CORONAL_T2, 4, cor, cor_gap, **_t2_timing(rng, (3000, 5000), (80, 110))))
+    # Each block is drawn, then its storage: the draws keep this order.
+    sag = _sagittal_block(rng, config, spine, size)
+    plans = [storage(SeriesKind.SAGITTAL_T2, 2, sag, **_t2_timing(rng, (2500, 4500), (80, 120)))]
+    ax = _axial_block(rng, config, spine, size)
+    plans.append(storage(SeriesKind.AXIAL_T2, 3, ax, **_t2_timing(rng, (3000, 5500), (85, 115))))
+    cor = _coronal_block(rng, config, spine, size)
+    plans.append(storage(SeriesKind.CORONAL_T2, 4, cor, **_t2_timing(rng, (3000, 5000), (80, 110))))
     return scanner, plans
+
+
+class _Block(NamedTuple):
+    """A block of parallel slices: centre (mm, LPS), row and column directions, slice count and
+    spacing (mm), pixel spacing (row, column mm) and slice thickness (mm)."""
+
+    centre: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    n: int
+    spacing: float
+    pixel_spacing: tuple[float, float]
+    thickness: float
 
 
 def _draw_scanner(rng: np.random.Generator) -> Scanner:
@@ -315,10 +338,8 @@ def _t2_timing(rng: np.random.Generator, tr: tuple[float, float], te: tuple[floa
     }
 
 
-def _sagittal_stack(
-    rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int
-) -> tuple[tuple[SliceGeometry, ...], float]:
-    """Sagittal slices centred near L2-L4, field of view ``config.fov_mm``, maybe anisotropic pixels; and their spacing (mm)."""
+def _sagittal_block(rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int) -> _Block:
+    """Sagittal slices centred near L2-L4, field of view ``config.fov_mm``, maybe anisotropic pixels."""
     l3 = spine.vertebrae["L3"].frame
     centre = l3.origin + l3.axes[0] * _u(rng, -40.0, 45.0) + l3.axes[1] * -_u(rng, 5.0, 35.0)
     centre = centre + np.array([_u(rng, -3.0, 3.0), 0.0, 0.0])
@@ -333,23 +354,19 @@ def _sagittal_stack(
     )
     thickness = round(_u(rng, 3.0, 4.5), 2)
     spacing = round(thickness * _u(rng, 1.0, 1.25), 2)
-    sag = _stack(
-        centre,
-        rot @ np.array([0.0, 1.0, 0.0]),
-        rot @ np.array([0.0, 0.0, -1.0]),
+    return _Block(
+        centre=centre,
+        row=rot @ np.array([0.0, 1.0, 0.0]),
+        col=rot @ np.array([0.0, 0.0, -1.0]),
         n=config.sagittal_slices,
         spacing=spacing,
-        size=size,
         pixel_spacing=(row_spacing, col_spacing),
         thickness=thickness,
     )
-    return sag, spacing
 
 
-def _axial_stack(
-    rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int
-) -> tuple[tuple[SliceGeometry, ...], float]:
-    """An axial block along one lower lumbar disc, angled with it (at most 22 degrees); and its spacing (mm)."""
+def _axial_block(rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int) -> _Block:
+    """An axial block along one lower lumbar disc, angled with it (at most 22 degrees)."""
     target = [("L3", "L4"), ("L4", "L5"), ("L5", "S1")][int(rng.choice(3, p=[0.25, 0.45, 0.30]))]
     disc = next((d for d in spine.discs if (d.upper, d.lower) == target), spine.discs[-1])
     n_disc = disc.frame.axes[0]
@@ -363,23 +380,19 @@ def _axial_stack(
     ax_centre = disc.frame.origin + np.array([_u(rng, -5, 5), _u(rng, 10.0, 35.0), 0.0])
     ax_thick = round(_u(rng, 3.5, 4.5), 2)
     ax_gap = round(ax_thick * _u(rng, 1.0, 1.2), 2)
-    ax = _stack(
-        ax_centre,
-        row,
-        col,
+    return _Block(
+        centre=ax_centre,
+        row=row,
+        col=col,
         n=config.axial_slices,
         spacing=ax_gap,
-        size=size,
         pixel_spacing=(ax_spacing_px, ax_spacing_px),
         thickness=ax_thick,
     )
-    return ax, ax_gap
 
 
-def _coronal_stack(
-    rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int
-) -> tuple[tuple[SliceGeometry, ...], float]:
-    """Coronal slices through the bodies, parallel to the lumbar axis (at most 15 degrees); and their spacing (mm)."""
+def _coronal_block(rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int) -> _Block:
+    """Coronal slices through the bodies, parallel to the lumbar axis (at most 15 degrees)."""
     l3 = spine.vertebrae["L3"].frame
     c_angle = float(np.clip(math.atan2(-l3.axes[0][1], l3.axes[0][2]), -math.radians(15), math.radians(15)))
     c_normal = np.array([0.0, math.cos(c_angle), math.sin(c_angle)])
@@ -390,14 +403,12 @@ def _coronal_stack(
     cor_thick = round(_u(rng, 3.5, 5.0), 2)
     cor_gap = round(cor_thick * _u(rng, 1.0, 1.2), 2)
     cor_centre = l3.origin + l3.axes[0] * _u(rng, -30.0, 30.0) + c_normal * _u(rng, -4.0, 4.0)
-    cor = _stack(
-        cor_centre,
-        c_row,
-        c_col,
+    return _Block(
+        centre=cor_centre,
+        row=c_row,
+        col=c_col,
         n=config.coronal_slices,
         spacing=cor_gap,
-        size=size,
         pixel_spacing=(cor_px, cor_px),
         thickness=cor_thick,
     )
-    return cor, cor_gap

@@ -56,6 +56,17 @@ class ImageResult:
     true_classes: np.ndarray
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def of_frame(cls, row, **boxes: np.ndarray) -> ImageResult:
+        """The result of the frame a table row names (``study_instance_uid``, ``sop_instance_uid``,
+        ``frame_index``), with the ``pred_*`` and ``true_*`` arrays given."""
+        return cls(
+            study_uid=row["study_instance_uid"],
+            sop_instance_uid=row["sop_instance_uid"],
+            frame_index=int(row["frame_index"]),
+            **boxes,
+        )
+
 
 def match(result: ImageResult, score_threshold: float, iou: float = MATCH_IOU) -> tuple[np.ndarray, np.ndarray]:
     """Greedy matching by score: (index of the matched prediction per true box or -1, matched flag per prediction)."""

@@ -178,10 +178,8 @@ def end_to_end_metrics(
             boxes, scores = boxes[keep], scores[keep]
         true = np.array(list(row["nodes"] or []), np.float32).reshape(-1, 4)
         results.append(
-            ImageResult(
-                study_uid=row["study_instance_uid"],
-                sop_instance_uid=row["sop_instance_uid"],
-                frame_index=int(row["frame_index"]),
+            ImageResult.of_frame(
+                row,
                 pred_boxes=boxes,
                 pred_scores=scores,
                 pred_classes=np.ones(len(scores), np.int64),

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from radlake.config import RadlakeConfig, load_config
 from radlake.errors import SetupError
-from radlake.ingest import run_ingest
+from radlake.ingest.job import run_ingest
 from radlake.spark import _delta_jars, class_archive_path, get_spark, jvm_process
-from radlake.synth import SynthConfig, generate_archive
+from radlake.synth.archive import generate_archive
+from radlake.synth.params import SynthConfig
 
 
 def build_class_archive(config: RadlakeConfig, *, timeout_s: float = 900.0) -> Path | None:

@@ -46,7 +46,7 @@ def _archive_matches(out: Path, config: RadlakeConfig) -> bool:
 def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> None:
     """Write (or reuse) the synthetic archive, ingest it, and print where everything is."""
     from radlake.spark import get_spark
-    from radlake.synth import generate_archive
+    from radlake.synth.archive import generate_archive
     from radlake.tables import list_tables
 
     out = Path(out)
@@ -122,7 +122,7 @@ def _held_out_check(spark, config: RadlakeConfig, out: Path, result, *, workers:
     """
     import mlflow
 
-    from radlake.synth import generate_archive
+    from radlake.synth.archive import generate_archive
     from radlake.workflow.evaluate import bar_lines, evaluate_models
 
     synth = config.synth.model_copy(

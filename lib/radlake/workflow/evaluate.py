@@ -164,7 +164,7 @@ def evaluate_models(
 
     import radlake
     from radlake.data.labels import import_labels
-    from radlake.ingest import run_ingest
+    from radlake.ingest.job import run_ingest
     from radlake.score.job import check_models, score_archive
     from radlake.tracking import configure_mlflow, run_scope
 

@@ -102,7 +102,7 @@ def _need(state: Mapping[str, str], key: str, step: str, flag: str) -> str:
 
 
 def _ingest(spark, config, state):
-    from radlake.ingest import run_ingest
+    from radlake.ingest.job import run_ingest
 
     archive = state.get("archive") or config.ingest.archive
     if not archive:
