@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from radlake import __version__
@@ -26,6 +27,18 @@ from radlake.errors import RadlakeError
 from radlake.stops import Stopped, handle_stops
 
 Command = Callable[[argparse.Namespace, RadlakeConfig], int]
+
+
+def _summary_text(summary: Any) -> str:
+    """A command's summary as JSON text: a dataclass with ``as_dict``, or plain data (values JSON cannot hold as strings)."""
+    data = summary.as_dict() if hasattr(summary, "as_dict") else summary
+    return json.dumps(data, indent=2, default=str)
+
+
+def _write_summary_json(path: str | None, summary: Any) -> None:
+    """``--summary-json``: the summary as JSON in ``path`` (nothing when the option is not given)."""
+    if path:
+        Path(path).write_text(_summary_text(summary))
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -454,18 +467,16 @@ def _cmd_synth(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from radlake.ingest.job import run_ingest, write_summary
+    from radlake.ingest.job import run_ingest
     from radlake.spark import get_spark
 
     summary = run_ingest(get_spark(config), config, archive=args.archive)
     print(json.dumps(summary.as_dict(), indent=2))
-    if args.summary_json:
-        write_summary(summary, args.summary_json)
+    _write_summary_json(args.summary_json, summary)
     return 0
 
 
 def _cmd_labels_import(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from pathlib import Path
 
     from radlake.data.splits import import_labels_and_split
     from radlake.spark import get_spark
@@ -475,8 +486,7 @@ def _cmd_labels_import(args: argparse.Namespace, config: RadlakeConfig) -> int:
         print(f"rejected {rejected.item}: {rejected.reason}", file=sys.stderr)
     summaries = {"labels": labels.as_dict(), "splits": splits.as_dict()}
     print(json.dumps(summaries, indent=2))
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summaries, indent=2))
+    _write_summary_json(args.summary_json, summaries)
     return 0
 
 
@@ -490,7 +500,6 @@ def _cmd_labels_split(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from pathlib import Path
 
     from radlake.registry.promote import register_and_promote
     from radlake.spark import get_spark
@@ -504,13 +513,11 @@ def _cmd_train(args: argparse.Namespace, config: RadlakeConfig) -> int:
     if not args.no_register:
         summary["registry"] = register_and_promote(config, stage, result.run_id).as_dict()
     print(json.dumps(summary, indent=2))
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    _write_summary_json(args.summary_json, summary)
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from pathlib import Path
 
     from radlake.spark import get_spark
     from radlake.train.run import get_stage
@@ -534,8 +541,7 @@ def _cmd_sweep(args: argparse.Namespace, config: RadlakeConfig) -> int:
     )
     summary = {k: v for k, v in result.as_dict().items() if k != "leaderboard"}
     print(json.dumps(summary, indent=2))
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    _write_summary_json(args.summary_json, result)
     return 0
 
 
@@ -577,7 +583,6 @@ def _cmd_crops(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
 
 def _cmd_score(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from pathlib import Path
 
     from radlake.score.job import format_summary, score_archive
     from radlake.spark import get_spark
@@ -586,13 +591,11 @@ def _cmd_score(args: argparse.Namespace, config: RadlakeConfig) -> int:
         get_spark(config), config, vertebra_model=args.vertebra_model, schmorl_model=args.schmorl_model
     )
     print(format_summary(summary))
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    _write_summary_json(args.summary_json, summary)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from pathlib import Path
 
     from radlake.spark import get_spark
     from radlake.workflow.evaluate import check_evaluate_config, evaluate_models, format_summary
@@ -608,8 +611,7 @@ def _cmd_evaluate(args: argparse.Namespace, config: RadlakeConfig) -> int:
         root=args.root,
     )
     print(format_summary(summary))
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.as_dict(), indent=2, default=str))
+    _write_summary_json(args.summary_json, summary)
     return 0
 
 
@@ -634,7 +636,6 @@ def _cmd_review(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace, config: RadlakeConfig) -> int:
-    from pathlib import Path
 
     from radlake.spark import get_spark
     from radlake.workflow.pipeline import parse_steps, run_pipeline
@@ -643,10 +644,8 @@ def _cmd_pipeline(args: argparse.Namespace, config: RadlakeConfig) -> int:
     keys = ("archive", "labels_file", "vertebra_run_id", "vertebra_model", "schmorl_run_id", "schmorl_model")
     inputs = {k: getattr(args, k) for k in keys if getattr(args, k)}
     result = run_pipeline(get_spark(config), config, steps=steps, inputs=inputs)
-    summary = json.dumps(result.as_dict(), indent=2, default=str)
-    print(summary)
-    if args.summary_json:
-        Path(args.summary_json).write_text(summary)
+    print(_summary_text(result))
+    _write_summary_json(args.summary_json, result)
     return 0
 
 

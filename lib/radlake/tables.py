@@ -166,6 +166,20 @@ class TableRef:
             spark.sql(f"CREATE TABLE IF NOT EXISTS {self.sql_name} ({schema_ddl(schema)}) USING delta")
         return True
 
+    def append(self, df: DataFrame, *, compression: str | None = None) -> None:
+        """Append ``df``'s rows in one Delta commit (``compression``: the Parquet codec, default Spark's)."""
+        self._write(df, "append", compression)
+
+    def overwrite(self, df: DataFrame) -> None:
+        """Replace the table's rows with ``df``'s in one Delta commit (older versions stay readable)."""
+        self._write(df, "overwrite", None)
+
+    def _write(self, df: DataFrame, mode: str, compression: str | None) -> None:
+        writer = df.write.format("delta").mode(mode)
+        if compression:
+            writer = writer.option("compression", compression)
+        writer.saveAsTable(self.name) if self.name else writer.save(self.path)
+
     def merge(
         self,
         spark: SparkSession,

@@ -234,14 +234,14 @@ def test_finish_merges_a_node_found_in_two_crops_and_names_its_endplate():
         {
             "vertebra_index": 1,
             "vertebra_box": l1["box"],
-            "crop_box": [10, 2, 70, 48],
+            "crop_box_xyxy_px": [10, 2, 70, 48],
             "score": 0.7,
             "box": [30.0, 36.0, 36.0, 41.0],
         },
         {
             "vertebra_index": 0,
             "vertebra_box": l2["box"],
-            "crop_box": [10, 37, 70, 83],
+            "crop_box_xyxy_px": [10, 37, 70, 83],
             "score": 0.5,
             "box": [30.5, 36.0, 36.0, 41.5],
         },

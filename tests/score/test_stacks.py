@@ -56,7 +56,7 @@ def _frame(slice_index: int, x_mm: float, looks: list[str], *, confidence: float
             {
                 "vertebra_index": k,
                 "vertebra_box": vertebrae[k]["box"],
-                "crop_box": [80.0, 0.0, 160.0, 512.0],
+                "crop_box_xyxy_px": [80.0, 0.0, 160.0, 512.0],
                 "score": 0.7,
                 "box": [110.0, vertebrae[k]["box"][1], 120.0, vertebrae[k]["box"][1] + 6],
             }

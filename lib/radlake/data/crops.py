@@ -90,8 +90,7 @@ def cut_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: float, size
     """
     import numpy as np
 
-    from radlake.dicom.pixels import decode_pixels, encode_pixels
-    from radlake.models.crops import cut_vertebra, nodes_in_crop
+    from radlake.models.crops import cut_stored_frame, nodes_in_crop
 
     out_schema = _executor_schema()
     for batch in batches:
@@ -100,18 +99,16 @@ def cut_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: float, size
             vertebrae = frame_row["vertebrae"] or []
             if not vertebrae:
                 continue
-            frame = decode_pixels(frame_row["pixels"], frame_row["dtype"], frame_row["height"], frame_row["width"])
             nodes = frame_row["nodes"] or []
             node_boxes = np.array([n["box"] for n in nodes], dtype=np.float64).reshape(-1, 4)
-            spacing = frame_row["pixel_spacing"]
-            for v in vertebrae:
-                crop, geometry = cut_vertebra(frame, v["box"], margin_fraction, size)
+            crops = cut_stored_frame(frame_row, [v["box"] for v in vertebrae], margin_fraction, size)
+            for v, crop in zip(vertebrae, crops, strict=True):
+                geometry = crop.geometry
                 inside = nodes_in_crop(node_boxes, geometry.region_xyxy_px)
                 mapped = np.clip(geometry.boxes_to_crop(node_boxes[inside]), 0, size)
                 kept = [(int(i), b) for i, b in zip(inside, mapped, strict=True) if b[2] > b[0] and b[3] > b[1]]
                 boxes = [np.round(b, 3).tolist() for _, b in kept]
                 keep = [i for i, _ in kept]
-                buf, dtype = encode_pixels(crop)
                 rows.append(
                     {
                         "crop_id": crop_id(
@@ -129,11 +126,11 @@ def cut_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: float, size
                         "crop_scale": geometry.scale,
                         "source_height": frame_row["height"],
                         "source_width": frame_row["width"],
-                        "pixels": buf,
-                        "dtype": dtype,
+                        "pixels": crop.pixels,
+                        "dtype": crop.dtype,
                         "height": size,
                         "width": size,
-                        "pixel_spacing": [s / geometry.scale for s in spacing] if spacing else None,
+                        "pixel_spacing": crop.pixel_spacing,
                         "boxes_xyxy_px": boxes,
                         "labels": [1] * len(boxes),
                         "node_parent_levels": [nodes[i]["parent_level"] for i in keep],
@@ -286,8 +283,7 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
         crops = work.mapInArrow(cut, CROP_RESULT)
         new = crops if new is None else new.unionByName(crops)
     columns = [f.name for f in VERTEBRA_CROPS.fields]
-    writer = new.withColumns(run_columns).select(*columns).write.format("delta").mode("append")
-    writer.saveAsTable(ref.name) if ref.name else writer.save(ref.path)
+    ref.append(new.withColumns(run_columns).select(*columns))
     for _, boxes in parts:
         unpersist(boxes)
     written = ref.read(spark).where(F.col("crops_run_id") == run_id)

@@ -271,8 +271,7 @@ def assign_splits(spark: SparkSession, config: RadlakeConfig, *, force: bool = F
         [(uid, split.value, labels.split_seed, now, run_id) for uid, split in sorted(drawn.items())], SPLITS
     )
     if rebuild:
-        writer = rows.write.format("delta").mode("overwrite")
-        writer.saveAsTable(ref.name) if ref.name else writer.save(ref.path)
+        ref.overwrite(rows)
     elif drawn:
         ref.merge(spark, rows, keys=["study_instance_uid"])
     table = {} if rebuild else {r["study_instance_uid"]: r["split"] for r in held}

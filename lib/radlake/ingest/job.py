@@ -48,7 +48,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyspark.sql import Window
@@ -276,7 +275,7 @@ class _IngestRun:
         finds the table and MERGEs, so no row is stored twice.
         """
         if self.created[table]:
-            _append(self.refs[table], source.select(*(f.name for f in _STRUCTS[table].fields)))
+            self.refs[table].append(source.select(*(f.name for f in _STRUCTS[table].fields)))
         else:
             self.refs[table].merge(self.spark, source, **merge_args)
 
@@ -814,8 +813,7 @@ def _pixel_stage(
     # instance with an image, and a Delta commit is atomic, so a killed run leaves all of
     # these rows or none.
     image_columns = [f.name for f in S.IMAGES.fields]
-    _append(
-        refs[Table.IMAGES],
+    refs[Table.IMAGES].append(
         frames.where("kind = 'image'").withColumns(run_columns).select(*image_columns),
         compression=ic.images_compression,
     )
@@ -893,13 +891,6 @@ def _run_tasks(
     return map_task_lists(spark, groups, task_fn, schema)
 
 
-def _append(ref, df: DataFrame, *, compression: str | None = None) -> None:
-    writer = df.write.format("delta").mode("append")
-    if compression:
-        writer = writer.option("compression", compression)
-    writer.saveAsTable(ref.name) if ref.name else writer.save(ref.path)
-
-
 def _refresh_slice_indices(spark, refs, touched: DataFrame) -> None:
     """Re-number the images of stacks that gained slices in this run (only rows whose index moved)."""
     fresh = _slice_indices(refs[Table.SERIES].read(spark)).alias("f")
@@ -914,10 +905,3 @@ def _refresh_slice_indices(spark, refs, touched: DataFrame) -> None:
         refs[Table.IMAGES].merge(
             spark, moved, keys=["sop_instance_uid", "frame_index"], update_columns=["slice_index"], insert=False
         )
-
-
-def write_summary(summary: IngestSummary, path: str | os.PathLike[str]) -> None:
-    """Write the run summary as JSON (for jobs that hand it to the next task)."""
-    import json
-
-    Path(path).write_text(json.dumps(summary.as_dict(), indent=2))

@@ -97,6 +97,45 @@ def cut_vertebra(
     return cut_crop(frame, crop_region(vertebra_box_xyxy_px, margin_fraction), size)
 
 
+@dataclass(frozen=True)
+class StoredCrop:
+    """One vertebra's crop as the tables store pixels, with its geometry and pixel spacing.
+
+    Attributes
+    ----------
+    pixels, dtype
+        The ``size x size`` crop as :func:`radlake.dicom.pixels.encode_pixels` stores it.
+    geometry
+        Where the crop sits in its source frame.
+    pixel_spacing
+        ``[row, column]`` mm of the crop's pixels (the source's divided by the scale), or None.
+    """
+
+    pixels: bytes
+    dtype: str
+    geometry: CropGeometry
+    pixel_spacing: list[float] | None
+
+
+def cut_stored_frame(frame_row: dict, vertebra_boxes_xyxy_px, margin_fraction: float, size: int) -> list[StoredCrop]:
+    """The crops of these vertebra boxes (source pixels) from one stored frame, decoded once.
+
+    ``frame_row`` holds the frame's stored pixel columns: ``pixels``, ``dtype``, ``height``,
+    ``width`` and ``pixel_spacing`` (row, column mm, or None). What the training crops and
+    the scoring job both cut, on the executors.
+    """
+    from radlake.dicom.pixels import decode_pixels, encode_pixels
+
+    frame = decode_pixels(frame_row["pixels"], frame_row["dtype"], frame_row["height"], frame_row["width"])
+    spacing = frame_row["pixel_spacing"]
+    crops = []
+    for box in vertebra_boxes_xyxy_px:
+        crop, geometry = cut_vertebra(frame, box, margin_fraction, size)
+        buf, dtype = encode_pixels(crop)
+        crops.append(StoredCrop(buf, dtype, geometry, [s / geometry.scale for s in spacing] if spacing else None))
+    return crops
+
+
 def nodes_in_crop(node_boxes_xyxy_px: np.ndarray, region_xyxy_px) -> np.ndarray:
     """Indices of the node boxes (source pixels) with at least :data:`NODE_INSIDE_FRACTION` of their area in the region."""
     boxes = np.asarray(node_boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)

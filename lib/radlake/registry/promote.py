@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from radlake.config import RadlakeConfig
 
 if TYPE_CHECKING:
-    from radlake.train.run import DetectorStage
+    from radlake.train.run import Detector
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: Smallest difference in a metric that counts as better (metrics equal within it are a tie).
@@ -33,7 +33,7 @@ TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
-class PromotionResult:
+class PromotionSummary:
     """What registering and comparing did."""
 
     model_name: str
@@ -85,7 +85,7 @@ def floor_failures(metrics: dict[str, float], floors: dict[str, float]) -> list[
     return failed
 
 
-def register_and_promote(config: RadlakeConfig, stage: DetectorStage, run_id: str) -> PromotionResult:
+def register_and_promote(config: RadlakeConfig, stage: Detector, run_id: str) -> PromotionSummary:
     """Register ``runs:/<run_id>/model`` under ``models.<detector>``, alias it, promote it if it beats the champion."""
     from radlake.tracking import configure_mlflow, detector_experiment
 
@@ -136,7 +136,7 @@ def register_and_promote(config: RadlakeConfig, stage: DetectorStage, run_id: st
         f"{'Promoted to champion' if promoted else 'Kept as challenger'}: {reason}."
     )
     client.update_model_version(name, mv.version, description=description)
-    return PromotionResult(
+    return PromotionSummary(
         model_name=name,
         version=str(mv.version),
         run_id=run_id,
@@ -148,7 +148,7 @@ def register_and_promote(config: RadlakeConfig, stage: DetectorStage, run_id: st
     )
 
 
-def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: DetectorStage) -> dict[str, float]:
+def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: Detector) -> dict[str, float]:
     """Metrics of ``model_uri`` on the test cache that run ``run_id`` used (its tag ``radlake.test_cache``).
 
     The pyfunc's output is already cut at its own score threshold, so every returned

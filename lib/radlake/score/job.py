@@ -79,7 +79,7 @@ SCORE_CROP = StructType(
     + struct_fields(
         ("score", DoubleType()),
         ("box", _DOUBLES),
-        ("crop_box", _DOUBLES),
+        ("crop_box_xyxy_px", _DOUBLES),
         ("crop_scale", DoubleType()),
         ("pixels", BinaryType()),
         ("dtype", StringType()),
@@ -140,8 +140,7 @@ def cut_scoring_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: flo
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from radlake.dicom.pixels import decode_pixels, encode_pixels
-    from radlake.models.crops import cut_vertebra
+    from radlake.models.crops import cut_stored_frame
 
     schema = to_arrow_schema(SCORE_CROP)
     for batch in batches:
@@ -152,12 +151,9 @@ def cut_scoring_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: flo
                 found = row["vertebrae"] or []
                 if not found:
                     continue
-                frame = decode_pixels(row["pixels"], row["dtype"], row["height"], row["width"])
-                spacing = row["pixel_spacing"]
-                for index, v in enumerate(found):
-                    box = [v["x0"], v["y0"], v["x1"], v["y1"]]
-                    crop, geometry = cut_vertebra(frame, box, margin_fraction, size)
-                    buf, dtype = encode_pixels(crop)
+                boxes = [[v["x0"], v["y0"], v["x1"], v["y1"]] for v in found]
+                crops = cut_stored_frame(row, boxes, margin_fraction, size)
+                for index, (v, box, crop) in enumerate(zip(found, boxes, crops, strict=True)):
                     rows.append(
                         {
                             "sop_instance_uid": row["sop_instance_uid"],
@@ -169,13 +165,13 @@ def cut_scoring_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: flo
                             "level_scores": v.get("level_scores"),
                             "score": v["score"],
                             "box": box,
-                            "crop_box": list(geometry.region_xyxy_px),
-                            "crop_scale": geometry.scale,
-                            "pixels": buf,
-                            "dtype": dtype,
+                            "crop_box_xyxy_px": list(crop.geometry.region_xyxy_px),
+                            "crop_scale": crop.geometry.scale,
+                            "pixels": crop.pixels,
+                            "dtype": crop.dtype,
                             "height": size,
                             "width": size,
-                            "pixel_spacing": [s / geometry.scale for s in spacing] if spacing else None,
+                            "pixel_spacing": crop.pixel_spacing,
                         }
                     )
             if rows:
@@ -489,14 +485,14 @@ def _score_frames(
         *evidence,
         "score",
         "box",
-        "crop_box",
+        "crop_box_xyxy_px",
         "crop_scale",
         _detections(spark, schmorl_checked, sc.schmorl_threshold, sc.batch_size).alias("d"),
     )
     to_frame = (
-        "transform(d, x -> struct(vertebra_index, box AS vertebra_box, crop_box, x.score AS score, array("
-        "x.x0 / crop_scale + crop_box[0], x.y0 / crop_scale + crop_box[1], "
-        "x.x1 / crop_scale + crop_box[0], x.y1 / crop_scale + crop_box[1]) AS box))"
+        "transform(d, x -> struct(vertebra_index, box AS vertebra_box, crop_box_xyxy_px, x.score AS score, array("
+        "x.x0 / crop_scale + crop_box_xyxy_px[0], x.y0 / crop_scale + crop_box_xyxy_px[1], "
+        "x.x1 / crop_scale + crop_box_xyxy_px[0], x.y1 / crop_scale + crop_box_xyxy_px[1]) AS box))"
     )
     found = F.struct(F.col("vertebra_index").alias("index"), *evidence, "score", "box")
     per_frame = stage2.groupBy(*_KEYS).agg(

@@ -63,7 +63,7 @@ FOUND_NODE = StructType(
     struct_fields(
         ("vertebra_index", IntegerType()),
         ("vertebra_box", _DOUBLES),
-        ("crop_box", _DOUBLES),
+        ("crop_box_xyxy_px", _DOUBLES),
         ("score", DoubleType()),
         ("box", _DOUBLES),
     )
@@ -107,7 +107,7 @@ def _inside(node: dict, width: int, height: int) -> dict | None:
     A box can reach into the crop's letterbox padding or past the frame's edge, where the
     crop region did.
     """
-    cx0, cy0, cx1, cy1 = node["crop_box"]
+    cx0, cy0, cx1, cy1 = node["crop_box_xyxy_px"]
     x0, y0, x1, y1 = node["box"]
     x0, x1 = max(x0, cx0, 0.0), min(x1, cx1, float(width))
     y0, y1 = max(y0, cy0, 0.0), min(y1, cy1, float(height))

@@ -1,7 +1,7 @@
 """The training driver: pin the data, cache it, launch DDP with TorchDistributor, track it all in MLflow.
 
 :func:`train_detector` is the one training stage behind every detector; what differs
-between detectors is a :class:`DetectorStage` (its view of the tables and its
+between detectors is a :class:`Detector` (its view of the tables and its
 :class:`~radlake.models.detector.DetectorSpec`), chosen by name from :data:`STAGES`.
 
 Order of work:
@@ -57,7 +57,7 @@ CACHE_COLUMNS = (*IMAGE_COLUMNS, "boxes_xyxy_px", "labels")
 
 
 @dataclass(frozen=True)
-class DetectorStage:
+class Detector:
     """What makes one detector: its tables, its view and its spec (everything else is shared)."""
 
     name: str
@@ -99,8 +99,8 @@ def _prepare_schmorl(config: RadlakeConfig) -> tuple[RadlakeConfig, dict[str, st
     return pinned.config, pinned.tags
 
 
-STAGES: dict[str, DetectorStage] = {
-    "vertebra": DetectorStage(
+STAGES: dict[str, Detector] = {
+    "vertebra": Detector(
         name="vertebra",
         tables=VIEW_TABLES,
         view=_vertebra_view,
@@ -109,7 +109,7 @@ STAGES: dict[str, DetectorStage] = {
         secondary_metric="level_id_rate",
         cache_columns=(*CACHE_COLUMNS, *STACK_COLUMNS),
     ),
-    "schmorl": DetectorStage(
+    "schmorl": Detector(
         name="schmorl",
         tables=(Table.VERTEBRA_CROPS, Table.ANNOTATIONS, Table.SPLITS, Table.IMAGES),
         view=schmorl_view,
@@ -123,7 +123,7 @@ STAGES: dict[str, DetectorStage] = {
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainSummary:
     """What a training run produced (read back from MLflow)."""
 
     detector: str
@@ -137,7 +137,7 @@ class TrainResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def get_stage(name: str) -> DetectorStage:
+def get_stage(name: str) -> Detector:
     """The registered stage ``name``; raises ConfigError naming the known ones."""
     if name not in STAGES:
         raise ConfigError(f"Unknown detector {name!r}; known detectors: {', '.join(sorted(STAGES))}")
@@ -335,7 +335,7 @@ def train_detector(
     versions: Mapping[str, int] | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
-) -> TrainResult:
+) -> TrainSummary:
     """Train ``detector`` (see the module docstring) and return the run read back from MLflow.
 
     Raises
@@ -375,7 +375,7 @@ def train_detector(
         if stage.evaluate is not None:
             mlflow.log_metrics(stage.evaluate(spark, config, pinned, f"runs:/{run_id}/model"))
     finished = mlflow.MlflowClient().get_run(run_id)
-    return TrainResult(
+    return TrainSummary(
         detector=detector,
         run_id=run_id,
         experiment_id=experiment_id,
@@ -385,9 +385,7 @@ def train_detector(
     )
 
 
-def log_dataset_inputs(
-    spark: SparkSession, config: RadlakeConfig, stage: DetectorStage, pinned: Mapping[str, int]
-) -> None:
+def log_dataset_inputs(spark: SparkSession, config: RadlakeConfig, stage: Detector, pinned: Mapping[str, int]) -> None:
     """Each table the view reads, at its pinned version, as an MLflow dataset input."""
     for table in stage.tables:
         log_table_input(config, table, pinned[table.value], context="training")

@@ -74,7 +74,7 @@ _TRAIN_TABLES = {
 
 
 @dataclass
-class PipelineResult:
+class PipelineSummary:
     """The parent run and every step's inputs and outputs, in order."""
 
     parent_run_id: str
@@ -223,7 +223,7 @@ def run_pipeline(
     steps: Sequence[str] | None = None,
     inputs: Mapping[str, str] | None = None,
     log: Callable[[str], None] = print,
-) -> PipelineResult:
+) -> PipelineSummary:
     """Run ``steps`` (default all) under one parent MLflow run; see the module docstring."""
     chosen = parse_steps(steps)
     state = {k: str(v) for k, v in (inputs or {}).items() if v not in (None, "")}
@@ -234,7 +234,7 @@ def run_pipeline(
         experiment_id = parent.info.experiment_id  # under `mlflow run`, the project's run and experiment
         mlflow.set_tags({"radlake.pipeline_steps": ",".join(chosen)})
         mlflow.log_params({f"input.{k}": v for k, v in state.items()})
-        result = PipelineResult(parent.info.run_id)
+        result = PipelineSummary(parent.info.run_id)
         for name in chosen:
             started = time.perf_counter()
             log(f"[pipeline] step {name} ...")

@@ -62,7 +62,7 @@ _logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SweepResult:
+class SweepSummary:
     """What a sweep did, read back from the study at its end."""
 
     study_name: str
@@ -110,7 +110,7 @@ def run_sweep(
     name: str | None = None,
     on_executors: bool | None = None,
     register: bool = True,
-) -> SweepResult:
+) -> SweepSummary:
     """Run (or continue) the sweep ``name`` until its study holds ``trials`` trials; see the module docstring.
 
     Parameters
@@ -313,7 +313,7 @@ def _run_trials(
         raise
 
 
-def _finish(spark, config, data, stage, study, storage, name, metric, register, resumed, experiment_id) -> SweepResult:
+def _finish(spark, config, data, stage, study, storage, name, metric, register, resumed, experiment_id) -> SweepSummary:
     """Best trial → registry; leaderboard and tags on the active parent run."""
     import matplotlib.pyplot as plt
     import optuna
@@ -364,7 +364,7 @@ def _finish(spark, config, data, stage, study, storage, name, metric, register, 
         mlflow.log_figure(fig, "leaderboard/leaderboard.png")
         plt.close(fig)
     board = [] if frame.empty else json.loads(frame.to_json(orient="records"))
-    return SweepResult(
+    return SweepSummary(
         study_name=name,
         detector=data.detector,
         experiment_id=experiment_id,
