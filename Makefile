@@ -14,7 +14,7 @@ DEMO_STUDIES ?= 24
 DEMO_NODE_FRACTION ?= 0.7
 PYTEST_ARGS ?=
 
-.PHONY: setup check-prereqs demo test cluster-test connect-test bench lint clean clean-all
+.PHONY: setup check-prereqs demo test test-fast cluster-test connect-test bench lint clean clean-all
 
 setup: check-prereqs $(VENV)/.radlake-installed $(VENV)/share/radlake/jars/COORDINATE
 
@@ -37,8 +37,13 @@ $(VENV)/share/radlake/jars/COORDINATE: $(VENV)/.radlake-installed
 demo: setup
 	$(BIN)/radlake demo --out $(DEMO_DIR) --studies $(DEMO_STUDIES) --set synth.node_fraction=$(DEMO_NODE_FRACTION)
 
+# --durations: the 15 slowest tests, printed at the end of every run.
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+# Everything but the tests marked slow (the whole pipeline, trainings, sweeps, stops).
+test-fast: setup
+	$(BIN)/python -m pytest -m 'not slow and not cluster and not connect' --durations=15 $(PYTEST_ARGS)
 
 # A standalone Spark master and worker on 127.0.0.1 (pyspark's spark-class), and radlake's commands on it
 # with local_mode: false: ingest, labels, both trainings (DDP on the executor), crops, score (9 to 13 min on 2 cores).

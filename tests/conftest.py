@@ -18,6 +18,25 @@ import yaml
 from radlake.config import RadlakeConfig, load_config
 from radlake.tables import Table, table_ref
 
+#: Fixtures that make a test slow (minutes each): the whole pipeline through ``mlflow run``
+#: (``project_run``), a vertebra training (``trained``), a sweep (``sweep``) and the stopped
+#: trainings of ``tests/test_stops.py`` (``tiny_training``).
+SLOW_FIXTURES = {"project_run", "trained", "sweep", "tiny_training"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``spark`` every test that uses the Spark session, and ``slow`` every one that uses a
+    fixture of :data:`SLOW_FIXTURES`, directly or through another fixture.
+
+    ``make test-fast`` leaves the slow ones out; ``make test`` runs everything.
+    """
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "spark" in used:
+            item.add_marker(pytest.mark.spark)
+        if used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def radlake_root(tmp_path_factory: pytest.TempPathFactory):

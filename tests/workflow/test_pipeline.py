@@ -19,12 +19,13 @@ from radlake.tables import Table, table_ref
 from radlake.workflow.pipeline import STEPS, parse_steps, run_pipeline
 
 
-@pytest.fixture(autouse=True)
-def _pipeline_store(project_run):
-    """MLflow back on the pipeline's store (other modules point it at their own)."""
+@pytest.fixture
+def project_run(project_run):
+    """The session's pipeline run, with MLflow back on its store (other modules point it at their own)."""
     from radlake.tracking import configure_mlflow
 
     configure_mlflow(project_run[0])
+    return project_run
 
 
 def _children(cfg, parent):
