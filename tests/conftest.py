@@ -47,16 +47,7 @@ def radlake_root(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def config(radlake_root) -> RadlakeConfig:
     """The local configuration with everything stored under the session's temporary root."""
-    return load_config(
-        "local",
-        overrides=[
-            f"storage.root={radlake_root}",
-            "environment=test",
-            "spark.master=local[2]",
-            "spark.shuffle_partitions=2",
-            "spark.driver_memory=2g",
-        ],
-    )
+    return data_config(radlake_root, "spark.driver_memory=2g")
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +77,8 @@ SYNTH = {
 
 
 def data_config(root: Path, *overrides: str) -> RadlakeConfig:
-    """The local configuration with its own ``storage.root`` (and any extra ``key=value``)."""
+    """The tests' configuration factory: ``conf/local.yml`` for tests (``environment=test``, ``local[2]``,
+    2 shuffle partitions) with its own ``storage.root`` and any extra ``key=value``."""
     base = [f"storage.root={root}", "environment=test", "spark.master=local[2]", "spark.shuffle_partitions=2"]
     return load_config("local", overrides=[*base, *overrides])
 

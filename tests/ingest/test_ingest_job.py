@@ -14,7 +14,6 @@ import pytest
 from pyspark.sql import functions as F
 
 from dicom_files import TEST_FILES, rle_with_a_cut_frame, write_bad_files
-from radlake.config import load_config
 from radlake.errors import ConfigError
 from radlake.ingest import job as ingest_job
 from radlake.ingest.job import run_ingest
@@ -30,12 +29,6 @@ PHI_TAGS = ("PatientName", "PatientBirthDate", "PatientID", "AccessionNumber", "
 
 #: The tables an ingest run writes (labels and splits come later).
 INGEST_TABLES = (Table.INSTANCES, Table.SERIES, Table.IMAGES, Table.QUARANTINE, Table.DUPLICATES, Table.INGEST_FILES)
-
-
-def _config(root: Path, **extra):
-    overrides = [f"storage.root={root}", "spark.master=local[2]", "spark.shuffle_partitions=2"]
-    overrides += [f"{k}={v}" for k, v in extra.items()]
-    return load_config(overrides=overrides)
 
 
 def _phi_values(archive: Path) -> set[str]:
@@ -78,8 +71,8 @@ def archive(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ingested(spark, archive, tmp_path_factory):
-    cfg = _config(tmp_path_factory.mktemp("ingest-root"), **{"ingest.image_rule": "modality = 'MR'"})
+def ingested(make_config, spark, archive, tmp_path_factory):
+    cfg = make_config(tmp_path_factory.mktemp("ingest-root"), "ingest.image_rule=modality = 'MR'")
     first = run_ingest(spark, cfg, archive=str(archive))
     return cfg, first
 
@@ -215,8 +208,8 @@ def test_rerun_is_a_no_op_and_new_files_are_ingested_alone(spark, archive, inges
     assert _read(spark, cfg, Table.INSTANCES).where(F.col("sop_instance_uid") == changed.SOPInstanceUID).count() == 1
 
 
-def test_killed_run_restarts_without_loss_or_duplicates(spark, archive, tmp_path, monkeypatch):
-    cfg = _config(tmp_path / "root")
+def test_killed_run_restarts_without_loss_or_duplicates(make_config, spark, archive, tmp_path, monkeypatch):
+    cfg = make_config(tmp_path / "root")
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed during the pixel stage")
@@ -238,11 +231,11 @@ def test_killed_run_restarts_without_loss_or_duplicates(spark, archive, tmp_path
 
 
 def test_run_killed_after_the_pixels_but_before_the_instances_commit_restarts_cleanly(
-    spark, archive, tmp_path, monkeypatch
+    make_config, spark, archive, tmp_path, monkeypatch
 ):
     """The pixel pass appends while the instances are written: its images may commit first."""
-    cfg = _config(tmp_path / "root")
-    merge, append = TableRef.merge, ingest_job._append
+    cfg = make_config(tmp_path / "root")
+    merge, append = TableRef.merge, TableRef.append
 
     def killed(write):
         def instances_killed(ref, *args, **kwargs):
@@ -253,7 +246,7 @@ def test_run_killed_after_the_pixels_but_before_the_instances_commit_restarts_cl
         return instances_killed
 
     monkeypatch.setattr(TableRef, "merge", killed(merge))  # a MERGE into a stored table
-    monkeypatch.setattr(ingest_job, "_append", killed(append))  # the append into a table this run created
+    monkeypatch.setattr(TableRef, "append", killed(append))  # the append into a table this run created
     with pytest.raises(KeyboardInterrupt):
         run_ingest(spark, cfg, archive=str(archive / "synth"))
     written = _read(spark, cfg, Table.IMAGES).count()
@@ -274,7 +267,7 @@ def test_run_killed_after_the_pixels_but_before_the_instances_commit_restarts_cl
     assert placed.where("slice_index = i").count() == images.count()
 
 
-def test_slices_arriving_later_renumber_the_images_already_stored(spark, tmp_path):
+def test_slices_arriving_later_renumber_the_images_already_stored(make_config, spark, tmp_path):
     archive = tmp_path / "archive"
     generate_archive(archive, SynthConfig(studies=1, seed=11, image_size=128, zip_fraction=0.0))
     held = tmp_path / "held"
@@ -282,7 +275,7 @@ def test_slices_arriving_later_renumber_the_images_already_stored(spark, tmp_pat
     sagittal = sorted((archive / "study0000" / "SE02").iterdir())
     for path in sagittal[::2]:  # every other slice of the stack arrives in a later run
         shutil.move(path, held / path.name)
-    cfg = _config(tmp_path / "root")
+    cfg = make_config(tmp_path / "root")
     run_ingest(spark, cfg, archive=str(archive))
     before = {r.sop_instance_uid: r.slice_index for r in _read(spark, cfg, Table.IMAGES).collect()}
     assert sorted(before.values()) == list(range(len(sagittal) // 2))
@@ -298,14 +291,16 @@ def test_slices_arriving_later_renumber_the_images_already_stored(spark, tmp_pat
     assert any(after[uid] != index for uid, index in before.items())  # earlier images were moved
 
 
-def test_a_widened_image_rule_decodes_stored_instances_at_their_place_in_the_stored_stacks(spark, tmp_path):
+def test_a_widened_image_rule_decodes_stored_instances_at_their_place_in_the_stored_stacks(
+    make_config, spark, tmp_path
+):
     archive = tmp_path / "archive"
     generate_archive(archive, SynthConfig(studies=2, seed=12, image_size=128, zip_fraction=0.0))
     held = tmp_path / "held"
     shutil.move(archive / "study0001", held)
-    run_ingest(spark, _config(tmp_path / "root"), archive=str(archive))  # default rule: sagittal MR only
+    run_ingest(spark, make_config(tmp_path / "root"), archive=str(archive))  # default rule: sagittal MR only
     shutil.move(held, archive / "study0001")
-    wide = _config(tmp_path / "root", **{"ingest.image_rule": "modality = 'MR'"})
+    wide = make_config(tmp_path / "root", "ingest.image_rule=modality = 'MR'")
     run_ingest(spark, wide, archive=str(archive))  # the new study, and study0000's other planes
     place = {
         (s.sop_instance_uid, s.frame_index): i
@@ -331,11 +326,11 @@ def test_slice_indices_follow_the_stacks_frame_by_frame_not_the_claimed_frame_co
     assert [r["slice_indices"] for r in records] == [[2, 0], [1], []]
 
 
-def test_bad_arguments_fail_before_any_work(spark, tmp_path):
-    cfg = _config(tmp_path / "root")
+def test_bad_arguments_fail_before_any_work(make_config, spark, tmp_path):
+    cfg = make_config(tmp_path / "root")
     with pytest.raises(ArchiveNotFoundError, match="does not exist"):
         run_ingest(spark, cfg, archive=str(tmp_path / "nowhere"))
-    bad_rule = _config(tmp_path / "root", **{"ingest.image_rule": "modalty = 'MR'"})
+    bad_rule = make_config(tmp_path / "root", "ingest.image_rule=modalty = 'MR'")
     with pytest.raises(ConfigError, match="ingest.image_rule"):
         run_ingest(spark, bad_rule, archive=str(tmp_path))
     with pytest.raises(ConfigError, match="No archive"):
@@ -395,12 +390,12 @@ def _copies_archive(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("listing", ["as listed", "reversed"])
-def test_the_kept_copy_is_a_sound_one_whatever_the_listing_order(spark, tmp_path, monkeypatch, listing):
+def test_the_kept_copy_is_a_sound_one_whatever_the_listing_order(make_config, spark, tmp_path, monkeypatch, listing):
     archive = _copies_archive(tmp_path)
     if listing == "reversed":
         listed = ingest_job.list_archive
         monkeypatch.setattr(ingest_job, "list_archive", lambda *a, **k: list(reversed(listed(*a, **k))))
-    cfg = _config(tmp_path / "root")
+    cfg = make_config(tmp_path / "root")
     summary = run_ingest(spark, cfg, archive=str(archive))
     assert (summary.new_instances, summary.duplicates, summary.conflicts) == (1, 2, 0)
     [kept] = _read(spark, cfg, Table.INSTANCES).collect()
