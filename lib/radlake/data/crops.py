@@ -290,13 +290,7 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
     stats = written.agg(F.count("*").alias("n"), F.sum(F.expr("int(size(labels) > 0)")).alias("with_nodes")).first()
     return CropsSummary(
         run_id=run_id,
-        vertebra_model={
-            "requested": model.requested,
-            "uri": model.uri,
-            "name": model.name,
-            "version": model.version,
-            "run_id": model.run_id,
-        },
+        vertebra_model=model.as_dict(),
         sources=sources,
         frames=n_frames,
         new_crops=int(stats["n"] or 0),

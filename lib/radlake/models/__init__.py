@@ -1,5 +1,8 @@
-"""Detection models: backbones, the torchvision FCOS detector, level assignment and the MLflow pyfunc.
+"""Detection models: backbones, the torchvision FCOS detector, preprocessing, level decoding, crops,
+the MLflow pyfunc, and resolving registered model URIs.
 
 Coordinates are pixels of the source frame unless a name says otherwise; boxes are
 ``xyxy`` (x = column, y = row, origin at the top-left corner of the image).
+
+May import: :mod:`radlake.errors`, :mod:`radlake.spark` and :mod:`radlake.dicom` (no tables, no training).
 """

@@ -9,7 +9,7 @@ reason (no such model, alias or version, or run), so a job fails before it reads
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -34,6 +34,10 @@ class ResolvedModel:
     name: str | None
     version: str | None
     run_id: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        """The record that summaries and run tags carry: requested and pinned URI, name, version, run."""
+        return asdict(self)
 
 
 def version_aliases(client: mlflow.MlflowClient, name: str) -> dict[str, list[str]]:

@@ -41,9 +41,7 @@ driver sees counts and the findings summary.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -51,19 +49,19 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, BinaryType, DoubleType, IntegerType, StringType, StructType
+from pyspark.sql.types import ArrayType, DoubleType
 
 from radlake.config import RadlakeConfig
 from radlake.errors import RadlakeError
-from radlake.models.levels import LEVELS
-from radlake.score.schema import MODEL_PAIR_FIELDS, PREDICTIONS, STUDY_FINDINGS
+from radlake.score.executors import SCORE_CROP, cut_scoring_crops
+from radlake.score.findings import findings_summary, update_study_findings
+from radlake.score.pair import CheckedModel, check_models, detections_column
+from radlake.score.schema import MODEL_PAIR_KEYS, PREDICTIONS, STUDY_FINDINGS, model_pair
 from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
-from radlake.tables import Table, struct_fields, table_ref
+from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-    from radlake.models.resolve import ResolvedModel
 
 
 class NothingToScoreError(RadlakeError):
@@ -71,29 +69,9 @@ class NothingToScoreError(RadlakeError):
 
 
 _DOUBLES = ArrayType(DoubleType())
-#: A crop of one found vertebra, cut on the executors (stage 2's input); ``vertebra_index`` is
-#: the vertebra's place in its frame's detections, ``level_*`` its evidence for the stack's decoding.
-SCORE_CROP = StructType(
-    struct_fields(("sop_instance_uid", StringType()), ("frame_index", IntegerType()), ("vertebra_index", IntegerType()))
-    + LEVEL_EVIDENCE
-    + struct_fields(
-        ("score", DoubleType()),
-        ("box", _DOUBLES),
-        ("crop_box_xyxy_px", _DOUBLES),
-        ("crop_scale", DoubleType()),
-        ("pixels", BinaryType()),
-        ("dtype", StringType()),
-        ("height", IntegerType()),
-        ("width", IntegerType()),
-        ("pixel_spacing", _DOUBLES),
-    )
-)
-#: Frames per Arrow batch yielded by the crop cutter (each frame gives ~15 crops of 64 KB).
-_CROP_FRAMES_PER_BATCH = 16
 _KEYS = ["sop_instance_uid", "frame_index"]
 #: Stack of a frame: its series stack, or the frame alone when it has none.
 _STACK = "_stack"
-_PAIR = ["vertebra_model_uri", "schmorl_model_uri"]
 
 
 @dataclass(frozen=True)
@@ -120,62 +98,6 @@ class ScoreSummary:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _model_dict(model: ResolvedModel) -> dict[str, Any]:
-    return {
-        "requested": model.requested,
-        "uri": model.uri,
-        "name": model.name,
-        "version": model.version,
-        "run_id": model.run_id,
-    }
-
-
-def cut_scoring_crops(batches: Iterator[pa.RecordBatch], *, margin_fraction: float, size: int):
-    """Executor side: frames with their found ``vertebrae`` → one :data:`SCORE_CROP` row per vertebra.
-
-    Input columns: ``sop_instance_uid``, ``frame_index``, the pixel columns and
-    ``vertebrae`` (the vertebra UDF's detections, source pixels).
-    """
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    from radlake.models.crops import cut_stored_frame
-
-    schema = to_arrow_schema(SCORE_CROP)
-    for batch in batches:
-        frames = batch.to_pylist()
-        for start in range(0, len(frames), _CROP_FRAMES_PER_BATCH):
-            rows = []
-            for row in frames[start : start + _CROP_FRAMES_PER_BATCH]:
-                found = row["vertebrae"] or []
-                if not found:
-                    continue
-                boxes = [[v["x0"], v["y0"], v["x1"], v["y1"]] for v in found]
-                crops = cut_stored_frame(row, boxes, margin_fraction, size)
-                for index, (v, box, crop) in enumerate(zip(found, boxes, crops, strict=True)):
-                    rows.append(
-                        {
-                            "sop_instance_uid": row["sop_instance_uid"],
-                            "frame_index": row["frame_index"],
-                            "vertebra_index": index,
-                            "level": v["level"],
-                            "level_status": v.get("level_status"),
-                            "level_probability": v.get("level_probability"),
-                            "level_scores": v.get("level_scores"),
-                            "score": v["score"],
-                            "box": box,
-                            "crop_box_xyxy_px": list(crop.geometry.region_xyxy_px),
-                            "crop_scale": crop.geometry.scale,
-                            "pixels": crop.pixels,
-                            "dtype": crop.dtype,
-                            "height": size,
-                            "width": size,
-                            "pixel_spacing": crop.pixel_spacing,
-                        }
-                    )
-            if rows:
-                yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
 
 def _stack_key() -> Any:
@@ -219,59 +141,6 @@ def _frame_geometry(spark: SparkSession, config: RadlakeConfig) -> DataFrame:
             "frame_positions",
         )
     )
-
-
-def _level_sort(array_col: str, key: str | None = None) -> Any:
-    """``array_col`` sorted head to feet by level (:data:`LEVELS`; unknown levels first, uncertain ones last)."""
-    order = "array(" + ", ".join(f"'{level}'" for level in LEVELS) + ")"
-    pick = (lambda v: f"{v}.{key}") if key else (lambda v: v)
-
-    def rank(v: str) -> str:
-        return f"coalesce(array_position({order}, {pick(v)}), {len(LEVELS) + 1})"
-
-    return F.expr(f"array_sort({array_col}, (l, r) -> int({rank('l')} - {rank('r')}))")
-
-
-@dataclass(frozen=True)
-class CheckedModel:
-    """A model resolved to a concrete version, with the inference params its signature declares."""
-
-    model: ResolvedModel
-    params: tuple[str, ...]
-
-
-def check_models(vertebra_uri: str, schmorl_uri: str) -> tuple[CheckedModel, CheckedModel]:
-    """Resolve both URIs to concrete versions and check their pyfunc signatures (before any scan).
-
-    Raises
-    ------
-    ModelNotFoundError
-        If a URI names no model, alias, version or run.
-    ModelSignatureError
-        If a model's signature is not the detector pyfunc's.
-    """
-    from radlake.models.pyfunc import check_detector_signature
-    from radlake.models.resolve import resolve_model_uri
-
-    models = []
-    for uri in (vertebra_uri, schmorl_uri):
-        model = resolve_model_uri(uri)
-        models.append(CheckedModel(model, check_detector_signature(model.uri)))
-    return models[0], models[1]
-
-
-def _detections(spark: SparkSession, checked: CheckedModel, threshold: float, batch_size: int):
-    """The model's detections at or above ``threshold``, as a Spark column.
-
-    The threshold goes to the model as a pyfunc param where its signature declares one; the
-    output is also filtered in Spark, so a detector logged before params existed is held to
-    the same threshold (it cannot go below the threshold it was logged with).
-    """
-    from radlake.models.pyfunc import detections_column
-
-    params = {k: v for k, v in (("score_threshold", threshold), ("batch_size", batch_size)) if k in checked.params}
-    found = detections_column(spark, checked.model.uri, params)
-    return F.filter(found, lambda d: d["score"] >= F.lit(float(threshold)))
 
 
 def score_archive(
@@ -369,11 +238,7 @@ def _plan_frames(
 ) -> _FramePlan:
     """The frames of ``images`` this model pair has not scored, whole stacks at a time, and the skipped ones."""
     images = images_ref.read(spark).withColumn(_STACK, _stack_key())
-    done = (
-        predictions_ref.read(spark)
-        .where((F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri))
-        .select(*_KEYS)
-    )
+    done = predictions_ref.read(spark).where(model_pair(vertebra.uri, schmorl.uri)).select(*_KEYS)
     unscored = images.join(done, _KEYS, "left_anti").withColumn("_ok", _valid_pixels())
     counts = unscored.groupBy(F.when(F.col("_ok"), F.lit("ok")).otherwise(_skip_reason()).alias("r")).count()
     by_reason = {r["r"]: int(r["count"]) for r in counts.collect()}
@@ -412,13 +277,11 @@ def _summarize(
     if series_updated:
         update_study_findings(spark, config, vertebra.uri, schmorl.uri, series_keys, run_id)
     findings = findings_summary(spark, config, vertebra.uri, schmorl.uri)
-    pair = findings_ref.read(spark).where(
-        (F.col("vertebra_model_uri") == vertebra.uri) & (F.col("schmorl_model_uri") == schmorl.uri)
-    )
+    pair = findings_ref.read(spark).where(model_pair(vertebra.uri, schmorl.uri))
     return ScoreSummary(
         run_id=run_id,
-        vertebra_model=_model_dict(vertebra),
-        schmorl_model=_model_dict(schmorl),
+        vertebra_model=vertebra.as_dict(),
+        schmorl_model=schmorl.as_dict(),
         frames_in_images=plan.frames_total,
         frames_already_scored=plan.frames_total - sum(plan.by_reason.values()),
         frames_scored=int(stats["frames"]),
@@ -474,7 +337,7 @@ def _score_frames(
         "height",
         "width",
         "pixel_spacing",
-        _detections(spark, vertebra_checked, sc.vertebra_threshold, sc.batch_size).alias("vertebrae"),
+        detections_column(spark, vertebra_checked, sc.vertebra_threshold, sc.batch_size).alias("vertebrae"),
     )
     cut = partial(cut_scoring_crops, margin_fraction=config.crops.margin_fraction, size=config.crops.size)
     crops = stage1.mapInArrow(cut, SCORE_CROP)
@@ -487,7 +350,7 @@ def _score_frames(
         "box",
         "crop_box_xyxy_px",
         "crop_scale",
-        _detections(spark, schmorl_checked, sc.schmorl_threshold, sc.batch_size).alias("d"),
+        detections_column(spark, schmorl_checked, sc.schmorl_threshold, sc.batch_size).alias("d"),
     )
     to_frame = (
         "transform(d, x -> struct(vertebra_index, box AS vertebra_box, crop_box_xyxy_px, x.score AS score, array("
@@ -536,115 +399,5 @@ def _score_frames(
     new = finished.withColumns(run_columns).select(*PREDICTIONS.fieldNames())
     # One atomic MERGE on the frame and the model pair: a stack scored again updates its rows,
     # and a re-run or a run after a killed one adds each frame once.
-    keys = [*_KEYS, *_PAIR]
+    keys = [*_KEYS, *MODEL_PAIR_KEYS]
     predictions_ref.merge(spark, new, keys=keys, update_columns=[c for c in PREDICTIONS.fieldNames() if c not in keys])
-
-
-def update_study_findings(
-    spark: SparkSession, config: RadlakeConfig, vertebra_uri: str, schmorl_uri: str, series_keys: DataFrame, run_id: str
-) -> None:
-    """Rebuild the ``study_findings`` rows of ``series_keys`` for one model pair from all its ``predictions``."""
-    predictions = (
-        table_ref(config, Table.PREDICTIONS)
-        .read(spark)
-        .where((F.col("vertebra_model_uri") == vertebra_uri) & (F.col("schmorl_model_uri") == schmorl_uri))
-        .join(series_keys, "series_key", "left_semi")
-    )
-    pair_columns = [f.name for f in MODEL_PAIR_FIELDS]
-    series = predictions.groupBy("series_key").agg(
-        F.first("study_instance_uid").alias("study_instance_uid"),
-        F.first("series_instance_uid").alias("series_instance_uid"),
-        F.first("plane").alias("plane"),
-        F.count("*").cast("int").alias("frames_scored"),
-        F.array_distinct(
-            F.flatten(F.collect_list(F.expr("filter(transform(vertebrae, v -> v.level), x -> x IS NOT NULL)")))
-        ).alias("levels_seen"),
-        F.sum(F.expr("size(filter(vertebrae, v -> v.level_status = 'uncertain'))"))
-        .cast("int")
-        .alias("vertebrae_uncertain"),
-        F.sum(F.expr("size(filter(schmorl_nodes, n -> n.parent_level_status = 'uncertain'))"))
-        .cast("int")
-        .alias("nodes_level_uncertain"),
-        F.max("max_schmorl_score").alias("max_score"),
-        *[F.first(c).alias(c) for c in pair_columns],
-    )
-    nodes = predictions.select("series_key", "sop_instance_uid", "frame_index", F.explode("schmorl_nodes").alias("n"))
-    levels = nodes.groupBy(
-        "series_key", F.col("n.parent_level").alias("level"), F.col("n.parent_level_status").alias("level_status")
-    ).agg(
-        F.max("n.score").alias("max_score"),
-        F.count("*").cast("int").alias("nodes"),
-        F.countDistinct("sop_instance_uid", "frame_index").cast("int").alias("frames"),
-        F.array_sort(F.collect_set("n.endplate")).alias("endplates"),
-        F.max_by(F.struct("sop_instance_uid", "frame_index"), "n.score").alias("best"),
-    )
-    per_series = levels.groupBy("series_key").agg(
-        F.collect_list(
-            F.struct(
-                "level",
-                "level_status",
-                "max_score",
-                "nodes",
-                "frames",
-                "endplates",
-                F.col("best.sop_instance_uid").alias("best_sop_instance_uid"),
-                F.col("best.frame_index").alias("best_frame_index"),
-            )
-        ).alias("level_findings")
-    )
-    rows = (
-        series.join(per_series, "series_key", "left")
-        .withColumn("level_findings", F.coalesce(_level_sort("level_findings", "level"), F.array()))
-        .withColumn("levels_seen", _level_sort("levels_seen"))
-        .withColumn("levels_with_nodes", F.expr("filter(transform(level_findings, f -> f.level), x -> x IS NOT NULL)"))
-        .withColumn("score_run_id", F.lit(run_id))
-        .withColumn("updated_at", F.lit(datetime.now(UTC)))
-        .select(*STUDY_FINDINGS.fieldNames())
-    )
-    table_ref(config, Table.STUDY_FINDINGS).merge(
-        spark,
-        rows,
-        keys=["series_key", *_PAIR],
-        update_columns=[c for c in STUDY_FINDINGS.fieldNames() if c not in ("series_key", *_PAIR)],
-        schema=STUDY_FINDINGS,
-    )
-
-
-def findings_summary(
-    spark: SparkSession, config: RadlakeConfig, vertebra_uri: str, schmorl_uri: str, *, limit: int = 10
-) -> list[dict]:
-    """The series of one model pair with the highest Schmorl's-node scores: study, series, levels and scores."""
-    rows = (
-        table_ref(config, Table.STUDY_FINDINGS)
-        .read(spark)
-        .where((F.col("vertebra_model_uri") == vertebra_uri) & (F.col("schmorl_model_uri") == schmorl_uri))
-        .where(F.size("levels_with_nodes") > 0)
-        .orderBy(F.desc("max_score"), "series_key")
-        .limit(limit)
-        .collect()
-    )
-    return [
-        {
-            "study_instance_uid": r["study_instance_uid"],
-            "series_key": r["series_key"],
-            "levels": {(f["level"] or "uncertain"): round(float(f["max_score"]), 3) for f in r["level_findings"]},
-        }
-        for r in rows
-    ]
-
-
-def format_summary(summary: ScoreSummary) -> str:
-    """A few lines for the terminal: what was scored, the findings, where the tables are."""
-    lines = [
-        f"Scored {summary.frames_scored} frames with {summary.vertebra_model['uri']} + {summary.schmorl_model['uri']} "
-        f"({summary.frames_already_scored} already scored, skipped {json.dumps(summary.skipped)}) "
-        f"in {summary.seconds:.0f} s: {summary.vertebrae} vertebrae, {summary.schmorl_nodes} Schmorl's nodes "
-        f"on {summary.frames_with_nodes} frames; {summary.series_with_nodes} series with nodes.",
-    ]
-    for f in summary.findings:
-        levels = ", ".join(f"{level} {score:.2f}" for level, score in f["levels"].items())
-        lines.append(f"  study {f['study_instance_uid']}  series {f['series_key']}: {levels}")
-    lines.append(
-        f"Tables: predictions {summary.tables['predictions']}, study_findings {summary.tables['study_findings']}"
-    )
-    return "\n".join(lines)

@@ -148,3 +148,14 @@ STUDY_FINDINGS = StructType(
     + MODEL_PAIR_FIELDS
     + struct_fields(("score_run_id", _S), ("updated_at", TimestampType()))
 )
+
+
+#: The columns that name a model pair (pinned URIs): with the frame or the series, a row's key.
+MODEL_PAIR_KEYS = ("vertebra_model_uri", "schmorl_model_uri")
+
+
+def model_pair(vertebra_uri: str, schmorl_uri: str):
+    """The rows of ``predictions`` or ``study_findings`` that this model pair (pinned URIs) wrote, as a filter."""
+    from pyspark.sql import functions as F
+
+    return (F.col("vertebra_model_uri") == vertebra_uri) & (F.col("schmorl_model_uri") == schmorl_uri)

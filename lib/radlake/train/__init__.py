@@ -1,7 +1,11 @@
-"""The training stage shared by every detector: view, engine, metrics, plots, distributed worker and the driver.
+"""Training shared by every detector, one file one job (as torchvision's detection references).
 
-One file one job, as in torchvision's detection references: :mod:`.view` builds the
-training view from the Delta tables, :mod:`.engine` trains and predicts,
-:mod:`.metrics` scores predictions, :mod:`.plots` draws them, :mod:`.worker` is what
-each DDP process runs, and :mod:`.run` is the driver that ties them to MLflow.
+- :mod:`.run`: the driver: pinned data, the MLflow run, TorchDistributor or local processes.
+- :mod:`.worker`: what each DDP process runs; :mod:`.engine`: one epoch, predictions.
+- :mod:`.metrics` / :mod:`.plots`: scoring predictions and drawing them.
+- :mod:`.schmorl`: the Schmorl's-node detector's own inputs (crops of a pinned vertebra model).
+- :mod:`.space` / :mod:`.sweep`: a sweep's search space and its trials (the sweep itself is
+  :mod:`radlake.workflow.sweep`); :mod:`.reproduce`: retraining a logged run.
+
+May import: the foundation, :mod:`radlake.models` and :mod:`radlake.data`.
 """

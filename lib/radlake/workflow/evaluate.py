@@ -46,6 +46,7 @@ import numpy as np
 
 from radlake.config import RadlakeConfig
 from radlake.errors import ConfigError, RadlakeError
+from radlake.score.schema import model_pair
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,7 +166,8 @@ def evaluate_models(
     import radlake
     from radlake.data.labels import import_labels
     from radlake.ingest.job import run_ingest
-    from radlake.score.job import check_models, score_archive
+    from radlake.score.job import score_archive
+    from radlake.score.pair import check_models
     from radlake.tracking import configure_mlflow, run_scope
 
     started = time.perf_counter()
@@ -259,7 +261,7 @@ def labelled_frames(spark: SparkSession, config: RadlakeConfig, vertebra_uri: st
     predictions = (
         table_ref(config, Table.PREDICTIONS)
         .read(spark)
-        .where((F.col("vertebra_model_uri") == vertebra_uri) & (F.col("schmorl_model_uri") == schmorl_uri))
+        .where(model_pair(vertebra_uri, schmorl_uri))
         .join(studies, "study_instance_uid", "left_semi")
         .select(
             "study_instance_uid",

@@ -226,7 +226,7 @@ def findings_of_pair(spark: SparkSession, config: RadlakeConfig, model_pair: Seq
     vertebra_uri, schmorl_uri = model_pair
     return (
         _read(spark, config, Table.STUDY_FINDINGS)
-        .where((F.col("vertebra_model_uri") == vertebra_uri) & (F.col("schmorl_model_uri") == schmorl_uri))
+        .where(model_pair(vertebra_uri, schmorl_uri))
         .select(
             "study_instance_uid",
             "series_key",
@@ -248,7 +248,7 @@ def level_counts(spark: SparkSession, config: RadlakeConfig, model_pair: Sequenc
     vertebra_uri, schmorl_uri = model_pair
     found = (
         _read(spark, config, Table.STUDY_FINDINGS)
-        .where((F.col("vertebra_model_uri") == vertebra_uri) & (F.col("schmorl_model_uri") == schmorl_uri))
+        .where(model_pair(vertebra_uri, schmorl_uri))
         .select("series_key", F.explode("level_findings").alias("f"))
         .groupBy(F.col("f.level").alias("level"))
         .agg(
