@@ -21,8 +21,6 @@ from dicom_files import TEST_FILES, rle_with_a_cut_frame
 from radlake.spark import counters, default_parallelism, list_files, map_task_lists
 from radlake.tables import Table, TableRef
 
-pytestmark = pytest.mark.spark
-
 
 @pytest.fixture
 def as_connect(monkeypatch):

@@ -10,6 +10,7 @@ from radlake.errors import ConfigError, SetupError
 from radlake.tables import Table, table_ref
 from radlake.tracking import configure_mlflow
 
+# The JVM itself (class archives, jars): Spark tests, also where no session fixture is used.
 pytestmark = pytest.mark.spark
 
 

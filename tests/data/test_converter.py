@@ -19,8 +19,6 @@ from radlake.data.converter import (
     read_meta,
 )
 
-pytestmark = pytest.mark.spark
-
 ROWS = 103
 EXTRA = 20
 ROW_GROUP_BYTES = 16 << 10  # ~16 rows of 1 KB per row group: several row groups per file

@@ -19,8 +19,6 @@ from radlake.data.labels import (
 )
 from radlake.tables import Table, table_ref
 
-pytestmark = pytest.mark.spark
-
 #: Hand-made frames: (sop, frame, study, height rows, width columns, [row, column] spacing mm).
 FRAMES = [
     ("1.9.1", 0, "1.9", 100, 200, [0.5, 0.8]),

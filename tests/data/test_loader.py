@@ -13,8 +13,6 @@ import torch
 from radlake.data.converter import SparkDatasetConverter, make_spark_converter
 from radlake.data.loader import DeltaIterableDataset, _RowGroupReader, make_torch_dataloader
 
-pytestmark = pytest.mark.spark
-
 ROWS = 103
 PAYLOAD = 1000
 

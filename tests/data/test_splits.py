@@ -53,7 +53,6 @@ def test_draw_is_deterministic_by_seed_and_order_free():
     assert [sum(1 for v in first.values() if v is s) for s in Split] == [28, 6, 6]
 
 
-@pytest.mark.spark
 def test_every_study_is_in_exactly_one_split(spark, labelled_archive):
     la = labelled_archive
     images = table_ref(la.config, Table.IMAGES).read(spark)
@@ -76,7 +75,6 @@ def test_every_study_is_in_exactly_one_split(spark, labelled_archive):
         read_split(spark, la.config, "validation")
 
 
-@pytest.mark.spark
 def test_same_seed_same_table_and_reruns_keep_it(spark, labelled_archive, make_config):
     la = labelled_archive
     ref = table_ref(la.config, Table.SPLITS)
@@ -93,7 +91,6 @@ def test_same_seed_same_table_and_reruns_keep_it(spark, labelled_archive, make_c
     }
 
 
-@pytest.mark.spark
 def test_new_studies_are_a_batch_of_their_own_and_a_seed_change_is_refused(
     spark, tmp_path_factory, make_config, add_images
 ):

@@ -22,8 +22,6 @@ from radlake.synth.archive import generate_archive
 from radlake.synth.params import SynthConfig
 from radlake.tables import Table, TableRef, table_ref
 
-pytestmark = pytest.mark.spark
-
 PHI_TAGS = ("PatientName", "PatientBirthDate", "PatientID", "AccessionNumber", "InstitutionName")
 
 

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import data_store
 import pydicom
-import pytest
 from pyspark.sql import functions as F
 
 from radlake.config import load_config
 from radlake.ingest.job import run_ingest
 from radlake.tables import Table, table_ref
-
-pytestmark = pytest.mark.spark
 
 SOURCES = {
     "pydicom": Path(pydicom.__file__).parent / "data" / "test_files",

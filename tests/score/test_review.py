@@ -23,8 +23,6 @@ from radlake.score.schema import PREDICTIONS
 from radlake.score.sr import NoPredictionsError, StudyNotFoundError
 from radlake.tables import Table, table_ref
 
-pytestmark = pytest.mark.spark
-
 PAIR = ("models:/review_test_vertebra/1", "models:/review_test_schmorl/1")
 KEYS = ("sop_instance_uid", "frame_index")
 

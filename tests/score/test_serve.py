@@ -24,8 +24,6 @@ from radlake.models.pyfunc import INPUT_COLUMNS, detections_column, log_detector
 from radlake.models.serving import images_row_request
 from radlake.tables import Table, table_ref
 
-pytestmark = pytest.mark.spark
-
 MODEL_NAME = "vertebra_detector"
 MODEL_URI = f"models:/{MODEL_NAME}@champion"
 #: Below the untrained detector's scores, above FCOS's candidate floor: some boxes, not all.

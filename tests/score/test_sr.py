@@ -29,8 +29,6 @@ from radlake.score.sr import (
 )
 from radlake.tables import Table, table_ref
 
-pytestmark = pytest.mark.spark
-
 #: Model pairs of this file's fake predictions: the newer one has every labelled box, the older the vertebrae only.
 NEW = ("models:/sr_test_vertebra/2", "models:/sr_test_schmorl/2")
 OLD = ("models:/sr_test_vertebra/1", "models:/sr_test_schmorl/1")

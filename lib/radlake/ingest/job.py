@@ -316,17 +316,9 @@ def _open_run(spark: SparkSession, config: RadlakeConfig, archive: str | None) -
     setup = ThreadPoolExecutor(len(_STRUCTS), thread_name_prefix="radlake-setup")
     made = [setup.submit(refs[table].ensure, spark, _STRUCTS[table]) for table in _STRUCTS if created[table]]
     setup.shutdown(wait=False)  # each thread ends with its one call
+    # In field order: the session, its inputs, the tables, the key, the run's id and clock.
     run = _IngestRun(
-        spark=spark,
-        config=config,
-        archive=archive,
-        refs=refs,
-        created=created,
-        made=made,
-        deid_key=deid_key,
-        run_id=uuid.uuid4().hex,
-        now=datetime.now(UTC),
-        started=started,
+        spark, config, archive, refs, created, made, deid_key, uuid.uuid4().hex, datetime.now(UTC), started
     )
     run.phase("setup")
     return run

@@ -354,14 +354,15 @@ def _sagittal_block(rng: np.random.Generator, config: SynthConfig, spine: Spine,
     )
     thickness = round(_u(rng, 3.0, 4.5), 2)
     spacing = round(thickness * _u(rng, 1.0, 1.25), 2)
+    # centre, row and column directions, slices, spacing, pixel spacing, thickness
     return _Block(
-        centre=centre,
-        row=rot @ np.array([0.0, 1.0, 0.0]),
-        col=rot @ np.array([0.0, 0.0, -1.0]),
-        n=config.sagittal_slices,
-        spacing=spacing,
-        pixel_spacing=(row_spacing, col_spacing),
-        thickness=thickness,
+        centre,
+        rot @ np.array([0.0, 1.0, 0.0]),
+        rot @ np.array([0.0, 0.0, -1.0]),
+        config.sagittal_slices,
+        spacing,
+        (row_spacing, col_spacing),
+        thickness,
     )
 
 
@@ -380,15 +381,8 @@ def _axial_block(rng: np.random.Generator, config: SynthConfig, spine: Spine, si
     ax_centre = disc.frame.origin + np.array([_u(rng, -5, 5), _u(rng, 10.0, 35.0), 0.0])
     ax_thick = round(_u(rng, 3.5, 4.5), 2)
     ax_gap = round(ax_thick * _u(rng, 1.0, 1.2), 2)
-    return _Block(
-        centre=ax_centre,
-        row=row,
-        col=col,
-        n=config.axial_slices,
-        spacing=ax_gap,
-        pixel_spacing=(ax_spacing_px, ax_spacing_px),
-        thickness=ax_thick,
-    )
+    # centre, row and column directions, slices, spacing, pixel spacing, thickness
+    return _Block(ax_centre, row, col, config.axial_slices, ax_gap, (ax_spacing_px, ax_spacing_px), ax_thick)
 
 
 def _coronal_block(rng: np.random.Generator, config: SynthConfig, spine: Spine, size: int) -> _Block:
@@ -403,12 +397,5 @@ def _coronal_block(rng: np.random.Generator, config: SynthConfig, spine: Spine, 
     cor_thick = round(_u(rng, 3.5, 5.0), 2)
     cor_gap = round(cor_thick * _u(rng, 1.0, 1.2), 2)
     cor_centre = l3.origin + l3.axes[0] * _u(rng, -30.0, 30.0) + c_normal * _u(rng, -4.0, 4.0)
-    return _Block(
-        centre=cor_centre,
-        row=c_row,
-        col=c_col,
-        n=config.coronal_slices,
-        spacing=cor_gap,
-        pixel_spacing=(cor_px, cor_px),
-        thickness=cor_thick,
-    )
+    # centre, row and column directions, slices, spacing, pixel spacing, thickness
+    return _Block(cor_centre, c_row, c_col, config.coronal_slices, cor_gap, (cor_px, cor_px), cor_thick)
