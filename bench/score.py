@@ -55,7 +55,7 @@ SAGITTAL = "plane = 'SAGITTAL'"
 
 def ensure_sagittal_archive(images: int) -> Path:
     """A synthetic archive with at least ``images`` sagittal 384x384 frames, generated once and reused."""
-    from radlake.synth import SynthConfig
+    from radlake.synth.params import SynthConfig
 
     studies = math.ceil(images / SAGITTAL_SLICES)
     config = SynthConfig(
@@ -85,7 +85,7 @@ def _spark(root: Path, *, arrow_batch_size: int):
 
 def ensure_ingested(spark, config, archive: Path, root: Path) -> float | None:
     """Ingest ``archive`` into ``root`` unless a previous run did; returns the ingest seconds (``None`` if reused)."""
-    from radlake.ingest import run_ingest
+    from radlake.ingest.job import run_ingest
 
     marker = root / "bench-ingested.json"
     if marker.is_file() and json.loads(marker.read_text()).get("archive") == str(archive):

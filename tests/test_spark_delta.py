@@ -156,7 +156,7 @@ def test_the_class_archive_is_named_by_the_java_build_and_the_jars(tmp_path, mon
 
 def test_a_failed_class_archive_build_names_why_and_leaves_nothing(tmp_path):
     from radlake.config import load_config
-    from radlake.spark import build_class_archive
+    from radlake.workflow.class_archive import build_class_archive
 
     bad = load_config(overrides=[f"spark.jars_dir={tmp_path}"])  # no Delta jars: the building session cannot start
     with pytest.raises(SetupError, match="the JVM wrote no class archive.*Delta Lake jars not found"):
