@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from radlake.config import RadlakeConfig
 from radlake.models.levels import LEVELS
-from radlake.score.schema import MODEL_PAIR_FIELDS, MODEL_PAIR_KEYS, STUDY_FINDINGS, model_pair
+from radlake.score.schema import MODEL_PAIR_FIELDS, MODEL_PAIR_KEYS, STUDY_FINDINGS, model_pair_filter
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def update_study_findings(
     predictions = (
         table_ref(config, Table.PREDICTIONS)
         .read(spark)
-        .where(model_pair(vertebra_uri, schmorl_uri))
+        .where(model_pair_filter(vertebra_uri, schmorl_uri))
         .join(series_keys, "series_key", "left_semi")
     )
     pair_columns = [f.name for f in MODEL_PAIR_FIELDS]
@@ -97,7 +97,7 @@ def findings_summary(
     rows = (
         table_ref(config, Table.STUDY_FINDINGS)
         .read(spark)
-        .where(model_pair(vertebra_uri, schmorl_uri))
+        .where(model_pair_filter(vertebra_uri, schmorl_uri))
         .where(F.size("levels_with_nodes") > 0)
         .orderBy(F.desc("max_score"), "series_key")
         .limit(limit)

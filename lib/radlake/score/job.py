@@ -55,8 +55,8 @@ from radlake.config import RadlakeConfig
 from radlake.errors import RadlakeError
 from radlake.score.executors import SCORE_CROP, cut_scoring_crops
 from radlake.score.findings import findings_summary, update_study_findings
-from radlake.score.pair import CheckedModel, check_models, detections_column
-from radlake.score.schema import MODEL_PAIR_KEYS, PREDICTIONS, STUDY_FINDINGS, model_pair
+from radlake.score.pair import CheckedModel, check_models, thresholded_detections
+from radlake.score.schema import MODEL_PAIR_KEYS, PREDICTIONS, STUDY_FINDINGS, model_pair_filter
 from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
 from radlake.tables import Table, table_ref
 
@@ -238,7 +238,7 @@ def _plan_frames(
 ) -> _FramePlan:
     """The frames of ``images`` this model pair has not scored, whole stacks at a time, and the skipped ones."""
     images = images_ref.read(spark).withColumn(_STACK, _stack_key())
-    done = predictions_ref.read(spark).where(model_pair(vertebra.uri, schmorl.uri)).select(*_KEYS)
+    done = predictions_ref.read(spark).where(model_pair_filter(vertebra.uri, schmorl.uri)).select(*_KEYS)
     unscored = images.join(done, _KEYS, "left_anti").withColumn("_ok", _valid_pixels())
     counts = unscored.groupBy(F.when(F.col("_ok"), F.lit("ok")).otherwise(_skip_reason()).alias("r")).count()
     by_reason = {r["r"]: int(r["count"]) for r in counts.collect()}
@@ -277,7 +277,7 @@ def _summarize(
     if series_updated:
         update_study_findings(spark, config, vertebra.uri, schmorl.uri, series_keys, run_id)
     findings = findings_summary(spark, config, vertebra.uri, schmorl.uri)
-    pair = findings_ref.read(spark).where(model_pair(vertebra.uri, schmorl.uri))
+    pair = findings_ref.read(spark).where(model_pair_filter(vertebra.uri, schmorl.uri))
     return ScoreSummary(
         run_id=run_id,
         vertebra_model=vertebra.as_dict(),
@@ -337,7 +337,7 @@ def _score_frames(
         "height",
         "width",
         "pixel_spacing",
-        detections_column(spark, vertebra_checked, sc.vertebra_threshold, sc.batch_size).alias("vertebrae"),
+        thresholded_detections(spark, vertebra_checked, sc.vertebra_threshold, sc.batch_size).alias("vertebrae"),
     )
     cut = partial(cut_scoring_crops, margin_fraction=config.crops.margin_fraction, size=config.crops.size)
     crops = stage1.mapInArrow(cut, SCORE_CROP)
@@ -350,7 +350,7 @@ def _score_frames(
         "box",
         "crop_box_xyxy_px",
         "crop_scale",
-        detections_column(spark, schmorl_checked, sc.schmorl_threshold, sc.batch_size).alias("d"),
+        thresholded_detections(spark, schmorl_checked, sc.schmorl_threshold, sc.batch_size).alias("d"),
     )
     to_frame = (
         "transform(d, x -> struct(vertebra_index, box AS vertebra_box, crop_box_xyxy_px, x.score AS score, array("

@@ -41,7 +41,7 @@ def check_models(vertebra_uri: str, schmorl_uri: str) -> tuple[CheckedModel, Che
     return models[0], models[1]
 
 
-def detections_column(spark: SparkSession, checked: CheckedModel, threshold: float, batch_size: int):
+def thresholded_detections(spark: SparkSession, checked: CheckedModel, threshold: float, batch_size: int):
     """The model's detections at or above ``threshold``, as a Spark column.
 
     The threshold goes to the model as a pyfunc param where its signature declares one; the

@@ -154,7 +154,7 @@ STUDY_FINDINGS = StructType(
 MODEL_PAIR_KEYS = ("vertebra_model_uri", "schmorl_model_uri")
 
 
-def model_pair(vertebra_uri: str, schmorl_uri: str):
+def model_pair_filter(vertebra_uri: str, schmorl_uri: str):
     """The rows of ``predictions`` or ``study_findings`` that this model pair (pinned URIs) wrote, as a filter."""
     from pyspark.sql import functions as F
 

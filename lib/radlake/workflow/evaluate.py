@@ -46,7 +46,7 @@ import numpy as np
 
 from radlake.config import RadlakeConfig
 from radlake.errors import ConfigError, RadlakeError
-from radlake.score.schema import model_pair
+from radlake.score.schema import model_pair_filter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -261,7 +261,7 @@ def labelled_frames(spark: SparkSession, config: RadlakeConfig, vertebra_uri: st
     predictions = (
         table_ref(config, Table.PREDICTIONS)
         .read(spark)
-        .where(model_pair(vertebra_uri, schmorl_uri))
+        .where(model_pair_filter(vertebra_uri, schmorl_uri))
         .join(studies, "study_instance_uid", "left_semi")
         .select(
             "study_instance_uid",

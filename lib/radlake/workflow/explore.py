@@ -22,6 +22,7 @@ from pyspark.sql.types import BinaryType, IntegerType, StringType, StructType
 
 from radlake.config import RadlakeConfig
 from radlake.models.levels import LEVELS
+from radlake.score.schema import model_pair_filter
 from radlake.tables import Table, struct_fields, table_ref
 
 if TYPE_CHECKING:
@@ -226,7 +227,7 @@ def findings_of_pair(spark: SparkSession, config: RadlakeConfig, model_pair: Seq
     vertebra_uri, schmorl_uri = model_pair
     return (
         _read(spark, config, Table.STUDY_FINDINGS)
-        .where(model_pair(vertebra_uri, schmorl_uri))
+        .where(model_pair_filter(vertebra_uri, schmorl_uri))
         .select(
             "study_instance_uid",
             "series_key",
@@ -248,7 +249,7 @@ def level_counts(spark: SparkSession, config: RadlakeConfig, model_pair: Sequenc
     vertebra_uri, schmorl_uri = model_pair
     found = (
         _read(spark, config, Table.STUDY_FINDINGS)
-        .where(model_pair(vertebra_uri, schmorl_uri))
+        .where(model_pair_filter(vertebra_uri, schmorl_uri))
         .select("series_key", F.explode("level_findings").alias("f"))
         .groupBy(F.col("f.level").alias("level"))
         .agg(
