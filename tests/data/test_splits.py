@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import functions as F
 
-from radlake.data.splits import (
-    Split,
-    SplitSeedError,
-    assign_splits,
-    draw_splits,
-    read_split,
-    split_sizes,
-)
+from radlake.data.splits import SplitSeedError, assign_splits, draw_splits, read_split, split_sizes
 from radlake.tables import Table, table_ref
+from radlake.vocabulary import Split
 
 
 def _table(spark, config) -> dict[str, str]:

@@ -26,7 +26,7 @@ from radlake.dicom.header import (
     read_dataset,
 )
 from radlake.dicom.integrity import Damage
-from radlake.dicom.sources import Stage
+from radlake.vocabulary import QuarantineStage
 
 DAMAGE_CLASSES = {v for k, v in vars(Damage).items() if k.isupper()}
 
@@ -83,7 +83,7 @@ def test_every_real_file_gives_columns_a_dicomdir_or_a_header_failure():
         result = parse_header(path.read_bytes(), deid=None)
         assert isinstance(result, HeaderResult)
         if result.error is not None:
-            assert result.error.stage is Stage.HEADER and result.columns == {}
+            assert result.error.stage is QuarantineStage.HEADER and result.columns == {}
             assert (result.sop_instance_uid is not None) == (result.error.error_class in DAMAGE_CLASSES)
             outcomes["failed"] += 1
         elif result.is_dicomdir:
@@ -229,7 +229,7 @@ def test_files_without_preamble_are_read_only_when_they_really_are_dicom():
     for _ in range(20):
         noise = plausible_start + bytes(rng.getrandbits(8) for _ in range(2000))
         result = parse_header(noise, deid=None)
-        assert result.error is not None and result.error.stage is Stage.HEADER
+        assert result.error is not None and result.error.stage is QuarantineStage.HEADER
 
 
 def test_bad_inputs_fail_at_the_header_stage():
@@ -244,7 +244,7 @@ def test_bad_inputs_fail_at_the_header_stage():
     }
     for name, data in cases.items():
         result = parse_header(data, deid=None)
-        assert result.error is not None and result.error.stage is Stage.HEADER, name
+        assert result.error is not None and result.error.stage is QuarantineStage.HEADER, name
         assert result.error.error_class and result.error.message, name
         assert result.columns == {} and result.header_json == ""
     missing_uid = parse_header((TEST_FILES / "nested_priv_SQ.dcm").read_bytes(), deid=None)

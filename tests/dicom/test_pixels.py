@@ -23,7 +23,7 @@ from radlake.dicom.pixels import (
     encode_pixels,
     encoded_frames,
 )
-from radlake.dicom.sources import Stage
+from radlake.vocabulary import QuarantineStage
 
 LIMIT = 64 << 20
 
@@ -47,7 +47,7 @@ def test_every_real_file_decodes_or_fails_at_the_pixel_stage():
                 assert np.isfinite(frame.pixels).all()
                 decoded += 1
             else:
-                assert frame.error.stage is Stage.PIXELS and frame.pixels is None
+                assert frame.error.stage is QuarantineStage.PIXELS and frame.pixels is None
                 assert frame is frames[-1]  # a failure ends the instance
                 failed += 1
     assert decoded > 250 and failed > 40
@@ -256,13 +256,13 @@ def test_colour_becomes_luma():
 def test_truncated_files_fail_at_the_pixel_stage():
     mr = MR_SMALL.read_bytes()
     [cut] = decode_frames(mr[: len(mr) // 2])
-    assert cut.error is not None and cut.error.stage is Stage.PIXELS
+    assert cut.error is not None and cut.error.stage is QuarantineStage.PIXELS
     emri = (DATA_STORE / "emri_small.dcm").read_bytes()
     frames = list(decode_frames(emri[: len(emri) // 2]))
-    assert frames[-1].error is not None and frames[-1].error.stage is Stage.PIXELS
+    assert frames[-1].error is not None and frames[-1].error.stage is QuarantineStage.PIXELS
     for data in (b"", b"not dicom at all" * 20):
         [frame] = decode_frames(data)
-        assert frame.error.stage is Stage.PIXELS and frame.pixels is None
+        assert frame.error.stage is QuarantineStage.PIXELS and frame.pixels is None
 
 
 def test_no_pixel_data_is_a_failure():
@@ -292,7 +292,11 @@ def test_too_large_is_refused_before_decoding_or_allocating(monkeypatch):
     tracemalloc.start()
     for given in (header, None):
         [frame] = decode_frames(data, header=given, max_decoded_bytes=1 << 30)
-        assert frame.error.error_class == "TooLarge" and frame.error.stage is Stage.PIXELS and frame.pixels is None
+        assert (
+            frame.error.error_class == "TooLarge"
+            and frame.error.stage is QuarantineStage.PIXELS
+            and frame.pixels is None
+        )
         assert "8589672450000" in frame.error.message
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -12,13 +12,13 @@ from radlake.dicom.header import parse_header
 from radlake.dicom.sources import (
     MAX_MESSAGE_CHARS,
     Failure,
-    Stage,
     archive_kind,
     iter_members,
     local_path,
     read_bytes,
     unsafe_member_name,
 )
+from radlake.vocabulary import QuarantineStage
 
 MR = (TEST_FILES / "MR_small.dcm").read_bytes()
 CT = (TEST_FILES / "CT_small.dcm").read_bytes()
@@ -69,7 +69,7 @@ def test_plain_file_is_one_item_read_from_a_path_or_a_file_uri(tmp_path):
 def test_unreadable_file_is_a_source_failure(tmp_path):
     [item] = iter_members(str(tmp_path / "missing.dcm"), max_member_bytes=LIMIT)
     assert item.data is None and item.member is None
-    assert item.error.stage is Stage.SOURCE and item.error.error_class == "FileNotFoundError"
+    assert item.error.stage is QuarantineStage.SOURCE and item.error.error_class == "FileNotFoundError"
 
 
 def test_zip_escaping_absolute_and_link_members_are_flagged_not_read():
@@ -86,7 +86,7 @@ def test_zip_escaping_absolute_and_link_members_are_flagged_not_read():
     assert "ok/" not in items  # folders are skipped
     for bad in ("../evil.dcm", "/abs.dcm", "C:/win.dcm", "a\\..\\..\\x.dcm"):
         assert items[bad].data is None
-        assert items[bad].error.stage is Stage.SOURCE and items[bad].error.error_class == "UnsafeMemberName"
+        assert items[bad].error.stage is QuarantineStage.SOURCE and items[bad].error.error_class == "UnsafeMemberName"
     assert items["ok/link"].error.error_class == "LinkMember" and items["ok/link"].data is None
 
 
@@ -120,14 +120,14 @@ def test_corrupt_archives_are_one_failure_for_the_file():
     ):
         [item] = iter_members(name, data, max_member_bytes=LIMIT)
         assert item.member is None and item.data is None
-        assert item.error.stage is Stage.SOURCE, name
+        assert item.error.stage is QuarantineStage.SOURCE, name
 
 
 def test_truncated_tar_gz_yields_the_members_before_the_damage_then_a_failure():
     data = _tar("w:gz")
     items = list(iter_members("a.tar.gz", data[: len(data) * 3 // 4], max_member_bytes=LIMIT))
     assert items[0].member == "s/IM1" and items[0].data == MR
-    assert items[-1].error is not None and items[-1].error.stage is Stage.SOURCE
+    assert items[-1].error is not None and items[-1].error.stage is QuarantineStage.SOURCE
     assert all(i.data is None for i in items[1:])
 
 
@@ -149,7 +149,7 @@ def test_other_uris_go_through_fsspec():
     [item] = iter_members("memory://radlake-test/MR_small.dcm", max_member_bytes=LIMIT)
     assert item.data == MR
     [missing] = iter_members("memory://radlake-test/none.dcm", max_member_bytes=LIMIT)
-    assert missing.error.stage is Stage.SOURCE
+    assert missing.error.stage is QuarantineStage.SOURCE
 
 
 def test_paths_names_and_kinds():
@@ -173,9 +173,9 @@ def test_paths_names_and_kinds():
 
 def test_failure_values():
     failure = Failure.from_exception("header", ValueError("x" * 5000))
-    assert failure.stage is Stage.HEADER and failure.error_class == "ValueError"
+    assert failure.stage is QuarantineStage.HEADER and failure.error_class == "ValueError"
     assert len(failure.message) == MAX_MESSAGE_CHARS
-    assert Failure(Stage.PIXELS, "TooLarge", "m") == Failure("pixels", "TooLarge", "m")
+    assert Failure(QuarantineStage.PIXELS, "TooLarge", "m") == Failure("pixels", "TooLarge", "m")
     with pytest.raises(ValueError):
         Failure("nowhere", "X", "m")
-    assert Failure.from_exception(Stage.SOURCE, KeyError()).message == "KeyError()"
+    assert Failure.from_exception(QuarantineStage.SOURCE, KeyError()).message == "KeyError()"

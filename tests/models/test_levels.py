@@ -8,7 +8,6 @@ from radlake.models.levels import (
     LEVELS,
     VERTEBRA_CLASSES,
     Body,
-    LevelStatus,
     class_of_level,
     class_to_level,
     decode_levels,
@@ -17,6 +16,7 @@ from radlake.models.levels import (
     level_to_class,
     link_tracks,
 )
+from radlake.vocabulary import LevelStatus
 
 #: Centre-to-centre distance and box height of adjacent lumbar bodies (mm).
 STEP, HEIGHT = 38.0, 34.0

@@ -82,6 +82,7 @@ from radlake.errors import ConfigError, RadlakeError
 from radlake.models.levels import LEVELS
 from radlake.spark import persist, unpersist
 from radlake.tables import Table, table_ref
+from radlake.vocabulary import Endplate, LabelClass
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -109,7 +110,7 @@ CLIP_TOLERANCE_PX = 1.0
 BOX_DECIMALS = 3
 _SYNTH_FORMAT = "radlake-synth-labels"  # radlake.synth.labels.FORMAT (not imported: it loads the renderer)
 _SYNTH_VERSIONS = (1,)
-_ENDPLATES = ("superior", "inferior")  # radlake.synth.anatomy.Endplate values
+_ENDPLATES = tuple(e.value for e in Endplate)
 
 
 class LabelsError(RadlakeError):
@@ -118,15 +119,6 @@ class LabelsError(RadlakeError):
 
 class LabelsFormatError(LabelsError):
     """A labels file is neither the radlake synth format nor COCO-style JSON keyed by SOPInstanceUID."""
-
-
-class LabelClass(str, Enum):
-    """What a box outlines (``annotations.label_class``)."""
-
-    VERTEBRA = "vertebra"
-    """A vertebral body; ``level`` names it (e.g. ``L3``)."""
-    SCHMORL_NODE = "schmorl_node"
-    """A Schmorl's node; ``parent_level`` names its vertebra and ``endplate`` the endplate it sits on."""
 
 
 class LabelsFormat(str, Enum):

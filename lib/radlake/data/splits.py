@@ -41,7 +41,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
@@ -50,6 +49,7 @@ from radlake.config import RadlakeConfig
 from radlake.data.schema import SPLITS
 from radlake.errors import RadlakeError
 from radlake.tables import Table, table_ref
+from radlake.vocabulary import Split
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -73,17 +73,6 @@ class SplitsError(RadlakeError):
 
 class SplitSeedError(SplitsError):
     """``labels.split_seed`` differs from the seed the ``splits`` table was drawn with."""
-
-
-class Split(str, Enum):
-    """The split a study belongs to."""
-
-    TRAIN = "train"
-    """Fitting the model."""
-    VAL = "val"
-    """Model selection and early stopping."""
-    TEST = "test"
-    """Frozen final evaluation; never used to choose anything."""
 
 
 @dataclass(frozen=True)

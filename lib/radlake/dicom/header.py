@@ -49,7 +49,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from radlake.dicom.integrity import Damage, Dimensions, check_pixel_data, locate_pixel_data, truncated_header
-from radlake.dicom.sources import Failure, Stage
+from radlake.dicom.sources import Failure
+from radlake.vocabulary import QuarantineStage
 
 if TYPE_CHECKING:
     from radlake.dicom.deid import Deidentifier
@@ -257,10 +258,10 @@ def parse_header(
         return HeaderResult(columns, text, truncated, positions, orientations)
     except zlib.error as exc:  # pydicom inflating a Deflated Explicit VR Little Endian dataset
         return HeaderResult(
-            error=Failure(Stage.HEADER, Damage.TRUNCATED, f"the deflated dataset cannot be inflated: {exc}")
+            error=Failure(QuarantineStage.HEADER, Damage.TRUNCATED, f"the deflated dataset cannot be inflated: {exc}")
         )
     except Exception as exc:  # noqa: BLE001 - any parse error is this file's failure
-        return HeaderResult(error=Failure.from_exception(Stage.HEADER, exc))
+        return HeaderResult(error=Failure.from_exception(QuarantineStage.HEADER, exc))
 
 
 # ---------------------------------------------------------------------------- columns

@@ -36,7 +36,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from radlake.dicom.sources import Failure, Stage
+from radlake.dicom.sources import Failure
+from radlake.vocabulary import QuarantineStage
 
 __all__ = [
     "Damage",
@@ -150,7 +151,9 @@ def locate_pixel_data(data: bytes, ds: Dataset, stop: int) -> Located | Failure:
         return Located(data, stop)
     inflated, complete = deflated_dataset(data)
     if not complete:
-        return Failure(Stage.HEADER, Damage.TRUNCATED, "the deflated dataset ends before its end-of-stream mark")
+        return Failure(
+            QuarantineStage.HEADER, Damage.TRUNCATED, "the deflated dataset ends before its end-of-stream mark"
+        )
     return Located(inflated, pixel_data_start(inflated))
 
 
@@ -173,7 +176,7 @@ def truncated_header(ds: Dataset, located: Located) -> Failure | None:
             continue
         if raw.length != _UNDEFINED and raw.value is not None and len(raw.value) < raw.length:
             return Failure(
-                Stage.HEADER,
+                QuarantineStage.HEADER,
                 Damage.TRUNCATED,
                 f"the file ends inside an element: ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {raw.length} "
                 f"bytes, {len(raw.value)} present",
@@ -182,7 +185,7 @@ def truncated_header(ds: Dataset, located: Located) -> Failure | None:
             end = raw.value_tell + raw.length
     if located.stop >= size and end is not None and end < size:
         return Failure(
-            Stage.HEADER,
+            QuarantineStage.HEADER,
             Damage.TRUNCATED,
             f"the file ends inside an element: {size - end} bytes after the last complete element do not make one",
         )
@@ -216,14 +219,14 @@ def check_pixel_data(
     if not at_pixels:
         if stop >= len(data) and dims is not None:
             return Failure(
-                Stage.HEADER,
+                QuarantineStage.HEADER,
                 Damage.NO_PIXELS,
                 f"the header declares an image of {dims.text} but the file ends before its pixel data "
                 f"({len(data)} bytes)",
             )
         if stop >= len(data) and (image_class := _image_storage_class(ds)) is not None:
             return Failure(
-                Stage.HEADER,
+                QuarantineStage.HEADER,
                 Damage.NO_PIXELS,
                 f"a {image_class} instance without image attributes or pixel data: the file ({len(data)} bytes) "
                 "ends after its last complete element (cut short, or stripped)",
@@ -236,7 +239,7 @@ def check_pixel_data(
     decoded = decoded_size_bytes(dims.rows, dims.columns, dims.frames, dims.samples, dims.bits_allocated)
     if decoded > max_decoded_bytes:
         return Failure(
-            Stage.HEADER,
+            QuarantineStage.HEADER,
             Damage.TOO_LARGE,
             f"the header declares {dims.text} = {decoded} bytes decoded, over ingest.max_decoded_bytes "
             f"({max_decoded_bytes}); {len(data) - stop} bytes of pixel data are stored",
@@ -247,7 +250,7 @@ def check_pixel_data(
         return failure or _trailing_damage(data, end, ds)
     if value_start + length > len(data):
         return Failure(
-            Stage.HEADER,
+            QuarantineStage.HEADER,
             Damage.TRUNCATED,
             f"the file ends inside the pixel data: {length} bytes declared, {len(data) - value_start} present",
         )
@@ -261,7 +264,7 @@ def check_pixel_data(
     expected = native_pixel_bytes(dims.rows, dims.columns, samples, dims.frames, dims.bits_allocated)
     if length < expected:
         return Failure(
-            Stage.HEADER,
+            QuarantineStage.HEADER,
             Damage.LENGTH,
             f"native pixel data of {length} bytes where {dims.text} need {expected}",
         )
@@ -323,7 +326,9 @@ def _trailing_damage(data: bytes, position: int, ds: Dataset) -> Failure | None:
     tag = _tag(data, position, ds) if position + 4 <= len(data) else None
     where = f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else f"byte {position}"
     return Failure(
-        Stage.HEADER, Damage.TRUNCATED, f"the file ends inside {where} after the pixel data ({len(data)} bytes)"
+        QuarantineStage.HEADER,
+        Damage.TRUNCATED,
+        f"the file ends inside {where} after the pixel data ({len(data)} bytes)",
     )
 
 
@@ -351,7 +356,7 @@ def _check_fragments(data: bytes, start: int, dims: Dimensions, order: str) -> t
     while True:
         if position + 8 > len(data):
             return Failure(
-                Stage.HEADER,
+                QuarantineStage.HEADER,
                 Damage.TRUNCATED,
                 f"the file ends inside the encapsulated pixel data after {max(items - 1, 0)} complete fragments "
                 f"(no sequence delimiter); {dims.frames} frames declared",
@@ -363,13 +368,13 @@ def _check_fragments(data: bytes, start: int, dims: Dimensions, order: str) -> t
             break
         if tag != _ITEM or length == _UNDEFINED:
             return Failure(
-                Stage.HEADER,
+                QuarantineStage.HEADER,
                 Damage.FRAGMENTS,
                 f"encapsulated pixel data: expected an item tag at byte {position}, found ({group:04X},{element:04X})",
             ), len(data)
         if position + 8 + length > len(data):
             return Failure(
-                Stage.HEADER,
+                QuarantineStage.HEADER,
                 Damage.TRUNCATED,
                 f"the file ends inside fragment {items} of the encapsulated pixel data: {length} bytes declared, "
                 f"{len(data) - position - 8} present",
@@ -381,13 +386,13 @@ def _check_fragments(data: bytes, start: int, dims: Dimensions, order: str) -> t
     fragments = items - 1
     if fragments < dims.frames:
         return Failure(
-            Stage.HEADER,
+            QuarantineStage.HEADER,
             Damage.FRAGMENTS,
             f"encapsulated pixel data with {fragments} fragments for {dims.frames} declared frames",
         ), position
     if offsets and offsets != dims.frames:
         return Failure(
-            Stage.HEADER,
+            QuarantineStage.HEADER,
             Damage.FRAGMENTS,
             f"the basic offset table lists {offsets} frames, the header declares {dims.frames}",
         ), position

@@ -60,7 +60,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from radlake.dicom.sources import Failure, Stage
+from radlake.dicom.sources import Failure
+from radlake.vocabulary import QuarantineStage
 
 if TYPE_CHECKING:
     from radlake.dicom.header import HeaderResult
@@ -170,7 +171,7 @@ def decoded_size_bytes(
 
 def _too_large(size: int, limit: int) -> FrameResult:
     message = f"decoded pixels would take {size} bytes, limit {limit}"
-    return FrameResult(0, error=Failure(Stage.PIXELS, "TooLarge", message))
+    return FrameResult(0, error=Failure(QuarantineStage.PIXELS, "TooLarge", message))
 
 
 def _ints(ds: Dataset, *keywords: str) -> list[int | None]:
@@ -236,10 +237,10 @@ def _frames(
         ds = read_dataset(data, stop_before_pixels=False)
         if 0x00080018 not in ds:  # SOPInstanceUID: pydicom gives up silently on some corrupt pixel data
             message = "the instance could not be read in full (corrupt or truncated data)"
-            yield FrameResult(0, error=Failure(Stage.PIXELS, "InvalidDicomError", message))
+            yield FrameResult(0, error=Failure(QuarantineStage.PIXELS, "InvalidDicomError", message))
             return
         if not any(tag in ds for tag in _PIXEL_TAGS):
-            yield FrameResult(0, error=Failure(Stage.PIXELS, "NoPixelData", "the instance has no pixel data"))
+            yield FrameResult(0, error=Failure(QuarantineStage.PIXELS, "NoPixelData", "the instance has no pixel data"))
             return
         size = decoded_size_bytes(*_ints(ds, "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"))
         if size > max_decoded_bytes:
@@ -249,7 +250,7 @@ def _frames(
         frames = _iter_frames(ds)
         transform = _Transform(ds)
     except Exception as exc:  # noqa: BLE001 - anything wrong with this file is its failure
-        yield FrameResult(0, error=Failure.from_exception(Stage.PIXELS, exc))
+        yield FrameResult(0, error=Failure.from_exception(QuarantineStage.PIXELS, exc))
         return
     index = 0
     while True:
@@ -259,12 +260,12 @@ def _frames(
             return
         except BaseException as exc:  # noqa: BLE001 - a corrupt frame ends this instance
             _reraise_if_not_a_decoder_error(exc)
-            yield FrameResult(index, error=Failure.from_exception(Stage.PIXELS, exc))
+            yield FrameResult(index, error=Failure.from_exception(QuarantineStage.PIXELS, exc))
             return
         try:
             result = FrameResult(index, transform(raw, index, keep_integers=keep_integers))
         except Exception as exc:  # noqa: BLE001
-            yield FrameResult(index, error=Failure.from_exception(Stage.PIXELS, exc))
+            yield FrameResult(index, error=Failure.from_exception(QuarantineStage.PIXELS, exc))
             return
         yield result
         index += 1
@@ -538,7 +539,7 @@ def encoded_frames(data: bytes, *, max_decoded_bytes: int = 1 << 30) -> Iterator
         try:
             buf, dtype = encode_pixels(frame.pixels)
         except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: this frame's failure
-            yield EncodedFrame(frame.frame_index, error=Failure.from_exception(Stage.PIXELS, exc))
+            yield EncodedFrame(frame.frame_index, error=Failure.from_exception(QuarantineStage.PIXELS, exc))
             return
         height, width = frame.pixels.shape
         yield EncodedFrame(frame.frame_index, buf, dtype, int(height), int(width))

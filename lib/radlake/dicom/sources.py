@@ -7,7 +7,7 @@ that one bad file never stops a job: every function here that takes stored bytes
 returns or yields failures instead of raising.
 
 This module also holds the failure vocabulary shared by the per-file DICOM layer
-(:class:`Stage`, :class:`Failure`), used by :mod:`radlake.dicom.header` and
+(:class:`~radlake.vocabulary.QuarantineStage`, :class:`Failure`), used by :mod:`radlake.dicom.header` and
 :mod:`radlake.dicom.pixels`.
 
 Example
@@ -35,7 +35,8 @@ import urllib.parse
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import Enum
+
+from radlake.vocabulary import QuarantineStage
 
 #: Suffixes read as zip archives (lower-case comparison).
 ZIP_SUFFIXES = (".zip",)
@@ -48,33 +49,14 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 
-class Stage(str, Enum):
-    """Where ingestion of a file, member, instance or frame failed (the quarantine ``stage``)."""
-
-    SOURCE = "source"
-    """The stored file or archive member could not be read (I/O error, corrupt or unsafe archive)."""
-
-    HEADER = "header"
-    """The bytes are not a DICOM instance, or its header cannot be parsed."""
-
-    PIXELS = "pixels"
-    """The pixel data cannot be decoded, or its decoded size is over the limit."""
-
-    CONFLICT = "conflict"
-    """The SOPInstanceUID is already stored with other content."""
-
-    SKIPPED = "skipped"
-    """Not an instance: a DICOMDIR (an index of the files beside it)."""
-
-
 @dataclass(frozen=True)
 class Failure:
     """Why a file, member, instance or frame was not ingested.
 
     Parameters
     ----------
-    stage: Stage | str
-        Where it failed; a string is converted to :class:`Stage`.
+    stage: QuarantineStage | str
+        Where it failed; a string is converted to :class:`~radlake.vocabulary.QuarantineStage`.
     error_class: str
         A short class name: the exception's class (``InvalidDicomError``) or one of
         radlake's own (``TooLarge``, ``UnsafeMemberName``, ``LinkMember``, ...).
@@ -82,22 +64,22 @@ class Failure:
         Human-readable detail, cut to :data:`MAX_MESSAGE_CHARS` characters.
     """
 
-    stage: Stage
+    stage: QuarantineStage
     error_class: str
     message: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stage", Stage(self.stage))
+        object.__setattr__(self, "stage", QuarantineStage(self.stage))
         object.__setattr__(self, "message", str(self.message)[:MAX_MESSAGE_CHARS])
 
     @classmethod
-    def from_exception(cls, stage: Stage | str, exc: BaseException) -> Failure:
+    def from_exception(cls, stage: QuarantineStage | str, exc: BaseException) -> Failure:
         """A failure naming the exception's class and its (truncated) message.
 
         >>> Failure.from_exception("header", ValueError("bad")).error_class
         'ValueError'
         """
-        return cls(Stage(stage), type(exc).__name__, str(exc) or repr(exc))
+        return cls(QuarantineStage(stage), type(exc).__name__, str(exc) or repr(exc))
 
 
 @dataclass(frozen=True)
@@ -218,7 +200,7 @@ def iter_members(path: str, data: bytes | None = None, *, max_member_bytes: int)
         try:
             data = read_bytes(path)
         except Exception as exc:  # noqa: BLE001 - any read error is this file's failure
-            yield SourceItem(None, None, Failure.from_exception(Stage.SOURCE, exc))
+            yield SourceItem(None, None, Failure.from_exception(QuarantineStage.SOURCE, exc))
             return
     kind = archive_kind(path)
     if kind is None:
@@ -230,7 +212,7 @@ def iter_members(path: str, data: bytes | None = None, *, max_member_bytes: int)
 
 
 def _member_failure(name: str, error_class: str, message: str) -> SourceItem:
-    return SourceItem(name, None, Failure(Stage.SOURCE, error_class, message))
+    return SourceItem(name, None, Failure(QuarantineStage.SOURCE, error_class, message))
 
 
 def _too_large(name: str, size: int, limit: int) -> SourceItem:
@@ -258,7 +240,7 @@ def _zip_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
     except Exception as exc:  # noqa: BLE001 - BadZipFile, truncated central directory, ...
-        yield SourceItem(None, None, Failure.from_exception(Stage.SOURCE, exc))
+        yield SourceItem(None, None, Failure.from_exception(QuarantineStage.SOURCE, exc))
         return
     with archive:
         for info in infos:
@@ -275,7 +257,7 @@ def _zip_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
                 try:
                     yield SourceItem(name, archive.read(info))
                 except Exception as exc:  # noqa: BLE001 - bad CRC, encryption, truncation: this member's failure
-                    yield SourceItem(name, None, Failure.from_exception(Stage.SOURCE, exc))
+                    yield SourceItem(name, None, Failure.from_exception(QuarantineStage.SOURCE, exc))
 
 
 def _tar_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
@@ -284,7 +266,7 @@ def _tar_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
     try:
         archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
     except Exception as exc:  # noqa: BLE001 - not a tar, unknown compression, truncated header
-        yield SourceItem(None, None, Failure.from_exception(Stage.SOURCE, exc))
+        yield SourceItem(None, None, Failure.from_exception(QuarantineStage.SOURCE, exc))
         return
     with archive:
         members = iter(archive)
@@ -294,7 +276,7 @@ def _tar_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
             except StopIteration:
                 return
             except Exception as exc:  # noqa: BLE001 - corrupt or truncated archive from here on
-                yield SourceItem(None, None, Failure.from_exception(Stage.SOURCE, exc))
+                yield SourceItem(None, None, Failure.from_exception(QuarantineStage.SOURCE, exc))
                 return
             if member.isdir():
                 continue
@@ -308,6 +290,6 @@ def _tar_members(data: bytes, max_member_bytes: int) -> Iterator[SourceItem]:
                     handle = archive.extractfile(member)
                     content = handle.read() if handle is not None else b""
                 except Exception as exc:  # noqa: BLE001 - truncated data: this member, and the rest of the stream
-                    yield SourceItem(name, None, Failure.from_exception(Stage.SOURCE, exc))
+                    yield SourceItem(name, None, Failure.from_exception(QuarantineStage.SOURCE, exc))
                     return
                 yield SourceItem(name, content)

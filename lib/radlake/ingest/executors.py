@@ -123,7 +123,8 @@ def _header_batches(records: Iterable[dict[str, Any]], settings: HeaderSettings)
 
 def _header_rows(record: dict[str, Any], deid, settings: HeaderSettings) -> Iterator[dict[str, Any]]:
     from radlake.dicom.header import parse_header
-    from radlake.dicom.sources import Failure, Stage, iter_members, read_bytes
+    from radlake.dicom.sources import Failure, iter_members, read_bytes
+    from radlake.vocabulary import QuarantineStage
 
     source = {k: record[k] for k in ("path", "file_size", "modification_time")}
     try:
@@ -133,7 +134,7 @@ def _header_rows(record: dict[str, Any], deid, settings: HeaderSettings) -> Iter
             "kind": "failure",
             **source,
             "member": None,
-            **_failure_fields(Failure.from_exception(Stage.SOURCE, exc)),
+            **_failure_fields(Failure.from_exception(QuarantineStage.SOURCE, exc)),
         }
         return
     for item in iter_members(record["path"], data, max_member_bytes=settings.max_member_bytes):
@@ -224,7 +225,8 @@ def _pixel_batches(
 
 
 def _pixel_rows(records: list[dict[str, Any]], settings: PixelSettings) -> Iterator[dict[str, Any]]:
-    from radlake.dicom.sources import Failure, Stage, iter_members, read_bytes
+    from radlake.dicom.sources import Failure, iter_members, read_bytes
+    from radlake.vocabulary import QuarantineStage
 
     by_path: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -233,7 +235,7 @@ def _pixel_rows(records: list[dict[str, Any]], settings: PixelSettings) -> Itera
         try:
             data = read_bytes(path)
         except Exception as exc:  # noqa: BLE001
-            failure = Failure.from_exception(Stage.SOURCE, exc)
+            failure = Failure.from_exception(QuarantineStage.SOURCE, exc)
             for record in wanted:
                 yield _pixel_failure(record, failure)
             continue
@@ -249,7 +251,9 @@ def _pixel_rows(records: list[dict[str, Any]], settings: PixelSettings) -> Itera
         for record in wanted:
             content = members.get(record["member"])
             if content is None or hashlib.sha256(content).hexdigest() != record["content_sha256"]:
-                failure = Failure(Stage.PIXELS, "SourceChanged", "the stored file no longer holds this instance")
+                failure = Failure(
+                    QuarantineStage.PIXELS, "SourceChanged", "the stored file no longer holds this instance"
+                )
                 yield _pixel_failure(record, failure)
                 continue
             yield from _decode_instance(record, content, settings)
@@ -283,7 +287,8 @@ def _encoded_frames(content: bytes, transfer_syntax_uid: str | None, settings: P
     """
     from radlake.dicom.pixels import EncodedFrame, decoder_memory_headroom, encoded_frames, needs_isolation
     from radlake.dicom.sandbox import SandboxError, shared_sandbox
-    from radlake.dicom.sources import Failure, Stage
+    from radlake.dicom.sources import Failure
+    from radlake.vocabulary import QuarantineStage
 
     if not (settings.isolate_decoders and needs_isolation(transfer_syntax_uid)):
         yield from encoded_frames(content, max_decoded_bytes=settings.max_decoded_bytes)
@@ -299,7 +304,7 @@ def _encoded_frames(content: bytes, transfer_syntax_uid: str | None, settings: P
             yield frame
             index = frame.frame_index + 1
     except SandboxError as exc:
-        yield EncodedFrame(index, error=Failure(Stage.PIXELS, exc.error_class, f"{exc} (frame {index})"))
+        yield EncodedFrame(index, error=Failure(QuarantineStage.PIXELS, exc.error_class, f"{exc} (frame {index})"))
 
 
 def _pixel_failure(record: dict[str, Any], failure, frame_index: int | None = None) -> dict[str, Any]:

@@ -56,7 +56,6 @@ from pyspark.sql import functions as F
 from radlake import __version__
 from radlake.config import RadlakeConfig
 from radlake.dicom.pixels import decode_cost
-from radlake.dicom.sources import Stage
 from radlake.errors import ConfigError
 from radlake.ingest import schema as S
 from radlake.ingest.executors import HeaderSettings, PixelSettings, copies_task, header_task, pixel_task
@@ -72,6 +71,7 @@ from radlake.spark import (
     unpersist,
 )
 from radlake.tables import Table, table_ref
+from radlake.vocabulary import QuarantineStage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -428,7 +428,7 @@ def _header_rows(run: _IngestRun, headers: _Headers) -> _HeaderRows:
     )
     header_failures = headers.results.where("kind IN ('failure', 'skipped')").select(
         *_COPY_COLUMNS,  # sop_instance_uid: known for a damaged instance, else null
-        F.coalesce("stage", F.lit(Stage.SKIPPED.value)).alias("stage"),
+        F.coalesce("stage", F.lit(QuarantineStage.SKIPPED.value)).alias("stage"),
         F.coalesce("error_class", F.lit("Dicomdir")).alias("error_class"),
         F.coalesce(
             "error_message", F.lit("a DICOMDIR (an index of the files beside it), not an instance: nothing to ingest")
@@ -436,7 +436,7 @@ def _header_rows(run: _IngestRun, headers: _Headers) -> _HeaderRows:
     )
     conflict_rows = classified.where("_status = 'conflict'").select(
         *_COPY_COLUMNS,
-        F.lit(Stage.CONFLICT.value).alias("stage"),
+        F.lit(QuarantineStage.CONFLICT.value).alias("stage"),
         F.lit("SOPInstanceUIDConflict").alias("error_class"),
         F.concat(
             F.lit("SOPInstanceUID "),
@@ -737,7 +737,7 @@ def _pixel_todo(image_rule: str, *, instances: DataFrame, images: DataFrame, qua
     :func:`_add_slice_indices`.
     """
     done = images.select("sop_instance_uid").distinct()
-    failed = quarantine.where("stage = 'pixels'").select("sop_instance_uid")
+    failed = quarantine.where(F.col("stage") == QuarantineStage.PIXELS.value).select("sop_instance_uid")
     frames = F.greatest(F.coalesce("number_of_frames", F.lit(1)), F.lit(1))
     work = (
         instances.where(F.expr(image_rule))

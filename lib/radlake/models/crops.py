@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from radlake.models.preprocess import letterbox
+from radlake.vocabulary import Endplate
 
 #: A node belongs to a crop when at least this share of its box lies inside the vertebra box with margin.
 NODE_INSIDE_FRACTION = 0.5
@@ -161,4 +162,4 @@ def endplate_of(box_xyxy_px, vertebra_box_xyxy_px, row_direction_z: float | None
     body_y = (float(vertebra_box_xyxy_px[1]) + float(vertebra_box_xyxy_px[3])) / 2
     above = node_y < body_y
     head_up = row_direction_z is None or row_direction_z <= 0
-    return "superior" if above == head_up else "inferior"
+    return (Endplate.SUPERIOR if above == head_up else Endplate.INFERIOR).value

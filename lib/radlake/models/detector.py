@@ -35,14 +35,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou, nms
 
 from radlake.models.backbones import STRIDES, build_backbone
-from radlake.models.levels import (
-    LEVELS,
-    MIN_LEVEL_PROBABILITY,
-    VERTEBRA_CLASSES,
-    LevelStatus,
-    decode_levels,
-    level_scores,
-)
+from radlake.models.levels import LEVELS, MIN_LEVEL_PROBABILITY, VERTEBRA_CLASSES, decode_levels, level_scores
+from radlake.vocabulary import LevelStatus
 
 #: Initial box-distance output, in anchor sizes (see :func:`build_detector`).
 REGRESSION_BIAS = 1.0

@@ -40,9 +40,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
+
+from radlake.vocabulary import LevelStatus
 
 #: Every level the vertebra detector knows, cranial to caudal (C2 … S1).
 LEVELS: tuple[str, ...] = (
@@ -83,26 +84,6 @@ VIEW_WEIGHT_POWER = 3.0
 #: Default posterior below which a body's level is reported as uncertain.
 MIN_LEVEL_PROBABILITY = 0.8
 _EPS = 1e-4
-
-
-class LevelStatus(str, Enum):
-    """What the decoding says of one detected body's level."""
-
-    IDENTIFIED = "identified"
-    """The level is named: its posterior is at least the configured minimum."""
-
-    UNCERTAIN = "uncertain"
-    """A vertebra whose level is not named: nothing in view anchors the count well enough."""
-
-    OUTSIDE = "outside"
-    """Not one of the labelled vertebrae: a sacral segment below S1 or a false detection."""
-
-    @classmethod
-    def of(cls, level: int, uncertain: bool) -> LevelStatus:
-        """The status of a decoded label (``level`` -1: outside)."""
-        if level < 0:
-            return cls.OUTSIDE
-        return cls.UNCERTAIN if uncertain else cls.IDENTIFIED
 
 
 def level_to_class(level: str) -> int:

@@ -13,6 +13,7 @@ from radlake.config import RadlakeConfig
 from radlake.models.levels import LEVELS
 from radlake.score.schema import MODEL_PAIR_FIELDS, MODEL_PAIR_KEYS, STUDY_FINDINGS, model_pair_filter
 from radlake.tables import Table, table_ref
+from radlake.vocabulary import LevelStatus
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -39,10 +40,10 @@ def update_study_findings(
         F.array_distinct(
             F.flatten(F.collect_list(F.expr("filter(transform(vertebrae, v -> v.level), x -> x IS NOT NULL)")))
         ).alias("levels_seen"),
-        F.sum(F.expr("size(filter(vertebrae, v -> v.level_status = 'uncertain'))"))
+        F.sum(F.expr(f"size(filter(vertebrae, v -> v.level_status = '{LevelStatus.UNCERTAIN.value}'))"))
         .cast("int")
         .alias("vertebrae_uncertain"),
-        F.sum(F.expr("size(filter(schmorl_nodes, n -> n.parent_level_status = 'uncertain'))"))
+        F.sum(F.expr(f"size(filter(schmorl_nodes, n -> n.parent_level_status = '{LevelStatus.UNCERTAIN.value}'))"))
         .cast("int")
         .alias("nodes_level_uncertain"),
         F.max("max_schmorl_score").alias("max_score"),

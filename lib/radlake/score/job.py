@@ -59,6 +59,7 @@ from radlake.score.pair import CheckedModel, check_models, thresholded_detection
 from radlake.score.schema import MODEL_PAIR_KEYS, PREDICTIONS, STUDY_FINDINGS, model_pair_filter
 from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
 from radlake.tables import Table, table_ref
+from radlake.vocabulary import QuarantineStage
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -249,7 +250,7 @@ def _plan_frames(
     skipped = {k: v for k, v in by_reason.items() if k != "ok"}
     quarantine_ref = table_ref(config, Table.QUARANTINE)
     if quarantine_ref.exists(spark):
-        failed = quarantine_ref.read(spark).where("stage = 'pixels'").count()
+        failed = quarantine_ref.read(spark).where(F.col("stage") == QuarantineStage.PIXELS.value).count()
         if failed:
             skipped["pixels_failed_at_ingest"] = failed
     return _FramePlan(todo=todo, by_reason=by_reason, skipped=skipped, frames_total=frames_total)

@@ -96,6 +96,7 @@ from radlake.config import RadlakeConfig
 from radlake.errors import RadlakeError
 from radlake.models.levels import LEVELS
 from radlake.tables import Table, table_ref
+from radlake.vocabulary import Endplate
 
 if TYPE_CHECKING:
     import highdicom as hd
@@ -146,7 +147,10 @@ LEVEL_CODES: dict[str, Code] = {
     "S1": S1_VERTEBRA,
 }
 #: Topographical modifier of a node's finding site, by ``endplate``.
-ENDPLATE_CODES: dict[str, Code] = {"superior": codes.SCT.Superior, "inferior": codes.SCT.Inferior}
+ENDPLATE_CODES: dict[str, Code] = {
+    Endplate.SUPERIOR.value: codes.SCT.Superior,
+    Endplate.INFERIOR.value: codes.SCT.Inferior,
+}
 
 #: Series number given to the SR series (high, so that viewers list it after the images).
 SR_SERIES_NUMBER = 9901

@@ -123,7 +123,7 @@ def finish_frame(row: dict[str, Any], levels: dict[int, dict[str, Any]], *, merg
 
     from radlake.dicom.geometry import box_geometry
     from radlake.models.crops import endplate_of
-    from radlake.models.levels import LevelStatus
+    from radlake.vocabulary import LevelStatus
 
     spacing, position, orientation = row["pixel_spacing"], row["position"], row["orientation"]
     if orientation is not None and len(orientation) != 6:

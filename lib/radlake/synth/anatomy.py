@@ -34,6 +34,7 @@ import numpy as np
 
 from radlake.synth.params import SynthConfig
 from radlake.synth.shapes import BodyShape, Ellipsoid, Frame, RoundBox, Shape, frame_from_tilt
+from radlake.vocabulary import Endplate
 
 __all__ = [
     "LABELLED_LEVELS",
@@ -48,16 +49,6 @@ __all__ = [
     "Vertebra",
     "sample_spine",
 ]
-
-
-class Endplate(str, Enum):
-    """Which endplate of a vertebral body a lesion sits on."""
-
-    SUPERIOR = "superior"
-    """The cranial endplate (top of the body in a sagittal image)."""
-
-    INFERIOR = "inferior"
-    """The caudal endplate (bottom of the body in a sagittal image)."""
 
 
 class Fracture(str, Enum):

@@ -23,7 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from radlake.dicom.geometry import pixel_grid_to_patient, slice_normal
-from radlake.synth.anatomy import Endplate, Item, ItemKind, Spine
+from radlake.synth.anatomy import Item, ItemKind, Spine
+from radlake.vocabulary import Endplate
 
 __all__ = [
     "MIN_BODY_FRACTION",
