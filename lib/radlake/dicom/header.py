@@ -239,11 +239,11 @@ def parse_header(
         for keyword in ("SOPInstanceUID", "SOPClassUID"):
             if not str(ds.get(keyword, "") or "").strip():
                 raise InvalidDicomError(f"missing {keyword}: not a DICOM instance")
+        uid = str(ds.SOPInstanceUID).strip()  # as stored: before de-identification
         located = locate_pixel_data(data, ds, stop)
         damage = located if isinstance(located, Failure) else truncated_header(ds, located)
         if damage is not None:
-            return HeaderResult(error=damage, sop_instance_uid=str(ds.SOPInstanceUID).strip())
-        uid = str(ds.SOPInstanceUID).strip()
+            return HeaderResult(error=damage, sop_instance_uid=uid)
         buffer, at = located.buffer, located.stop
         has_pixels = buffer[at : at + 4] in _PIXEL_TAGS_LE + _PIXEL_TAGS_BE
         if deid is not None:

@@ -225,7 +225,7 @@ def _pixel_batches(
 
 
 def _pixel_rows(records: list[dict[str, Any]], settings: PixelSettings) -> Iterator[dict[str, Any]]:
-    from radlake.dicom.sources import Failure, iter_members, read_bytes
+    from radlake.dicom.sources import Failure
     from radlake.vocabulary import QuarantineStage
 
     by_path: dict[str, list[dict[str, Any]]] = {}
@@ -233,30 +233,43 @@ def _pixel_rows(records: list[dict[str, Any]], settings: PixelSettings) -> Itera
         by_path.setdefault(record["path"], []).append(record)
     for path, wanted in by_path.items():
         try:
-            data = read_bytes(path)
+            members = _stored_members(path, {r["member"] for r in wanted}, settings)
         except Exception as exc:  # noqa: BLE001
             failure = Failure.from_exception(QuarantineStage.SOURCE, exc)
             for record in wanted:
                 yield _pixel_failure(record, failure)
             continue
-        if all(r["member"] is None for r in wanted):
-            members = {None: data}
-        else:
-            names = {r["member"] for r in wanted}
-            members = {
-                item.member: item.data
-                for item in iter_members(path, data, max_member_bytes=settings.max_member_bytes)
-                if item.member in names and item.error is None
-            }
         for record in wanted:
             content = members.get(record["member"])
-            if content is None or hashlib.sha256(content).hexdigest() != record["content_sha256"]:
+            if not _holds(content, record["content_sha256"]):
                 failure = Failure(
                     QuarantineStage.PIXELS, "SourceChanged", "the stored file no longer holds this instance"
                 )
                 yield _pixel_failure(record, failure)
                 continue
             yield from _decode_instance(record, content, settings)
+
+
+def _stored_members(path: str, members: set[str | None], settings: PixelSettings) -> dict[str | None, bytes]:
+    """The bytes of these members of the stored file ``path`` (``None``: the file itself), read once.
+
+    A member that is missing or cannot be read is left out. Raises what reading the file raises.
+    """
+    from radlake.dicom.sources import iter_members, read_bytes
+
+    data = read_bytes(path)
+    if members == {None}:
+        return {None: data}
+    return {
+        item.member: item.data
+        for item in iter_members(path, data, max_member_bytes=settings.max_member_bytes)
+        if item.member in members and item.error is None
+    }
+
+
+def _holds(content: bytes | None, content_sha256: str) -> bool:
+    """True if ``content`` is still the instance that was ingested (its SHA-256 is the recorded one)."""
+    return content is not None and hashlib.sha256(content).hexdigest() == content_sha256
 
 
 def _decode_instance(record: dict[str, Any], content: bytes, settings: PixelSettings) -> Iterator[dict[str, Any]]:
@@ -332,18 +345,11 @@ def copies_task(
 
 def _copy_digests(copy: dict[str, Any], settings: PixelSettings) -> dict[str, Any]:
     from radlake.dicom.identity import header_digest, pixels_digest
-    from radlake.dicom.sources import iter_members, read_bytes
 
     row = {k: copy[k] for k in ("sop_instance_uid", "path", "member", "content_sha256")}
     try:
-        data = read_bytes(copy["path"])
-        if copy["member"] is not None:
-            found = [
-                item for item in iter_members(copy["path"], data, max_member_bytes=settings.max_member_bytes)
-                if item.member == copy["member"] and item.error is None
-            ]  # fmt: skip
-            data = found[0].data if found else b""
-        if hashlib.sha256(data).hexdigest() != copy["content_sha256"]:
+        data = _stored_members(copy["path"], {copy["member"]}, settings).get(copy["member"])
+        if not _holds(data, copy["content_sha256"]):
             raise ValueError("the stored file no longer holds this copy")
         row["header_sha256"] = header_digest(data)
         row["pixels_sha256"] = pixels_digest(_encoded_frames(data, copy["transfer_syntax_uid"], settings))
