@@ -12,6 +12,9 @@ DEMO_STUDIES ?= 24
 # views to learn from on a CPU (end-to-end sensitivity at 1 FP per frame, 35 % and batches of 16: 0.36;
 # 70 % and batches of 8: 0.60).
 DEMO_NODE_FRACTION ?= 0.7
+# Extra options of `radlake demo`, e.g. DEMO_ARGS=--verbose: the libraries' and Spark's output on the terminal
+# instead of in .radlake/logs/.
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup check-prereqs demo test test-fast cluster-test connect-test bench lint clean clean-all
@@ -35,7 +38,7 @@ $(VENV)/share/radlake/jars/COORDINATE: $(VENV)/.radlake-installed
 	$(BIN)/radlake setup-jars
 
 demo: setup
-	$(BIN)/radlake demo --out $(DEMO_DIR) --studies $(DEMO_STUDIES) --set synth.node_fraction=$(DEMO_NODE_FRACTION)
+	$(BIN)/radlake demo --out $(DEMO_DIR) --studies $(DEMO_STUDIES) --set synth.node_fraction=$(DEMO_NODE_FRACTION) $(DEMO_ARGS)
 
 # --durations: the 15 slowest tests, printed at the end of every run.
 test: setup

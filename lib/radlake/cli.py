@@ -2,7 +2,9 @@
 
 Every subcommand takes ``--conf NAME|PATH`` and any number of ``--set key=value``;
 the configuration is loaded and validated before anything else runs, so a wrong key
-fails in a second with a message naming it. Errors in radlake's input
+fails in a second with a message naming it. A command prints radlake's own lines (steps,
+progress, its summary) and sends the libraries' warnings and logs and Spark's output to
+``<storage.root>/logs/`` (:mod:`radlake.console`); ``--verbose`` prints them. Errors in radlake's input
 (:class:`~radlake.errors.RadlakeError`) print one line and exit with status 2.
 SIGTERM and SIGINT stop a command cleanly (:mod:`radlake.stops`): the MLflow runs it
 opened end KILLED, and it prints one line and exits with 143 or 130.
@@ -23,6 +25,7 @@ from typing import Any
 
 from radlake import __version__
 from radlake.config import RadlakeConfig, config_as_yaml, load_config
+from radlake.console import Console, command_console, echo
 from radlake.errors import RadlakeError
 from radlake.stops import Stopped, handle_stops
 
@@ -48,6 +51,13 @@ def _common_options() -> argparse.ArgumentParser:
         default="local",
         metavar="NAME|PATH",
         help="configuration: local (default), dev, prod, or a YAML file path",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the libraries' warnings and logs, progress bars and Spark's output here, "
+        "not in the log file under <storage.root>/logs/",
     )
     common.add_argument(
         "--set",
@@ -426,20 +436,58 @@ def _add_setup_jars(sub: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the process exit status."""
+    """Run one command; returns the process exit status.
+
+    radlake's own lines go to the terminal and everything else to a log file
+    (:mod:`radlake.console`), except with ``--verbose``, on Databricks (its runtime owns the
+    process's output and logging) and for ``radlake config``.
+    """
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
-        with handle_stops():
-            overrides = list(args.overrides) + _flag_overrides(args)
-            config = load_config(args.conf, overrides=overrides)
-            return int(args.func(args, config) or 0)
+        overrides = list(args.overrides) + _flag_overrides(args)
+        config = load_config(args.conf, overrides=overrides)
+        with command_console(_log_root(args, config), verbose=args.verbose) as console:
+            if console.log_path is not None:
+                console.line(
+                    f"radlake {args.command}: log file {_shown_path(console.log_path)} "
+                    "(warnings, library and Spark logs; --verbose prints them here)"
+                )
+            return _run(args, config, console)
     except RadlakeError as exc:
         print(f"radlake {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Stopped as stop:
         print(f"radlake {args.command}: {stop}; any MLflow run it had open ended KILLED", file=sys.stderr)
         return stop.exit_code
+
+
+def _run(args: argparse.Namespace, config: RadlakeConfig, console: Console) -> int:
+    """The command, stopped cleanly by SIGTERM and SIGINT; an unexpected error names the log before its traceback."""
+    try:
+        with handle_stops():
+            return int(args.func(args, config) or 0)
+    except Exception as exc:
+        if console.log_path is not None and not isinstance(exc, RadlakeError):
+            console.line(f"radlake {args.command}: failed; the log file {_shown_path(console.log_path)} has the rest")
+        raise
+
+
+def _log_root(args: argparse.Namespace, config: RadlakeConfig) -> Path | None:
+    """Where the command's log file goes (``<storage.root>``), or None: output left where it is."""
+    from radlake.spark import on_databricks
+
+    if args.command == "config" or on_databricks():
+        return None
+    return config.storage.root_dir
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -459,7 +507,7 @@ def _cmd_synth(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.synth.archive import generate_archive
 
     summary = generate_archive(args.out, config.synth, workers=args.workers)
-    print(
+    echo(
         f"Wrote {summary.n_files} DICOM instances for {summary.n_studies} studies "
         f"({summary.n_zip_files} zip files) to {summary.out_dir}; labels: {summary.labels_path}"
     )
@@ -471,7 +519,7 @@ def _cmd_ingest(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.spark import get_spark
 
     summary = run_ingest(get_spark(config), config, archive=args.archive)
-    print(json.dumps(summary.as_dict(), indent=2))
+    echo(json.dumps(summary.as_dict(), indent=2))
     _write_summary_json(args.summary_json, summary)
     return 0
 
@@ -483,9 +531,9 @@ def _cmd_labels_import(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
     labels, splits = import_labels_and_split(get_spark(config), config, args.file)
     for rejected in labels.rejections:
-        print(f"rejected {rejected.item}: {rejected.reason}", file=sys.stderr)
+        echo(f"rejected {rejected.item}: {rejected.reason}", err=True)
     summaries = {"labels": labels.as_dict(), "splits": splits.as_dict()}
-    print(json.dumps(summaries, indent=2))
+    echo(json.dumps(summaries, indent=2))
     _write_summary_json(args.summary_json, summaries)
     return 0
 
@@ -495,7 +543,7 @@ def _cmd_labels_split(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.spark import get_spark
 
     summary = assign_splits(get_spark(config), config, force=args.force)
-    print(json.dumps(summary.as_dict(), indent=2))
+    echo(json.dumps(summary.as_dict(), indent=2))
     return 0
 
 
@@ -512,7 +560,7 @@ def _cmd_train(args: argparse.Namespace, config: RadlakeConfig) -> int:
     summary = {"train": result.as_dict()}
     if not args.no_register:
         summary["registry"] = register_and_promote(config, stage, result.run_id).as_dict()
-    print(json.dumps(summary, indent=2))
+    echo(json.dumps(summary, indent=2))
     _write_summary_json(args.summary_json, summary)
     return 0
 
@@ -540,7 +588,7 @@ def _cmd_sweep(args: argparse.Namespace, config: RadlakeConfig) -> int:
         register=not args.no_register,
     )
     summary = {k: v for k, v in result.as_dict().items() if k != "leaderboard"}
-    print(json.dumps(summary, indent=2))
+    echo(json.dumps(summary, indent=2))
     _write_summary_json(args.summary_json, result)
     return 0
 
@@ -550,9 +598,9 @@ def _cmd_runs(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
     frame, metric = experiment_leaderboard(config, args.experiment, metric=args.metric, top=args.top)
     if args.json:
-        print(frame.to_json(orient="records", indent=2))
+        echo(frame.to_json(orient="records", indent=2))
     else:
-        print(format_leaderboard(frame, metric))
+        echo(format_leaderboard(frame, metric))
     return 0
 
 
@@ -561,8 +609,8 @@ def _cmd_reproduce(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.train.reproduce import reproduce
 
     result = reproduce(get_spark(config), config, args.run_id)
-    print(f"run {result.original_run_id} reproduced as {result.new_run_id} (tolerance {result.tolerance}):")
-    print(result.table())
+    echo(f"run {result.original_run_id} reproduced as {result.new_run_id} (tolerance {result.tolerance}):")
+    echo(result.table())
     return 0 if not result.mismatched else 1
 
 
@@ -570,7 +618,7 @@ def _cmd_promote(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.registry.promote import register_and_promote
     from radlake.train.run import get_stage
 
-    print(json.dumps(register_and_promote(config, get_stage(args.detector), args.run_id).as_dict(), indent=2))
+    echo(json.dumps(register_and_promote(config, get_stage(args.detector), args.run_id).as_dict(), indent=2))
     return 0
 
 
@@ -578,7 +626,7 @@ def _cmd_crops(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.data.crops import make_crops
     from radlake.spark import get_spark
 
-    print(json.dumps(make_crops(get_spark(config), config, vertebra_model=args.vertebra_model).as_dict(), indent=2))
+    echo(json.dumps(make_crops(get_spark(config), config, vertebra_model=args.vertebra_model).as_dict(), indent=2))
     return 0
 
 
@@ -591,7 +639,7 @@ def _cmd_score(args: argparse.Namespace, config: RadlakeConfig) -> int:
     summary = score_archive(
         get_spark(config), config, vertebra_model=args.vertebra_model, schmorl_model=args.schmorl_model
     )
-    print(format_summary(summary))
+    echo(format_summary(summary))
     _write_summary_json(args.summary_json, summary)
     return 0
 
@@ -611,7 +659,7 @@ def _cmd_evaluate(args: argparse.Namespace, config: RadlakeConfig) -> int:
         schmorl_model=args.schmorl_model,
         root=args.root,
     )
-    print(format_summary(summary))
+    echo(format_summary(summary))
     _write_summary_json(args.summary_json, summary)
     return 0
 
@@ -621,7 +669,7 @@ def _cmd_export_sr(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.spark import get_spark
 
     summary = export_sr(get_spark(config), config, out_dir=args.out, study_uid=args.study)
-    print(json.dumps(summary.as_dict(), indent=2, default=str))
+    echo(json.dumps(summary.as_dict(), indent=2, default=str))
     return 0
 
 
@@ -632,21 +680,22 @@ def _cmd_review(args: argparse.Namespace, config: RadlakeConfig) -> int:
     summary = write_review(
         get_spark(config), config, study_uid=args.study, out_dir=args.out, max_slices=args.max_slices
     )
-    print(json.dumps(summary.as_dict(), indent=2, default=str))
+    echo(json.dumps(summary.as_dict(), indent=2, default=str))
     return 0
 
 
 def _cmd_pipeline(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
     from radlake.spark import get_spark
-    from radlake.workflow.pipeline import parse_steps, run_pipeline
+    from radlake.workflow.pipeline import parse_steps, run_pipeline, steps_table
 
     steps = parse_steps(args.steps)  # an unknown step fails before Spark starts
     keys = ("archive", "labels_file", "vertebra_run_id", "vertebra_model", "schmorl_run_id", "schmorl_model")
     inputs = {k: getattr(args, k) for k in keys if getattr(args, k)}
     result = run_pipeline(get_spark(config), config, steps=steps, inputs=inputs)
-    print(_summary_text(result))
+    echo(_summary_text(result))
     _write_summary_json(args.summary_json, result)
+    echo(steps_table(result), err=True)
     return 0
 
 
@@ -656,7 +705,7 @@ def _cmd_cache_clean(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
     older = args.older_than_days * 86400 if args.older_than_days is not None else None
     removed = clean_cache(cache_dir(config), older_than_seconds=older)
-    print(f"removed {len(removed)} cache entries from {cache_dir(config)}")
+    echo(f"removed {len(removed)} cache entries from {cache_dir(config)}")
     return 0
 
 
@@ -675,22 +724,22 @@ def _cmd_tables(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
     statuses = list_tables(get_spark(config), config)
     if args.json:
-        print(json.dumps([asdict(s) for s in statuses], indent=2))
+        echo(json.dumps([asdict(s) for s in statuses], indent=2))
         return 0
     width = max([len("table"), *(len(s.table) for s in statuses)])
-    print(f"{'table':<{width}} {'version':>7} {'rows':>9}  location")
+    echo(f"{'table':<{width}} {'version':>7} {'rows':>9}  location")
     for s in statuses:
         version = "-" if s.version is None else str(s.version)
         rows = "-" if s.rows is None else str(s.rows)
-        print(f"{s.table:<{width}} {version:>7} {rows:>9}  {s.location}")
+        echo(f"{s.table:<{width}} {version:>7} {rows:>9}  {s.location}")
     return 0
 
 
 def _cmd_config(args: argparse.Namespace, config: RadlakeConfig) -> int:
     if args.json:
-        print(config.model_dump_json(indent=2, by_alias=True))
+        echo(config.model_dump_json(indent=2, by_alias=True))
     else:
-        print(config_as_yaml(config), end="")
+        echo(config_as_yaml(config), end="")
     return 0
 
 
@@ -700,20 +749,20 @@ def _cmd_setup_jars(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.workflow.class_archive import build_class_archive
 
     jars = fetch_delta_jars(config.spark.resolved_jars_dir)
-    print(f"{delta_maven_coordinate()}: {len(jars)} jars in {config.spark.resolved_jars_dir}")
+    echo(f"{delta_maven_coordinate()}: {len(jars)} jars in {config.spark.resolved_jars_dir}")
     if not config.spark.class_archive:
         return 0
     started = time.perf_counter()
     try:
         archive = build_class_archive(config)
     except SetupError as exc:  # an optimisation only: sessions start without it
-        print(f"JVM class archive not built: {exc}. Spark sessions start without it.")
+        echo(f"JVM class archive not built: {exc}. Spark sessions start without it.")
         return 0
     if archive is None:
-        print("JVM class archive not built: no Java found.")
+        echo("JVM class archive not built: no Java found.")
     else:
         size_mb = archive.stat().st_size / 2**20
-        print(f"JVM class archive: {archive} ({size_mb:.0f} MB, {time.perf_counter() - started:.0f} s)")
+        echo(f"JVM class archive: {archive} ({size_mb:.0f} MB, {time.perf_counter() - started:.0f} s)")
     return 0
 
 

@@ -47,11 +47,13 @@ import shutil
 import sys
 import tempfile
 import urllib.request
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 from xml.etree import ElementTree
 
+from radlake.console import say
 from radlake.errors import SetupError
 
 if TYPE_CHECKING:
@@ -221,6 +223,7 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
     archive = class_archive_path(sc.resolved_jars_dir, jars) if sc.class_archive else None
     if archive is not None and archive.is_file():
         java_options += f" -XX:SharedArchiveFile={archive}"
+    say("spark: starting a local session (%s, driver memory %s)", sc.master, sc.driver_memory)
     builder = (
         SparkSession.builder.master(sc.master)
         .appName("radlake")
@@ -550,3 +553,32 @@ def jvm_process(spark: SparkSession):
     from pyspark import SparkContext
 
     return SparkContext._gateway.proc
+
+
+@contextmanager
+def task_progress(spark: SparkSession, what: str, detail: str = "") -> Iterator[None]:
+    """A progress figure of the Spark tasks that run while the block does: ``<what>: <done>/<total> tasks``.
+
+    Only under a command's console (:func:`radlake.console.active`) and on a classic session
+    (Spark Connect has no status tracker here); otherwise the block just runs. The figure
+    is the running stages' tasks, read every 2 s from the status tracker; ``detail``
+    (e.g. ``"132 files"``) says what the tasks hold.
+    """
+    from radlake import console
+
+    if not console.active() or is_connect(spark):
+        yield
+        return
+    tracker = spark.sparkContext.statusTracker()
+    progress = console.Progress(what, unit="tasks")
+    shown: list[tuple[int, int]] = []
+
+    def report() -> None:
+        stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+        figure = (sum(s.numCompletedTasks for s in stages if s), sum(s.numTasks for s in stages if s))
+        if figure[0] and figure not in shown[-1:]:  # a new figure, once some task has finished
+            shown.append(figure)
+            progress.update(*figure, detail)
+
+    with console.polling(report):
+        yield

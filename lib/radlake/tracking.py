@@ -128,7 +128,11 @@ def log_table_input(config: RadlakeConfig, table: Table, version: int, *, contex
 
     ref = table_ref(config, table)
     kwargs = {"table_name": ref.name} if ref.name else {"path": ref.path}
-    with warnings.catch_warnings():  # MLflow's hint about integer columns in the schema: not actionable here
-        warnings.simplefilter("ignore", UserWarning)
+    # MLflow infers the dataset's schema (a cached property) when the dataset is made and again when it is
+    # logged, each time with a hint meant for model signatures: integer columns cannot hold missing values
+    # at inference. A table's schema is a record, not a model's input, so the hint is not for it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         dataset = mlflow.data.load_delta(**kwargs, version=version, name=f"{table.value}@v{version}")
+        _ = dataset.schema  # inferred once, here; log_input reads the cached value
     mlflow.log_input(dataset, context=context, tags={"table": table.value, "version": str(version)})

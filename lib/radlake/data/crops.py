@@ -34,6 +34,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from radlake.config import RadlakeConfig
+from radlake.console import say
 from radlake.data.schema import VERTEBRA_CROPS
 from radlake.data.view import NoTrainingDataError
 from radlake.tables import Table, table_ref
@@ -222,7 +223,7 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
         If ``images`` or ``annotations`` does not exist, or no frame is labelled.
     """
     from radlake.models.resolve import resolve_model_uri
-    from radlake.spark import persist, unpersist
+    from radlake.spark import persist, task_progress, unpersist
     from radlake.tracking import configure_mlflow
 
     started = time.perf_counter()
@@ -283,7 +284,9 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
         crops = work.mapInArrow(cut, CROP_RESULT)
         new = crops if new is None else new.unionByName(crops)
     columns = [f.name for f in VERTEBRA_CROPS.fields]
-    ref.append(new.withColumns(run_columns).select(*columns))
+    say("crops: %s labelled frames, boxes from %s (%s)", f"{n_frames:,}", " and ".join(sources), model.uri)
+    with task_progress(spark, "crops", f"{n_frames:,} frames"):
+        ref.append(new.withColumns(run_columns).select(*columns))
     for _, boxes in parts:
         unpersist(boxes)
     written = ref.read(spark).where(F.col("crops_run_id") == run_id)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from radlake.config import RadlakeConfig
+from radlake.console import say
 from radlake.data.schema import SPLITS
 from radlake.errors import RadlakeError
 from radlake.tables import Table, table_ref
@@ -321,5 +322,7 @@ def import_labels_and_split(spark: SparkSession, config: RadlakeConfig, file=Non
     from radlake.data.labels import import_labels
 
     check_split_seed(spark, config)
+    say("labels: importing %s", file or config.labels.file)
     labels = import_labels(spark, config, file)
+    say("labels: assigning train / val / test to new studies")
     return labels, assign_splits(spark, config)

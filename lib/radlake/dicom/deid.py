@@ -75,6 +75,7 @@ from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from radlake.console import RadlakeWarning
 from radlake.errors import RadlakeError
 
 #: Hex digits of the PatientID pseudonym (128 bits; PatientID is LO, up to 64 characters).
@@ -402,7 +403,7 @@ class Deidentifier:
         warnings.warn(
             f"{var} is not set: de-identifying with radlake's PUBLIC development key. Anyone can recompute "
             "these pseudonyms and date shifts; never use it for patient data.",
-            UserWarning,
+            RadlakeWarning,
             stacklevel=2,
         )
         return cls(DEVELOPMENT_KEY, **options)

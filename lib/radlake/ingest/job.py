@@ -43,7 +43,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +54,7 @@ from pyspark.sql import functions as F
 
 from radlake import __version__
 from radlake.config import RadlakeConfig
+from radlake.console import say, warn
 from radlake.dicom.pixels import decode_cost
 from radlake.errors import ConfigError
 from radlake.ingest import schema as S
@@ -68,6 +68,7 @@ from radlake.spark import (
     map_task_lists,
     on_databricks,
     persist,
+    task_progress,
     unpersist,
 )
 from radlake.tables import Table, table_ref
@@ -140,10 +141,10 @@ def resolve_deid_key(config: RadlakeConfig) -> bytes | None:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(os.urandom(32).hex())
-        warnings.warn(
-            f"{deid.key_env} is not set: created a local pseudonymisation key in {key_file}. "
-            f"Set {deid.key_env} to share pseudonyms between machines.",
-            stacklevel=2,
+        warn(
+            f"{deid.key_env} is not set, so radlake created a local de-identification key in {key_file} "
+            f"(pseudonyms made with it differ from another machine's). To share pseudonyms, set {deid.key_env} "
+            "to the same secret everywhere."
         )
     return key_file.read_text().strip().encode()
 
@@ -171,17 +172,29 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
         If a local archive path does not exist.
     """
     run = _open_run(spark, config, archive or config.ingest.archive)
+    say("ingest: listing %s", run.archive)
     listed = list_archive(spark, run.archive)
     files = (
         listed if run.created[Table.INGEST_FILES] else unseen_files(listed, run.refs[Table.INGEST_FILES].read(spark))
     )
     run.phase("list")
+    say("ingest: %s files, %s of them new or changed", f"{len(listed):,}", f"{len(files):,}")
     if not files:  # the ledger is written last, so a complete ledger means nothing is left to do
         run.tables_made()
         return run.summary(files_seen=len(listed), files_ingested=0, series=run.refs[Table.SERIES].read(spark).count())
-    headers = _header_pass(run, files)
+    with task_progress(spark, "ingest: header pass", f"{len(files):,} files"):
+        headers = _header_pass(run, files)
+    n = headers.counts
+    say(
+        "ingest: headers read: %d new instances, %d unchanged, %d duplicates, %d quarantined",
+        n["new"],
+        n["unchanged"],
+        n["duplicate"],
+        n["quarantined"],
+    )
     rows = _header_rows(run, headers)
-    stored = _store_and_decode(run, headers, rows)
+    with task_progress(spark, "ingest: commits and pixel pass"):
+        stored = _store_and_decode(run, headers, rows)
     n_pixel_failures = _quarantine_pixel_failures(run, stored.pixel_failures)
     n_series = stored.n_stacks if run.created[Table.SERIES] else run.refs[Table.SERIES].read(spark).count()
     if not run.created[Table.IMAGES]:  # this run's images have their index from ``all_series``; older ones may move
@@ -192,7 +205,6 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     unpersist(headers.classified)
     unpersist(headers.results)
     headers.release_files()
-    n = headers.counts
     return run.summary(
         files_seen=len(listed),
         files_ingested=len(files),
@@ -527,6 +539,7 @@ def _store_and_decode(run: _IngestRun, headers: _Headers, rows: _HeaderRows) -> 
             older = run.stored(Table.SERIES).join(keys, "series_key", "left_semi").select("series_key", "slices")
             stack_slices += older.collect()
         _add_slice_indices(records, stack_slices)
+        say("ingest: decoding the pixels of %s instances", f"{len(records):,}")
         new_images, pixel_failures = _pixel_stage(
             spark, run.config, run.refs, run.run_columns, run.run_id, records, all_instances
         )

@@ -23,6 +23,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from radlake.config import RadlakeConfig
+from radlake.console import say, warn
 
 if TYPE_CHECKING:
     from radlake.train.run import Detector
@@ -85,8 +86,20 @@ def floor_failures(metrics: dict[str, float], floors: dict[str, float]) -> list[
     return failed
 
 
+def logged_model_uri(client: mlflow.MlflowClient, run) -> str:
+    """``models:/<model id>`` of the model ``model`` that ``run`` logged, else ``runs:/<run id>/model``.
+
+    An MLflow 3 model lives outside its run's artifacts: registering ``runs:/<run>/model`` finds it
+    all the same, with a warning that it did so.
+    """
+    for output in getattr(run.outputs, "model_outputs", None) or []:
+        if client.get_logged_model(output.model_id).name == "model":
+            return f"models:/{output.model_id}"
+    return f"runs:/{run.info.run_id}/model"
+
+
 def register_and_promote(config: RadlakeConfig, stage: Detector, run_id: str) -> PromotionSummary:
-    """Register ``runs:/<run_id>/model`` under ``models.<detector>``, alias it, promote it if it beats the champion."""
+    """Register the model run ``run_id`` logged under ``models.<detector>``, alias it, promote it if it beats the champion."""
     from radlake.tracking import configure_mlflow, detector_experiment
 
     configure_mlflow(config, detector_experiment(config, stage.name))
@@ -97,7 +110,7 @@ def register_and_promote(config: RadlakeConfig, stage: Detector, run_id: str) ->
     challenger = {k: run.data.metrics[f"test_{k}"] for k in keys if f"test_{k}" in run.data.metrics}
     # The upstream inputs a run recorded (the vertebra model behind a Schmorl's model) follow it into the registry.
     upstream = {k: v for k, v in run.data.tags.items() if k.startswith("radlake.vertebra_model")}
-    mv = mlflow.register_model(f"runs:/{run_id}/model", name, tags={"radlake.detector": stage.name, **upstream})
+    mv = mlflow.register_model(logged_model_uri(client, run), name, tags={"radlake.detector": stage.name, **upstream})
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     current = _champion(client, name)
     champion_metrics = None
@@ -136,6 +149,10 @@ def register_and_promote(config: RadlakeConfig, stage: Detector, run_id: str) ->
         f"{'Promoted to champion' if promoted else 'Kept as challenger'}: {reason}."
     )
     client.update_model_version(name, mv.version, description=description)
+    if promoted:
+        say("registry: %s version %s is the champion now (%s)", name, mv.version, reason)
+    else:
+        warn(f"{name} version {mv.version} was registered as challenger but not promoted to champion: {reason}.")
     return PromotionSummary(
         model_name=name,
         version=str(mv.version),

@@ -52,12 +52,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType
 
 from radlake.config import RadlakeConfig
+from radlake.console import say
 from radlake.errors import RadlakeError
 from radlake.score.executors import SCORE_CROP, cut_scoring_crops
 from radlake.score.findings import findings_summary, update_study_findings
 from radlake.score.pair import CheckedModel, check_models, thresholded_detections
 from radlake.score.schema import MODEL_PAIR_KEYS, PREDICTIONS, STUDY_FINDINGS, model_pair_filter
 from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
+from radlake.spark import task_progress
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import QuarantineStage
 
@@ -195,7 +197,12 @@ def score_archive(
             plan.by_reason["ok"] = (
                 plan.todo.count()
             )  # before the MERGE: frames scored again with their stack count here
-            _score_frames(spark, config, plan.todo, *checked, run_id)
+            frames = f"{plan.by_reason['ok']:,} frames"
+            say("score: %s to score with %s and %s", frames, vertebra.uri, schmorl.uri)
+            with task_progress(spark, "score", frames):
+                _score_frames(spark, config, plan.todo, *checked, run_id)
+        else:
+            say("score: every frame is already scored by %s and %s", vertebra.uri, schmorl.uri)
         summary = _summarize(spark, config, plan, checked, run_id, started)
         _log_score_metrics(summary)
         mlflow.log_dict(summary.as_dict(), "score/summary.json")

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from radlake import __version__
+from radlake.console import Progress
 from radlake.errors import RadlakeError
 from radlake.synth.acquisition import BiasField, acquire, rose_visible, sample_bias, to_stored
 from radlake.synth.anatomy import Fracture, Spine, sample_spine
@@ -447,12 +448,18 @@ def generate_archive(out_dir: str | os.PathLike[str], config: SynthConfig, *, wo
 
     zipped = _zipped_studies(config)
     tasks = [(config, i, i in zipped, str(out)) for i in range(config.studies)]
+    progress = Progress(f"synth: writing {out}", total=config.studies, unit="studies")
+    results = []
     if workers == 1 or config.studies == 1:
-        results = [_run_one(t) for t in tasks]
+        for task in tasks:
+            results.append(_run_one(task))
+            progress.update(len(results))
     else:
         context = _process_context()
         with ProcessPoolExecutor(max_workers=min(workers, config.studies), mp_context=context) as pool:
-            results = list(pool.map(_run_one, tasks, chunksize=1))
+            for result in pool.map(_run_one, tasks, chunksize=1):
+                results.append(result)
+                progress.update(len(results))
 
     images: dict[str, Any] = {}
     studies: dict[str, Any] = {}

@@ -33,6 +33,7 @@ import mlflow
 
 import radlake
 from radlake.config import RadlakeConfig, config_as_yaml
+from radlake.console import Progress, polling, say
 from radlake.data.view import (
     IMAGE_COLUMNS,
     SPLITS,
@@ -353,6 +354,7 @@ def train_detector(
     experiment_id = (
         parent.info.experiment_id if parent else configure_mlflow(config, detector_experiment(config, detector))
     )
+    say("train %s: pinning the tables and caching the training views", detector)
     data = prepare_training_data(spark, config, detector, versions=versions)
     config, pinned = data.config, data.pinned
     settings = getattr(config.train, detector)
@@ -366,15 +368,28 @@ def train_detector(
         distributor = TorchDistributor(
             num_processes=settings.num_processes, local_mode=settings.local_mode, use_gpu=settings.use_gpu
         )
-        distributor.run(train_worker, worker_settings(config, data, run.info.run_id))
         run_id = run.info.run_id
+        say(
+            "train %s: run %s, %s frames (train / val / test: %s), up to %d epochs on %d processes",
+            detector,
+            run_id,
+            f"{sum(data.sizes.values()):,}",
+            " / ".join(f"{data.sizes.get(s, 0):,}" for s in ("train", "val", "test")),
+            settings.epochs,
+            settings.num_processes,
+        )
+        with polling(epoch_progress(f"train {detector}", run_id, settings.epochs), every_s=5):
+            distributor.run(train_worker, worker_settings(config, data, run_id))
         if "test_map_50" not in mlflow.MlflowClient().get_run(run_id).data.metrics:
             raise RuntimeError(
-                f"Training run {run_id} ended without test metrics: a training process failed (see its log above)"
+                f"Training run {run_id} ended without test metrics: a training process failed (see its log)"
             )
         if stage.evaluate is not None:
+            say("train %s: end-to-end evaluation on the test split", detector)
             mlflow.log_metrics(stage.evaluate(spark, config, pinned, f"runs:/{run_id}/model"))
     finished = mlflow.MlflowClient().get_run(run_id)
+    epochs = int(finished.data.metrics.get("epochs_completed", 0))
+    say("train %s: %d epochs, stopped by %s", detector, epochs, finished.data.tags.get("radlake.stopped_by", "?"))
     return TrainSummary(
         detector=detector,
         run_id=run_id,
@@ -383,6 +398,22 @@ def train_detector(
         data_versions=pinned,
         metrics=dict(finished.data.metrics),
     )
+
+
+def epoch_progress(what: str, run_id: str, epochs: int) -> Callable[[], None]:
+    """A progress report of run ``run_id``'s epochs (its ``train_loss`` history), for :func:`radlake.console.polling`."""
+    client = mlflow.MlflowClient()
+    progress = Progress(what, total=epochs, unit="epochs")
+    shown = {"epochs": 0}
+
+    def report() -> None:
+        history = client.get_metric_history(run_id, "train_loss")
+        if history and len(history) != shown["epochs"]:
+            shown["epochs"] = len(history)
+            last = max(history, key=lambda m: m.step)
+            progress.update(last.step + 1, detail=f"train loss {last.value:.3f}")
+
+    return report
 
 
 def log_dataset_inputs(spark: SparkSession, config: RadlakeConfig, stage: Detector, pinned: Mapping[str, int]) -> None:

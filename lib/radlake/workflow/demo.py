@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from radlake.config import RadlakeConfig
+from radlake.console import echo, say, table
 from radlake.tracking import ui_command
 
 _SCHMORL_SHOWN = (
@@ -44,30 +45,77 @@ def _archive_matches(out: Path, config: RadlakeConfig) -> bool:
 
 
 def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> None:
-    """Write (or reuse) the synthetic archive, ingest it, and print where everything is."""
+    """Write (or reuse) the synthetic archive, run the pipeline and the checks, and print where everything is."""
     from radlake.spark import get_spark
     from radlake.synth.archive import generate_archive
     from radlake.tables import list_tables
 
     out = Path(out)
     t0 = time.perf_counter()
+    timings: list[list] = []
     if _archive_matches(out, config):
-        print(f"[demo] reusing the synthetic archive in {out}")
+        echo(f"[demo] reusing the synthetic archive in {out}")
     else:
         if out.exists():
             raise SystemExit(f"[demo] {out} exists but is not this configuration's archive; remove it or pick --out")
+        say("demo: writing a synthetic archive of %d studies to %s", config.synth.studies, out)
         summary = generate_archive(out, config.synth, workers=workers)
-        print(
+        timings.append(["synthetic archive", round(summary.seconds, 1), f"{summary.n_files} DICOM instances"])
+        echo(
             f"[demo] wrote {summary.n_files} DICOM instances ({summary.n_studies} studies) to {out} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
     from radlake.workflow.pipeline import run_pipeline
 
+    say("demo: starting Spark")
     spark = get_spark(config)
     result = run_pipeline(spark, config, inputs={"archive": str(out), "labels_file": str(out / "labels.json")})
     steps = {s["step"]: s for s in result.steps}
-    print("[demo] ingest:", json.dumps(_brief(steps["ingest"]["details"]["ingest"]), indent=2))
-    print("[demo] labels:", json.dumps(_brief(steps["labels"]["details"]["labels"]), indent=2))
+    timings += [[f"pipeline: {s['step']}", s["seconds"], _step_note(s)] for s in result.steps]
+    _pipeline_report(config, result, steps)
+    started = time.perf_counter()
+    _held_out_check(spark, config, out, result, workers=workers)
+    timings.append(["held-out evaluation", round(time.perf_counter() - started, 1), "both champions"])
+    started = time.perf_counter()
+    _findings(spark, config, steps["score"]["details"]["score"])
+    timings.append(["SR export and review PNGs", round(time.perf_counter() - started, 1), ""])
+    echo("[demo] tables:")
+    for status in list_tables(spark, config):
+        echo(f"    {status.table:<14} version {status.version!s:>4}  rows {status.rows!s:>7}  {status.location}")
+    echo(f"[demo] archive and labels: {out.resolve()} (labels.json)")
+    echo("[demo] list the tables again: .venv/bin/radlake tables")
+    echo(f"[demo] load the champions: mlflow.pyfunc.load_model('models:/{config.models.vertebra}@champion')")
+    echo(f"                           mlflow.pyfunc.load_model('models:/{config.models.schmorl}@champion')")
+    echo(f"[demo] MLflow UI: .venv/bin/{ui_command(config)}  then open http://127.0.0.1:5000")
+    echo("[demo] steps:")
+    for line in table(timings, ["step", "seconds", "what"]).splitlines():
+        echo(f"    {line}")
+    echo(f"[demo] done in {time.perf_counter() - t0:.0f} s")
+
+
+def _step_note(step: dict) -> str:
+    """A pipeline step in a few words for the demo's table of steps."""
+    details = step["details"]
+    if step["step"] == "ingest":
+        return f"{details['ingest']['new_instances']} new instances, {details['ingest']['new_images']} frames"
+    if step["step"] == "labels":
+        return f"{details['labels'].get('inserted', 0)} boxes"
+    if step["step"].startswith("train_"):
+        return f"run {details['run_id']}"
+    if step["step"].startswith("promote_"):
+        registry = details["registry"]
+        return f"version {registry['version']}, {'champion' if registry['promoted'] else 'not promoted'}"
+    if step["step"] == "crops":
+        return f"{details['crops']['new_crops']} crops"
+    if step["step"] == "score":
+        return f"{details['score'].get('frames_scored', '')} frames scored".strip()
+    return ""
+
+
+def _pipeline_report(config: RadlakeConfig, result, steps: dict) -> None:
+    """What the pipeline made: ingest and labels summaries, both detectors' test metrics and registry verdicts."""
+    echo("[demo] ingest: " + json.dumps(_brief(steps["ingest"]["details"]["ingest"]), indent=2))
+    echo("[demo] labels: " + json.dumps(_brief(steps["labels"]["details"]["labels"]), indent=2))
     for detector, wanted in (
         (
             "vertebra",
@@ -87,26 +135,16 @@ def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> Non
         metrics = train["details"]["metrics"]
         shown = {k: round(metrics[k], 4) for k in wanted if k in metrics}
         registry = promote["details"]["registry"]
-        print(f"[demo] {detector}: run {train['outputs'][f'{detector}_run_id']} trained in {train['seconds']:.0f} s")
-        print(f"[demo] {detector} test metrics:", json.dumps(shown))
-        print(f"[demo] registered {registry['model_name']} version {registry['version']}: {registry['reason']}")
+        verdict = "champion" if registry["promoted"] else "challenger, not promoted (the warning above says why)"
+        echo(f"[demo] {detector}: run {train['outputs'][f'{detector}_run_id']} trained in {train['seconds']:.0f} s")
+        echo(f"[demo] {detector} test metrics: " + json.dumps(shown))
+        echo(f"[demo] registered {registry['model_name']} version {registry['version']}: {verdict}")
     crops = steps["crops"]["details"]["crops"]
-    print(
+    echo(
         f"[demo] crops: {crops['new_crops']} new ({crops['crops_with_nodes']} with nodes) behind "
         f"{crops['vertebra_model']['uri']}"
     )
-    print(f"[demo] pipeline parent run {result.parent_run_id} (experiment {config.mlflow.experiment})")
-    _held_out_check(spark, config, out, result, workers=workers)
-    _findings(spark, config, steps["score"]["details"]["score"])
-    print("[demo] tables:")
-    for status in list_tables(spark, config):
-        print(f"    {status.table:<14} version {status.version!s:>4}  rows {status.rows!s:>7}  {status.location}")
-    print(f"[demo] archive and labels: {out.resolve()} (labels.json)")
-    print("[demo] list the tables again: .venv/bin/radlake tables")
-    print(f"[demo] load the champions: mlflow.pyfunc.load_model('models:/{config.models.vertebra}@champion')")
-    print(f"                           mlflow.pyfunc.load_model('models:/{config.models.schmorl}@champion')")
-    print(f"[demo] MLflow UI: .venv/bin/{ui_command(config)}  then open http://127.0.0.1:5000")
-    print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
+    echo(f"[demo] pipeline parent run {result.parent_run_id} (experiment {config.mlflow.experiment})")
 
 
 #: Studies of the held-out archive, how its seed differs from the demo's, and its matrix: a seed and a
@@ -137,7 +175,9 @@ def _held_out_check(spark, config: RadlakeConfig, out: Path, result, *, workers:
     if not _archive_matches(archive, held_config):
         if archive.exists():
             raise SystemExit(f"[demo] {archive} exists but is not the held-out archive; remove it")
+        say("demo: writing a held-out archive of %d studies to %s", synth.studies, archive)
         generate_archive(archive, synth, workers=workers)
+    say("demo: evaluating both champions on the held-out archive")
     summary = evaluate_models(
         spark,
         config,
@@ -154,12 +194,12 @@ def _held_out_check(spark, config: RadlakeConfig, out: Path, result, *, workers:
         metrics=[mlflow.entities.Metric(f"heldout_{k}", float(v), now, 0) for k, v in summary.metrics.items()],
     )
     client.set_tag(result.parent_run_id, "radlake.heldout_evaluation_run", summary.run_id)
-    print(
+    echo(
         f"[demo] held-out archive (seed {synth.seed}, {synth.studies} studies, {synth.image_size} px), "
         f"`radlake evaluate` of both champions (MLflow run {summary.run_id}):"
     )
     for line in bar_lines(summary.metrics):
-        print(f"[demo]   {line}")
+        echo(f"[demo]   {line}")
 
 
 def _findings(spark, config: RadlakeConfig, score: dict) -> None:
@@ -170,19 +210,21 @@ def _findings(spark, config: RadlakeConfig, score: dict) -> None:
     from radlake.score.sr import export_sr
 
     summary = ScoreSummary(**score)
-    print("[demo] findings:")
+    echo("[demo] findings:")
     for line in format_summary(summary).splitlines():
-        print(f"[demo]   {line}")
+        echo(f"[demo]   {line}")
     pair = (summary.vertebra_model["uri"], summary.schmorl_model["uri"])
+    say("demo: exporting the findings as DICOM SR")
     sr = export_sr(spark, config, model_pair=pair)
-    print(
+    echo(
         f"[demo] DICOM SR (TID 1500): {len(sr.files)} files ({sr.measurement_groups} measurement groups) in {sr.out_dir}"
     )
     if summary.findings:
         study = summary.findings[0]["study_instance_uid"]
         out = config.storage.work_dir / "review" / study
+        say("demo: review PNGs of study %s", study)
         review = write_review(spark, config, study_uid=study, out_dir=out, model_pair=pair)
-        print(f"[demo] review PNGs of study {study} (strongest finding): {len(review.files)} slices in {out}")
+        echo(f"[demo] review PNGs of study {study} (strongest finding): {len(review.files)} slices in {out}")
 
 
 def _brief(summary: dict, limit: int = 5) -> dict:

@@ -64,6 +64,9 @@ def level_confusion(vertebrae: list[ImageResult]) -> Figure:
     for t, p in pairs:
         matrix[used.index(t), columns.index(p)] += 1
     fig, ax = plt.subplots(figsize=(1 + 0.45 * len(columns), 1 + 0.4 * max(1, len(used))))
+    if not used:  # no vertebra found: an image of no rows has no extent to draw (matplotlib warns)
+        ax.text(0.5, 0.5, "none found", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+        matrix = np.zeros((1, len(columns)), dtype=np.int64)
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         if value:

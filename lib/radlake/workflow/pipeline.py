@@ -31,7 +31,6 @@ step's run end KILLED (:mod:`radlake.stops`).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +40,8 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from radlake.config import RadlakeConfig
+from radlake.console import say
+from radlake.console import table as text_table
 from radlake.errors import ConfigError, RadlakeError
 from radlake.tables import Table, table_ref
 from radlake.tracking import configure_mlflow, run_scope
@@ -222,9 +223,12 @@ def run_pipeline(
     *,
     steps: Sequence[str] | None = None,
     inputs: Mapping[str, str] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> PipelineSummary:
-    """Run ``steps`` (default all) under one parent MLflow run; see the module docstring."""
+    """Run ``steps`` (default all) under one parent MLflow run; see the module docstring.
+
+    ``log`` gets a line as each step starts and ends (default: :func:`radlake.console.say`).
+    """
     chosen = parse_steps(steps)
     state = {k: str(v) for k, v in (inputs or {}).items() if v not in (None, "")}
     experiment_id = configure_mlflow(config)
@@ -235,9 +239,9 @@ def run_pipeline(
         mlflow.set_tags({"radlake.pipeline_steps": ",".join(chosen)})
         mlflow.log_params({f"input.{k}": v for k, v in state.items()})
         result = PipelineSummary(parent.info.run_id)
-        for name in chosen:
+        for number, name in enumerate(chosen, 1):
             started = time.perf_counter()
-            log(f"[pipeline] step {name} ...")
+            log(f"pipeline: step {number}/{len(chosen)} {name} ...")
             step_inputs, outputs, details = _run_step(name, spark, config, state, experiment_id)
             state.update(outputs)
             publish(outputs)  # Databricks job: task values for the next task; a no-op elsewhere
@@ -245,11 +249,20 @@ def run_pipeline(
             result.steps.append(
                 {"step": name, "inputs": step_inputs, "outputs": outputs, "seconds": seconds, "details": details}
             )
-            log(f"[pipeline] step {name} done in {seconds} s: {json.dumps(outputs)}")
+            log(f"pipeline: step {name} done in {seconds} s: {', '.join(f'{k}={v}' for k, v in outputs.items())}")
         result.outputs = dict(state)
         mlflow.set_tags({f"output.{k}": v for k, v in state.items()})
         mlflow.log_dict(result.as_dict(), "pipeline.json")
     return result
+
+
+def steps_table(summary: PipelineSummary) -> str:
+    """The steps of a pipeline run as a text table: step, seconds and what each handed on."""
+    rows = [
+        [step["step"], step["seconds"], ", ".join(f"{k}={v}" for k, v in step["outputs"].items())]
+        for step in summary.steps
+    ]
+    return text_table(rows, ["step", "seconds", "outputs"])
 
 
 def _run_step(name, spark, config, state, experiment_id):

@@ -24,7 +24,6 @@ It lives above the registry because it registers; the trials themselves are trai
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import signal
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 
 from radlake.config import RadlakeConfig, config_as_yaml
+from radlake.console import Progress, polling, say, warn
 from radlake.errors import ConfigError
 from radlake.registry.leaderboard import plot_leaderboard, runs_frame
 from radlake.registry.promote import register_and_promote
@@ -57,8 +57,6 @@ from radlake.train.sweep import (
 if TYPE_CHECKING:
     import optuna
     from pyspark.sql import SparkSession
-
-_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -300,17 +298,45 @@ def _run_trials(
         registry_uri=mlflow.get_registry_uri(),
         threads=None if on_executors else max(1, (os.cpu_count() or 1) // min(parallel, max(1, remaining))),
     )
-    _logger.info("Sweep %s: %d trials to run, %d at a time", name, remaining, parallel)
+    where = "Spark tasks" if on_executors else "local processes"
+    say("sweep %s: %d trials to run, %d at a time in %s", name, remaining, parallel, where)
     try:
-        if on_executors:
-            run_on_executors(objective, opened.storage, search, remaining, parallel, timeout)
-        else:
-            deadline = time.time() + timeout if timeout else None
-            run_local(objective, experiment_id, remaining, min(parallel, remaining), deadline)
+        with polling(_trial_progress(experiment_id, name, trials), every_s=10):
+            if on_executors:
+                run_on_executors(objective, opened.storage, search, remaining, parallel, timeout)
+            else:
+                deadline = time.time() + timeout if timeout else None
+                run_local(objective, experiment_id, remaining, min(parallel, remaining), deadline)
     except KeyboardInterrupt as exc:  # the trial processes are gone (or their Spark jobs cancelled)
         stop = exc if isinstance(exc, Stopped) else Stopped(signal.SIGINT)
         stop_trials(study, opened.storage, f"the sweep was {stop} while this trial ran")
         raise
+
+
+def _trial_progress(experiment_id: str, name: str, trials: int):
+    """A progress report of the sweep's ended trial runs (children of the active run), for :func:`polling`.
+
+    Read from MLflow with a client of its own, not through the study's storage, which the
+    sweep itself uses meanwhile.
+    """
+    client = mlflow.MlflowClient()
+    parent = mlflow.active_run().info.run_id
+    progress = Progress(f"sweep {name}", total=trials, unit="trials ended")
+    words = {"FINISHED": "complete", "KILLED": "pruned or stopped", "FAILED": "failed"}
+    shown = {"done": -1}
+
+    def report() -> None:
+        runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)
+        states: dict[str, int] = {}
+        for run in runs:
+            if run.info.status in words:
+                states[words[run.info.status]] = states.get(words[run.info.status], 0) + 1
+        done = sum(states.values())
+        if done != shown["done"]:
+            shown["done"] = done
+            progress.update(done, detail=", ".join(f"{v} {k}" for k, v in sorted(states.items())))
+
+    return report
 
 
 def _finish(spark, config, data, stage, study, storage, name, metric, register, resumed, experiment_id) -> SweepSummary:
@@ -353,7 +379,7 @@ def _finish(spark, config, data, stage, study, storage, name, metric, register, 
         mlflow.log_metric(f"best_{key}", float(best.value))
     else:
         tags["radlake.sweep.best_trial"] = "none"
-        _logger.warning("Sweep %s: no trial completed; nothing registered", name)
+        warn(f"sweep {name}: no trial completed, so nothing was registered")
     mlflow.set_tags(tags)
     parent = mlflow.active_run().info.run_id
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=5000)
