@@ -800,6 +800,7 @@ class _SpineBuilder:
 
     Each step draws from ``rng`` and appends to ``items`` (painting order); :meth:`build`
     runs the steps in a fixed order, so the spine stays a pure function of the generator's state.
+    A builder builds one spine: :meth:`build` is called once.
 
     Attributes
     ----------
