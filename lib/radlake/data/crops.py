@@ -24,7 +24,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from pyspark.sql.types import StructType
 from radlake.config import RadlakeConfig
 from radlake.data.schema import VERTEBRA_CROPS
 from radlake.data.view import NoTrainingDataError
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ CROP_RESULT = StructType([f for f in VERTEBRA_CROPS.fields if f.name not in _RUN
 
 
 @dataclass(frozen=True)
-class CropsSummary:
+class CropsSummary(Summary):
     """What one ``radlake crops`` run did."""
 
     run_id: str
@@ -69,9 +70,6 @@ class CropsSummary:
     crops_with_nodes: int
     table_version: int
     seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def crop_id(model_uri: str, source: str, sop_instance_uid: str, frame_index: int, box) -> str:

@@ -45,7 +45,7 @@ import time
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -70,6 +70,7 @@ from radlake.spark import (
     persist,
     unpersist,
 )
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import QuarantineStage
 
@@ -84,7 +85,7 @@ HEADER_COST_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class IngestSummary:
+class IngestSummary(Summary):
     """What one ingest run did. Counts are of this run; ``series`` is the table's total."""
 
     run_id: str
@@ -102,9 +103,6 @@ class IngestSummary:
     new_images: int
     seconds: float
     phase_seconds: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def resolve_deid_key(config: RadlakeConfig) -> bytes | None:

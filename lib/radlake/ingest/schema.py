@@ -9,6 +9,8 @@ in mm, patient (LPS) coordinates.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
@@ -22,6 +24,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from radlake.dicom.header import PROMOTED_COLUMNS
 from radlake.tables import struct_fields
 
 _S, _I, _L, _D, _B = StringType(), IntegerType(), LongType(), DoubleType(), BooleanType()
@@ -37,43 +40,12 @@ SOURCE_FIELDS = struct_fields(
     ("modification_time", TimestampType()),
 )
 
-#: Header attributes promoted to typed columns (see ``radlake.dicom.header.parse_header``).
-PROMOTED_FIELDS = struct_fields(
-    ("sop_instance_uid", _S),
-    ("study_instance_uid", _S),
-    ("series_instance_uid", _S),
-    ("sop_class_uid", _S),
-    ("modality", _S),
-    ("transfer_syntax_uid", _S),
-    ("rows", _I),
-    ("columns", _I),
-    ("number_of_frames", _I),
-    ("bits_stored", _I),
-    ("bits_allocated", _I),
-    ("pixel_representation", _I),
-    ("photometric_interpretation", _S),
-    ("samples_per_pixel", _I),
-    ("rescale_slope", _D),
-    ("rescale_intercept", _D),
-    ("pixel_spacing", _DOUBLES),
-    ("slice_thickness", _D),
-    ("spacing_between_slices", _D),
-    ("image_orientation_patient", _DOUBLES),
-    ("image_position_patient", _DOUBLES),
-    ("frame_of_reference_uid", _S),
-    ("instance_number", _I),
-    ("series_number", _I),
-    ("series_description", _S),
-    ("echo_time", _D),
-    ("repetition_time", _D),
-    ("manufacturer", _S),
-    ("body_part_examined", _S),
-    ("study_date", DateType()),
-    ("patient_id", _S),
-    ("accession_number", _S),
-    ("plane", _S),
-    ("has_pixels", _B),
-)
+#: The Spark type of each Python type of a promoted header value.
+_SPARK_TYPES = {str: _S, int: _I, float: _D, list[float]: _DOUBLES, dt.date: DateType(), bool: _B}
+
+#: Header attributes promoted to typed columns: :data:`radlake.dicom.header.PROMOTED_COLUMNS` (names,
+#: order and Python types, from ``parse_header``) in Spark types.
+PROMOTED_FIELDS = struct_fields(*((name, _SPARK_TYPES[kind]) for name, kind in PROMOTED_COLUMNS.items()))
 
 RUN_FIELDS = struct_fields(("ingest_run_id", _S), ("ingested_at", TimestampType()), ("radlake_version", _S))
 

@@ -16,13 +16,14 @@ deprecated.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from radlake.config import RadlakeConfig
+from radlake.summary import Summary
 
 if TYPE_CHECKING:
     from radlake.train.run import Detector
@@ -33,7 +34,7 @@ TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
-class PromotionSummary:
+class PromotionSummary(Summary):
     """What registering and comparing did."""
 
     model_name: str
@@ -44,9 +45,6 @@ class PromotionSummary:
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
     reason: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _champion(client: mlflow.MlflowClient, name: str):

@@ -42,7 +42,7 @@ driver sees counts and the findings summary.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,7 @@ from radlake.score.findings import findings_summary, update_study_findings
 from radlake.score.pair import CheckedModel, check_models, thresholded_detections
 from radlake.score.schema import MODEL_PAIR_KEYS, PREDICTIONS, STUDY_FINDINGS, model_pair_filter
 from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import QuarantineStage
 
@@ -76,7 +77,7 @@ _STACK = "_stack"
 
 
 @dataclass(frozen=True)
-class ScoreSummary:
+class ScoreSummary(Summary):
     """What one ``radlake score`` run did."""
 
     run_id: str
@@ -96,9 +97,6 @@ class ScoreSummary:
     tables: dict[str, str]
     seconds: float
     findings: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _stack_key() -> Any:

@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from pyspark.sql.types import BinaryType, BooleanType, IntegerType, StringType, 
 from radlake.config import RadlakeConfig
 from radlake.dicom.geometry import Plane
 from radlake.score.sr import NoPredictionsError, StudyNotFoundError, select_model_pairs
+from radlake.summary import Summary
 from radlake.tables import Table, struct_fields, table_ref
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ REVIEW_RESULT = StructType(
 
 
 @dataclass(frozen=True)
-class ReviewSummary:
+class ReviewSummary(Summary):
     """What one ``radlake review`` run wrote.
 
     Attributes
@@ -132,10 +133,6 @@ class ReviewSummary:
     schmorl_nodes: int
     model_pair: list[str] | None
     seconds: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """The summary as a plain dict (JSON-ready)."""
-        return asdict(self)
 
 
 def review_file_name(series_key: str | None, series_number: int | None, slice_index: int | None) -> str:
