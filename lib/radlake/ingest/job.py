@@ -525,6 +525,8 @@ def _store_and_decode(run: _IngestRun, headers: _Headers, rows: _HeaderRows) -> 
             older = run.stored(Table.SERIES).join(keys, "series_key", "left_semi").select("series_key", "slices")
             stack_slices += older.collect()
         _add_slice_indices(records, stack_slices)
+        if records and not run.created[Table.IMAGES]:  # a table written before its newest columns gets them
+            run.refs[Table.IMAGES].add_missing_columns(spark, S.IMAGES)
         new_images, pixel_failures = _pixel_stage(
             spark, run.config, run.refs, run.run_columns, run.run_id, records, all_instances
         )

@@ -157,7 +157,7 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: Detector) -> 
 
     from radlake.models.detector import detections_as_arrays
     from radlake.models.levels import level_to_class
-    from radlake.models.pyfunc import INPUT_COLUMNS
+    from radlake.models.model_input import model_input_rows
     from radlake.train.metrics import ImageResult, evaluate_results
 
     kind = stage.spec(RadlakeConfig()).kind  # the kind of a detector does not depend on its settings
@@ -165,7 +165,7 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: Detector) -> 
     if not cache:
         raise RuntimeError(f"Run {run_id} does not record its test cache (tag radlake.test_cache)")
     rows = pq.ParquetDataset(cache).read().to_pandas()
-    found = mlflow.pyfunc.load_model(model_uri).predict(rows[list(INPUT_COLUMNS)])["detections"]
+    found = mlflow.pyfunc.load_model(model_uri).predict(model_input_rows(rows))["detections"]
     results = []
     for row, detections in zip(rows.to_dict("records"), found, strict=True):
         boxes, scores, classes = detections_as_arrays(

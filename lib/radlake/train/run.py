@@ -42,6 +42,7 @@ from radlake.data.view import (
     detection_view,
     pin_versions,
 )
+from radlake.dicom.pixels import TRANSFORM_COLUMNS
 from radlake.errors import ConfigError
 from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
 from radlake.models.levels import LEVELS
@@ -108,7 +109,7 @@ STAGES: dict[str, Detector] = {
         spec=lambda config: vertebra_spec(**_settings(config, "vertebra")),
         primary_metric="map_50",
         secondary_metric="level_id_rate",
-        cache_columns=(*CACHE_COLUMNS, *STACK_COLUMNS),
+        cache_columns=(*CACHE_COLUMNS, *TRANSFORM_COLUMNS, *STACK_COLUMNS),
     ),
     "schmorl": Detector(
         name="schmorl",
