@@ -13,6 +13,9 @@ DEMO_STUDIES ?= 24
 # 70 % and batches of 8: 0.60).
 DEMO_NODE_FRACTION ?= 0.7
 PYTEST_ARGS ?=
+# make test and make test-fast run the test files on this many pytest-xdist workers (each file on one
+# worker, the files over the session's pipeline run together: tests/conftest.py); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup check-prereqs demo test test-fast cluster-test connect-test bench ui-screenshots lint clean clean-all
 
@@ -39,11 +42,11 @@ demo: setup
 
 # --durations: the 15 slowest tests, printed at the end of every run.
 test: setup
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 # Everything but the tests marked slow (the whole pipeline, trainings, sweeps, stops).
 test-fast: setup
-	$(BIN)/python -m pytest -m 'not slow and not cluster and not connect' --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not slow and not cluster and not connect' -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 # A standalone Spark master and worker on 127.0.0.1 (pyspark's spark-class), and radlake's commands on it
 # with local_mode: false: ingest, labels, both trainings (DDP on the executor), crops, score (9 to 13 min on 2 cores).

@@ -157,6 +157,7 @@ def _limit_worker(paths: list[str], out_file: str) -> tuple[int, dict[str, list[
                             "frame": frame.frame_index,
                             "dtype": frame.dtype,
                             "pixels": frame.pixels,
+                            **frame.transform,
                         }
                     )
     pq.write_table(pa.Table.from_pylist(headers), out_file + ".headers.parquet")

@@ -33,7 +33,19 @@ from typing import Any
 from bench.common import WORK, Timer, TreeMemory, write_result
 from bench.ingest import ensure_archive
 
-COLUMNS = ["pixels", "dtype", "height", "width", "pixel_spacing", "sop_instance_uid", "frame_index"]
+COLUMNS = [
+    "pixels",
+    "dtype",
+    "height",
+    "width",
+    "rescale_slope",
+    "rescale_intercept",
+    "invert",
+    "bits_stored",
+    "pixel_spacing",
+    "sop_instance_uid",
+    "frame_index",
+]
 IMAGE_SIZE = 256
 
 
@@ -42,9 +54,9 @@ def _fallback_transform(row: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     import torch
     import torch.nn.functional as F
 
-    from radlake.dicom.pixels import decode_pixels
+    from radlake.dicom.pixels import row_values
 
-    frame = torch.from_numpy(decode_pixels(row["pixels"], row["dtype"], row["height"], row["width"]))
+    frame = torch.from_numpy(row_values(row))
     low, high = torch.quantile(frame.flatten()[::7], torch.tensor([0.01, 0.99]))
     frame = ((frame - low) / (high - low).clamp(min=1e-6)).clamp(0, 1)
     image = F.interpolate(frame[None, None], size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)[0]
@@ -61,7 +73,7 @@ def pick_transform() -> tuple[Callable, Callable, str]:
         from radlake.config import AugmentConfig
         from radlake.data.transforms import DetectionTransform, collate_detection
     except ImportError:
-        return _fallback_transform, _fallback_collate, "fallback: decode_pixels + percentile [0, 1] + interpolate 256"
+        return _fallback_transform, _fallback_collate, "fallback: row_values + percentile [0, 1] + interpolate 256"
     name = f"radlake.data.transforms.DetectionTransform(image_size={IMAGE_SIZE}, augment=AugmentConfig())"
     return DetectionTransform(image_size=IMAGE_SIZE, augment=AugmentConfig()), collate_detection, name
 
@@ -78,6 +90,7 @@ def build_cache(archive: Path, root: Path, *, compression: str) -> dict[str, Any
     """Ingest ``archive`` into ``root`` (once) and materialise the sagittal rows; returns the converter's facts."""
     from radlake.data.converter import clean_cache, make_spark_converter
     from radlake.ingest.job import run_ingest
+    from radlake.ingest.schema import with_value_columns
     from radlake.tables import Table, table_ref
 
     os.environ.setdefault("RADLAKE_DEID_KEY", "bench-key")
@@ -95,7 +108,7 @@ def build_cache(archive: Path, root: Path, *, compression: str) -> dict[str, Any
             marker.write_text(json.dumps({"archive": str(archive), "summary": summary.as_dict()}))
         images = table_ref(config, Table.IMAGES)
         version = images.version(spark)
-        view = images.read(spark, version=version).where("plane = 'SAGITTAL'").select(*COLUMNS)
+        view = with_value_columns(images.read(spark, version=version)).where("plane = 'SAGITTAL'").select(*COLUMNS)
         with Timer() as timer:
             converter = make_spark_converter(
                 view,

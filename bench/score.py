@@ -354,10 +354,20 @@ def _archive_and_root(images: int) -> tuple[Path, float, Path]:
     return archive, archive_s, root
 
 
+def _model_input(images):
+    """The detector's input columns of ``images`` rows: their values, as scoring gives them to the UDF."""
+    from radlake.dicom.pixels import VALUE_COLUMNS
+    from radlake.ingest.schema import with_value_columns
+    from radlake.models.model_input import model_input_frames
+    from radlake.models.pyfunc import INPUT_COLUMNS
+
+    return model_input_frames(with_value_columns(images).select(*VALUE_COLUMNS, "pixel_spacing")).select(*INPUT_COLUMNS)
+
+
 def run(args: argparse.Namespace) -> dict:
     from pyspark.sql import functions as F
 
-    from radlake.models.pyfunc import INPUT_COLUMNS, detections_column
+    from radlake.models.pyfunc import detections_column
     from radlake.tables import Table, table_ref
 
     os.environ.setdefault("RADLAKE_DEID_KEY", "bench-key")
@@ -370,7 +380,7 @@ def run(args: argparse.Namespace) -> dict:
         ingest_s = ensure_ingested(spark, config, archive, root)
         images = table_ref(config, Table.IMAGES)
         version = images.version(spark)
-        view = images.read(spark, version=version).where(SAGITTAL).select(*INPUT_COLUMNS)
+        view = _model_input(images.read(spark, version=version).where(SAGITTAL))
         n_images = view.count()
         if n_images < args.images:
             raise RuntimeError(f"only {n_images} sagittal images in {root}, fewer than --images={args.images}")

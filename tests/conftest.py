@@ -24,11 +24,33 @@ from radlake.tables import Table, table_ref
 SLOW_FIXTURES = {"project_run", "trained", "sweep", "tiny_training"}
 
 
+#: The test files over the session's pipeline run (:func:`project_run`): under pytest-xdist they
+#: share one worker, so the whole pipeline runs once per session.
+PIPELINE_FILES = {
+    "tests/notebooks/test_notebooks.py",
+    "tests/workflow/test_evaluate.py",
+    "tests/workflow/test_pipeline.py",
+}
+
+
+PIPELINE_UNIT = "pipeline"
+#: The units of work that take longest (minutes each on 2 cores), longest first: they start first.
+LONGEST_UNITS = (
+    PIPELINE_UNIT,
+    "tests/test_stops.py",
+    "tests/train/test_sweep.py",
+    "tests/ingest/test_ingest_job.py",
+    "tests/score/test_score_job.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``spark`` every test that uses the Spark session, and ``slow`` every one that uses a
     fixture of :data:`SLOW_FIXTURES`, directly or through another fixture.
 
-    ``make test-fast`` leaves the slow ones out; ``make test`` runs everything.
+    ``make test-fast`` leaves the slow ones out; ``make test`` runs everything. A test that uses
+    :func:`project_run` outside :data:`PIPELINE_FILES` fails the collection (it would run the
+    pipeline a second time on another worker).
     """
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
@@ -36,6 +58,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.spark)
         if used & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
+        if "project_run" in used and _test_file(item.nodeid) not in PIPELINE_FILES:
+            raise pytest.UsageError(f"{item.nodeid} uses project_run: add its file to conftest.PIPELINE_FILES")
+
+
+def _test_file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make test``'s pytest-xdist schedule: each test file is one unit of work, on one worker (its
+    module fixtures are built once), and the files of :data:`PIPELINE_FILES` are one unit together.
+
+    (xdist's ``loadgroup`` marks would say the same, but pytest 9.2 ignores how xdist 3.8 applies them.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class _FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = _test_file(nodeid)
+            return PIPELINE_UNIT if path in PIPELINE_FILES else path
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # The longest units first, so that neither worker is left with one of them at the end.
+            for unit in reversed(LONGEST_UNITS):
+                if unit in self.workqueue:
+                    self.workqueue.move_to_end(unit, last=False)
+            super()._assign_work_unit(node)
+
+    return _FileScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

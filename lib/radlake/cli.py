@@ -280,6 +280,16 @@ def _add_crops(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_crops)
 
 
+def _add_model_pair(p: argparse.ArgumentParser) -> None:
+    """``--vertebra-model`` and ``--schmorl-model``: the model pair that scores (defaults as the score job's)."""
+    p.add_argument(
+        "--vertebra-model", metavar="URI", help="default score.vertebra_model, else models:/<models.vertebra>@champion"
+    )
+    p.add_argument(
+        "--schmorl-model", metavar="URI", help="default score.schmorl_model, else models:/<models.schmorl>@champion"
+    )
+
+
 def _add_score(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     """``radlake score``."""
     p = sub.add_parser(
@@ -290,12 +300,7 @@ def _add_score(sub: Subcommands, common: argparse.ArgumentParser) -> None:
         "found vertebra, both as MLflow pyfunc Spark UDFs; append the findings (pixels, mm, patient coordinates) "
         "to predictions and rebuild study_findings. Only frames not yet scored by this model pair are scored.",
     )
-    p.add_argument(
-        "--vertebra-model", metavar="URI", help="default score.vertebra_model, else models:/<models.vertebra>@champion"
-    )
-    p.add_argument(
-        "--schmorl-model", metavar="URI", help="default score.schmorl_model, else models:/<models.schmorl>@champion"
-    )
+    _add_model_pair(p)
     p.add_argument("--summary-json", help="also write the run summary as JSON to this file")
     p.set_defaults(func=_cmd_score)
 
@@ -314,12 +319,7 @@ def _add_evaluate(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--archive", required=True, help="the labelled DICOM archive (folder, Volume path or URI)")
     p.add_argument("--labels", required=True, dest="labels_file", help="its labels: synth labels.json or COCO-style")
-    p.add_argument(
-        "--vertebra-model", metavar="URI", help="default score.vertebra_model, else models:/<models.vertebra>@champion"
-    )
-    p.add_argument(
-        "--schmorl-model", metavar="URI", help="default score.schmorl_model, else models:/<models.schmorl>@champion"
-    )
+    _add_model_pair(p)
     p.add_argument(
         "--root",
         help="storage root of the evaluation's own tables (default <storage.root>/evaluation/<archive>-<hash>)",

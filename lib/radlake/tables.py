@@ -166,6 +166,24 @@ class TableRef:
             spark.sql(f"CREATE TABLE IF NOT EXISTS {self.sql_name} ({schema_ddl(schema)}) USING delta")
         return True
 
+    def add_missing_columns(self, spark: SparkSession, schema: StructType) -> list[str]:
+        """Add the columns of ``schema`` that the table lacks (at the end, nullable), in one Delta commit.
+
+        For a table written before a column existed: its rows read the new columns as null.
+        Returns the names added; none (and no commit) if the table has them all.
+
+        Example::
+
+            ref.add_missing_columns(spark, IMAGES)  # ['rescale_slope', ...] once, then []
+        """
+        from pyspark.sql.types import StructType
+
+        present = {name.lower() for name in self.read(spark).columns}
+        missing = [f for f in schema.fields if f.name.lower() not in present]
+        if missing:
+            spark.sql(f"ALTER TABLE {self.sql_name} ADD COLUMNS ({schema_ddl(StructType(missing))})")
+        return [f.name for f in missing]
+
     def append(self, df: DataFrame, *, compression: str | None = None) -> None:
         """Append ``df``'s rows in one Delta commit (``compression``: the Parquet codec, default Spark's)."""
         self._write(df, "append", compression)

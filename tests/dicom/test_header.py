@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pyspark.sql.types import ArrayType, BooleanType, DataType, DateType, DoubleType, IntegerType, StringType
 
 from dicom_files import DATA_STORE, MR_SMALL, TEST_FILES
 from radlake.dicom.header import (
@@ -26,35 +27,14 @@ from radlake.dicom.header import (
     read_dataset,
 )
 from radlake.dicom.integrity import Damage
+from radlake.ingest.schema import PROMOTED_FIELDS
 from radlake.vocabulary import QuarantineStage
 
 DAMAGE_CLASSES = {v for k, v in vars(Damage).items() if k.isupper()}
 
 
-_TYPES = {
-    int: {
-        "rows",
-        "columns",
-        "number_of_frames",
-        "bits_stored",
-        "bits_allocated",
-        "pixel_representation",
-        "samples_per_pixel",
-        "instance_number",
-        "series_number",
-    },
-    float: {
-        "rescale_slope",
-        "rescale_intercept",
-        "slice_thickness",
-        "spacing_between_slices",
-        "echo_time",
-        "repetition_time",
-    },
-    list: {"pixel_spacing", "image_orientation_patient", "image_position_patient"},
-    dt.date: {"study_date"},
-    bool: {"has_pixels"},
-}
+#: The Python type of a parsed value for each Spark type of the promoted columns (None aside).
+_PYTHON_TYPES = {IntegerType: int, DoubleType: float, DateType: dt.date, BooleanType: bool, StringType: str}
 
 
 def real_files() -> list[Path]:
@@ -62,17 +42,25 @@ def real_files() -> list[Path]:
     return sorted([p for p in TEST_FILES.rglob("*") if p.is_file()] + [p for p in DATA_STORE.iterdir() if p.is_file()])
 
 
+def _fits(value: object, spark_type: DataType) -> bool:
+    """Whether a parsed value is what a column of ``spark_type`` holds: an array is a list of its element type."""
+    if isinstance(spark_type, ArrayType):
+        return type(value) is list and all(_fits(v, spark_type.elementType) for v in value)
+    return type(value) is _PYTHON_TYPES[type(spark_type)]
+
+
 def _check_types(columns: dict) -> None:
-    assert tuple(columns) == PROMOTED_COLUMNS
+    """The columns fit the instances table: its promoted fields' names, order and types."""
+    assert tuple(columns) == tuple(f.name for f in PROMOTED_FIELDS)
     assert isinstance(columns["number_of_frames"], int) and columns["number_of_frames"] >= 1
-    for name, value in columns.items():
+    for column in PROMOTED_FIELDS:
+        value = columns[column.name]
         if value is None:
+            assert column.nullable, column.name
             continue
-        expected = next((t for t, names in _TYPES.items() if name in names), str)
-        assert type(value) is expected, (name, value)
-        if expected is list:
-            assert len(value) == {"pixel_spacing": 2, "image_orientation_patient": 6}.get(name, 3)
-            assert all(type(v) is float for v in value)
+        assert _fits(value, column.dataType), (column.name, value, column.dataType)
+        if isinstance(column.dataType, ArrayType):
+            assert len(value) == {"pixel_spacing": 2, "image_orientation_patient": 6}.get(column.name, 3)
 
 
 def test_every_real_file_gives_columns_a_dicomdir_or_a_header_failure():

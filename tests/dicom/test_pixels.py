@@ -16,12 +16,16 @@ from radlake.dicom import pixels as pixels_module
 from radlake.dicom.header import parse_header
 from radlake.dicom.pixels import (
     STORAGE_DTYPES,
+    STORED_DTYPES,
+    TRANSFORM_COLUMNS,
     FrameResult,
     decode_frames,
-    decode_pixels,
     decoded_size_bytes,
     encode_pixels,
     encoded_frames,
+    frame_values,
+    row_values,
+    values_encoding,
 )
 from radlake.vocabulary import QuarantineStage
 
@@ -329,7 +333,7 @@ def test_encode_round_trip_is_exact(values, dtype):
     array = np.asarray(values, dtype=np.float32)
     buf, got = encode_pixels(array)
     assert got == dtype and got in STORAGE_DTYPES
-    decoded = decode_pixels(buf, got, *array.shape)
+    decoded = frame_values(buf, got, *array.shape)
     assert decoded.dtype == np.float32 and decoded.shape == array.shape
     np.testing.assert_array_equal(decoded, array)
 
@@ -338,52 +342,159 @@ def test_encode_a_real_frame_compactly():
     pixels = _one(TEST_FILES / "CT_small.dcm")
     buf, dtype = encode_pixels(pixels)
     assert dtype == "int16" and len(buf) == pixels.size * 2
-    np.testing.assert_array_equal(decode_pixels(buf, dtype, *pixels.shape), pixels)
+    np.testing.assert_array_equal(frame_values(buf, dtype, *pixels.shape), pixels)
     assert encode_pixels(np.zeros((0, 3), np.float32)) == (b"", "float32")
     assert encode_pixels(np.array([[1, 2]], dtype=np.uint16))[1] == "uint8"
 
 
-def test_stored_frames_equal_the_float_path_on_every_real_file():
-    """encoded_frames keeps 8/16-bit integers (slope 1, integral intercept) as integers: same bytes, same dtype."""
+def test_stored_frames_give_back_the_values_bit_for_bit_on_every_real_file():
+    """encoded_frames keeps grey 8/16-bit frames as stored; frame_values gives exactly decode_frames' values."""
     files = sorted([p for p in TEST_FILES.rglob("*") if p.is_file()] + [p for p in DATA_STORE.iterdir() if p.is_file()])
-    compared = 0
+    kept = as_values = 0
     for path in files:
         data = path.read_bytes()
-        stored = [
-            (f.frame_index, f.dtype, f.pixels, f.error and f.error.error_class)
-            for f in encoded_frames(data, max_decoded_bytes=LIMIT)
-        ]
-        reference = []
-        for frame in decode_frames(data, max_decoded_bytes=LIMIT):
+        stored = list(encoded_frames(data, max_decoded_bytes=LIMIT))
+        reference = list(decode_frames(data, max_decoded_bytes=LIMIT))
+        outcome = [(f.frame_index, f.error and f.error.error_class) for f in stored]
+        assert outcome == [(f.frame_index, f.error and f.error.error_class) for f in reference], path.name
+        for frame, ref in zip(stored, reference, strict=True):
             if frame.error is not None:
-                reference.append((frame.frame_index, None, None, frame.error.error_class))
-                break
-            buf, dtype = encode_pixels(frame.pixels)
-            reference.append((frame.frame_index, dtype, buf, None))
-        assert stored == reference, path.name
-        compared += len(stored)
-    assert compared > 300
+                continue
+            values = frame_values(frame.pixels, frame.dtype, frame.height, frame.width, **frame.transform)
+            assert values.dtype == np.float32 and values.tobytes() == ref.pixels.tobytes(), path.name
+            if frame.dtype in STORED_DTYPES:
+                kept += 1
+            else:  # the values themselves, and the row says so
+                assert frame.dtype == "float32" and frame.transform == IDENTITY, path.name
+                as_values += 1
+    assert kept > 120 and as_values > 100  # 130 and 158 here (most of the latter colour)
+
+
+IDENTITY = {"rescale_slope": 1.0, "rescale_intercept": 0.0, "invert": False, "bits_stored": None}
 
 
 @pytest.mark.parametrize(
-    ("path", "photometric", "intercept"),
+    ("path", "dtype", "transform"),
     [
-        (MR_SMALL, "MONOCHROME2", 0.0),
-        (TEST_FILES / "CT_small.dcm", "MONOCHROME2", -1024.0),
-        (DATA_STORE / "RG1_UNCR.dcm", "MONOCHROME1", 0.0),
+        (MR_SMALL, "int16", (1.0, 0.0, False, 16)),
+        (TEST_FILES / "CT_small.dcm", "int16", (1.0, -1024.0, False, 16)),
+        (DATA_STORE / "MR2_UNCR.dcm", "uint16", (3.774114, 0.000061, False, 12)),
+        (DATA_STORE / "RG1_UNCR.dcm", "uint16", (1.0, 0.0, True, 15)),
+        (DATA_STORE / "RG3_J2KR.dcm", "uint16", (1.0, 0.0, True, 10)),
     ],
 )
-def test_integral_modality_values_skip_the_float_round_trip(path, photometric, intercept, monkeypatch):
+def test_grey_frames_are_stored_as_pydicom_gives_them(path, dtype, transform, monkeypatch):
+    """The bytes are pixel_array's, the transform is the header's, and no float value is computed at ingest."""
     ds = pydicom.dcmread(path)
-    assert ds.PhotometricInterpretation == photometric and float(ds.get("RescaleIntercept", 0)) == intercept
-    calls = []
-    real = pixels_module._Transform._exact_integers
-    monkeypatch.setattr(pixels_module._Transform, "_exact_integers", lambda self, *a: calls.append(1) or real(self, *a))
+    computed = []
+    real = pixels_module._linear_values
+    monkeypatch.setattr(pixels_module, "_linear_values", lambda *a, **k: computed.append(1) or real(*a, **k))
     [frame] = encoded_frames(path.read_bytes(), max_decoded_bytes=LIMIT)
-    assert calls == [1] and frame.error is None
-    np.testing.assert_array_equal(
-        decode_pixels(frame.pixels, frame.dtype, ds.Rows, ds.Columns), _one(path, max_decoded_bytes=LIMIT)
-    )
+    assert frame.error is None and computed == []
+    assert frame.dtype == dtype and tuple(frame.transform.values()) == transform
+    assert frame.pixels == ds.pixel_array.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def test_enhanced_frames_keep_each_frames_rescale():
+    ds = pydicom.dcmread(DATA_STORE / "eCT_Supplemental.dcm")
+    frames = list(encoded_frames((DATA_STORE / "eCT_Supplemental.dcm").read_bytes()))
+    assert [(f.dtype, f.rescale_slope, f.rescale_intercept) for f in frames] == [("uint16", 1.0, -1024.0)] * 2
+    for frame, stored in zip(frames, ds.pixel_array, strict=True):
+        assert frame.pixels == stored.astype("<u2").tobytes()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        DATA_STORE / "SC_rgb.dcm",  # colour: its luma
+        DATA_STORE / "OT-PAL-8-face.dcm",  # a palette
+        DATA_STORE / "mlut_18.dcm",  # a Modality LUT: not linear
+        TEST_FILES / "rtdose_1frame.dcm",  # 32-bit stored values
+    ],
+)
+def test_frames_whose_values_are_not_their_stored_integers_are_stored_as_float32_values(path):
+    [frame] = encoded_frames(path.read_bytes(), max_decoded_bytes=LIMIT)
+    [reference] = decode_frames(path.read_bytes(), max_decoded_bytes=LIMIT)
+    assert frame.dtype == "float32" and frame.transform == IDENTITY
+    assert frame.pixels == reference.pixels.astype("<f4").tobytes()
+
+
+def _saved(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", float_data: bool = False) -> bytes:
+    """A one-frame MR file of ``pixels`` (integers in PixelData, or float32 in FloatPixelData)."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    if float_data:
+        ds.FloatPixelData = pixels.astype("<f4").tobytes()
+    else:
+        ds.BitsStored, ds.HighBit = ds.BitsAllocated, ds.BitsAllocated - 1
+        ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_signed_8_bit_data_is_widened_and_float_data_kept_as_values():
+    data = _saved(np.array([[-128, -1, 0, 127]], dtype=np.int8), photometric="MONOCHROME1")
+    [frame], [reference] = encoded_frames(data), decode_frames(data)
+    assert frame.dtype == "int16" and frame.invert and frame.bits_stored == 8
+    values = frame_values(frame.pixels, frame.dtype, frame.height, frame.width, **frame.transform)
+    assert values.tolist() == reference.pixels.tolist() == [[127.0, 0.0, -1.0, -128.0]]
+    data = _saved(np.array([[0.5, -2.25, 1e6]], dtype=np.float32), float_data=True)
+    [frame] = encoded_frames(data)
+    assert frame.dtype == "float32" and frame.transform == IDENTITY
+    assert frame_values(frame.pixels, "float32", 1, 3).tolist() == [[0.5, -2.25, 1e6]]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [TEST_FILES / "CT_small.dcm", DATA_STORE / "MR2_UNCR.dcm", DATA_STORE / "RG1_UNCR.dcm"],
+)
+def test_in_float64_the_values_are_pydicoms_modality_lut_bit_for_bit(path):
+    ds = pydicom.dcmread(path)
+    [frame] = encoded_frames(path.read_bytes(), max_decoded_bytes=LIMIT)
+    expected = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    if ds.PhotometricInterpretation == "MONOCHROME1":  # radlake's inversion over the stored range
+        expected = (2**ds.BitsStored - 1) - expected
+    got = frame_values(frame.pixels, frame.dtype, frame.height, frame.width, **frame.transform, float64=True)
+    assert got.dtype == np.float64 and got.tobytes() == expected.tobytes()
+
+
+def test_missing_transform_values_are_the_identity():
+    """Rows written before the transform columns, crops and a model's input hold their values."""
+    import pandas as pd
+
+    buf = np.array([[3, 4]], dtype="<u2").tobytes()
+    for missing in (None, float("nan"), pd.NA):
+        values = frame_values(buf, "uint16", 1, 2, rescale_slope=missing, rescale_intercept=missing, invert=missing)
+        assert values.tolist() == [[3.0, 4.0]]
+    assert row_values({"pixels": buf, "dtype": "uint16", "height": 1, "width": 2}).tolist() == [[3.0, 4.0]]
+    series = pd.Series({"pixels": buf, "dtype": "uint16", "height": 1, "width": 2, "rescale_slope": np.nan})
+    assert row_values(series).tolist() == [[3.0, 4.0]]
+
+
+def test_values_encoding_decodes_only_what_has_a_transform():
+    row = {"pixels": np.array([[3, 4]], dtype="<u2").tobytes(), "dtype": "uint16", "height": 1, "width": 2}
+    assert values_encoding(row)[0] is row["pixels"]
+    assert values_encoding({**row, **IDENTITY})[0] is row["pixels"]
+    shifted = {**row, "rescale_slope": 1.0, "rescale_intercept": -1024.0, "invert": False, "bits_stored": 12}
+    buf, dtype = values_encoding(shifted)
+    assert dtype == "int16" and frame_values(buf, dtype, 1, 2).tolist() == [[-1021.0, -1020.0]]
+    flipped = {**row, "invert": True, "bits_stored": 12}
+    buf, dtype = values_encoding(flipped)
+    assert frame_values(buf, dtype, 1, 2).tolist() == row_values(flipped).tolist() == [[4092.0, 4091.0]]
+    assert set(TRANSFORM_COLUMNS) == set(IDENTITY)
 
 
 def test_encode_and_decode_check_their_arguments():
@@ -392,6 +503,10 @@ def test_encode_and_decode_check_their_arguments():
     with pytest.raises(TypeError, match="array"):
         encode_pixels(np.array([["a"]]))
     with pytest.raises(ValueError, match="dtype"):
-        decode_pixels(b"\x00\x00", "float64", 1, 1)
+        frame_values(b"\x00\x00", "float64", 1, 1)
     with pytest.raises(ValueError, match="buf"):
-        decode_pixels(b"\x00\x00\x00", "uint16", 1, 1)
+        frame_values(b"\x00\x00\x00", "uint16", 1, 1)
+    with pytest.raises(ValueError, match="bits_stored"):
+        frame_values(b"\x00\x00", "uint16", 1, 1, invert=True)
+    with pytest.raises(ValueError, match="invert"):
+        frame_values(b"\x00\x00\x00\x00", "float32", 1, 1, invert=True, bits_stored=12)

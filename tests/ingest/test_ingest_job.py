@@ -166,9 +166,9 @@ def test_images_match_pydicom_and_stack_order(spark, archive, ingested):
     images = _read(spark, cfg, Table.IMAGES)
     assert summary.new_images == images.count() > 0
     row = images.where(F.col("sop_instance_uid") == pydicom.dcmread(TEST_FILES / "MR_small.dcm").SOPInstanceUID).first()
-    from radlake.dicom.pixels import decode_pixels
+    from radlake.dicom.pixels import row_values
 
-    got = decode_pixels(row.pixels, row.dtype, row.height, row.width)
+    got = row_values(row)
     expected = pydicom.dcmread(TEST_FILES / "MR_small.dcm").pixel_array.astype(np.float32)
     np.testing.assert_array_equal(got, expected)
     # slice_index agrees with the series table's order
@@ -404,3 +404,39 @@ def test_the_kept_copy_is_a_sound_one_whatever_the_listing_order(make_config, sp
     [cut] = _read(spark, cfg, Table.QUARANTINE).collect()  # the damaged copy, before it by path, is refused
     assert cut.path.endswith("MR_truncated.dcm") and cut.error_class == "TruncatedFile"
     assert cut.sop_instance_uid == kept.sop_instance_uid
+
+
+def test_an_images_table_written_before_the_transform_columns_stays_readable_and_gets_them(
+    make_config, spark, tmp_path
+):
+    """A float32-era ``images`` table (values in any compact dtype, no transform columns) reads as before;
+    the next ingest into it adds the columns, its old rows keeping nulls (the identity)."""
+    from radlake.dicom.pixels import TRANSFORM_COLUMNS, VALUE_COLUMNS, decode_frames, encode_pixels, row_values
+    from radlake.ingest.schema import IMAGES, with_value_columns
+
+    cfg = make_config(tmp_path / "root", "ingest.image_rule=has_pixels")
+    ref = table_ref(cfg, Table.IMAGES)
+    old_schema = type(IMAGES)([f for f in IMAGES.fields if f.name not in TRANSFORM_COLUMNS])
+    [before] = decode_frames((TEST_FILES / "CT_small.dcm").read_bytes())  # HU: int16 values, as radlake stored them
+    buf, dtype = encode_pixels(before.pixels)
+    old_row = {f.name: None for f in old_schema.fields}
+    old_row.update(sop_instance_uid="1.2.old", frame_index=0, height=128, width=128, dtype=dtype, pixels=buf)
+    spark.createDataFrame([tuple(old_row[f.name] for f in old_schema.fields)], old_schema).write.format("delta").save(
+        ref.path
+    )
+    old = with_value_columns(ref.read(spark)).select(*VALUE_COLUMNS).first()
+    assert old.rescale_slope is None and row_values(old).tobytes() == before.pixels.tobytes()
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(TEST_FILES / "CT_small.dcm", archive / "CT_small.dcm")
+    run_ingest(spark, cfg, archive=str(archive))
+    table = ref.read(spark)
+    assert set(TRANSFORM_COLUMNS) <= set(table.columns)
+    rows = {r.sop_instance_uid: r for r in table.select("sop_instance_uid", *VALUE_COLUMNS).collect()}
+    ct_uid = pydicom.dcmread(TEST_FILES / "CT_small.dcm").SOPInstanceUID
+    assert rows["1.2.old"].rescale_slope is None and rows["1.2.old"].dtype == "int16"
+    assert (rows[ct_uid].dtype, rows[ct_uid].rescale_intercept, rows[ct_uid].invert) == ("int16", -1024.0, False)
+    for row in rows.values():  # both generations read as the same values
+        assert row_values(row).tobytes() == before.pixels.tobytes()
+    assert table_ref(cfg, Table.IMAGES).add_missing_columns(spark, IMAGES) == []

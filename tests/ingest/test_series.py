@@ -63,14 +63,6 @@ def test_missing_geometry_goes_last_by_instance_number():
     assert row["slices"][-1]["sop_instance_uid"] == "1.2.9" and row["slices"][-1]["position_mm"] is None
 
 
-def test_table_schema_promotes_exactly_the_parsed_columns():
-    """The instances schema and the header parser name the same promoted columns, in the same order."""
-    from radlake.dicom.header import PROMOTED_COLUMNS
-    from radlake.ingest.schema import PROMOTED_FIELDS
-
-    assert tuple(f.name for f in PROMOTED_FIELDS) == PROMOTED_COLUMNS
-
-
 def test_a_stack_split_across_arrow_batches_stays_one_stack():
     import pyarrow as pa
 

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from radlake.data.crops import CROP_RESULT, crop_id, cut_crops
-from radlake.dicom.pixels import decode_pixels, encode_pixels
-from radlake.models.crops import crop_region, cut_crop, endplate_of, nodes_in_crop
+from radlake.dicom.pixels import encode_pixels, frame_values
+from radlake.models.crops import crop_region, cut_crop, cut_stored_frame, endplate_of, nodes_in_crop
 
 
 def test_region_adds_the_margin_of_the_box_height_and_width():
@@ -99,7 +99,7 @@ def test_the_executor_cuts_every_vertebra_with_its_nodes_in_crop_pixels():
     assert l1["labels"] == [1] and l1["node_parent_levels"] == ["L1"] and l1["node_endplates"] == ["superior"]
     assert l2["boxes_xyxy_px"] == [] and l2["labels"] == []
     assert l1["pixel_spacing"] == pytest.approx([0.5 * 60 / 64, 0.8 * 60 / 64])
-    crop = decode_pixels(l1["pixels"], l1["dtype"], l1["height"], l1["width"])
+    crop = frame_values(l1["pixels"], l1["dtype"], l1["height"], l1["width"])
     assert crop.shape == (64, 64) and crop[:32].std() > 0
     assert l1["crop_id"] == crop_id("m", "predicted", "1.2.3", 0, [20.0, 20.0, 60.0, 40.0]) != l2["crop_id"]
     assert set(rows[0]) == {f.name for f in CROP_RESULT.fields}
@@ -108,3 +108,25 @@ def test_the_executor_cuts_every_vertebra_with_its_nodes_in_crop_pixels():
 def test_a_frame_without_vertebrae_gives_no_crop():
     frame = np.zeros((32, 32), dtype=np.float32)
     assert list(cut_crops(iter([_frame_batch(frame, [], None)]), margin_fraction=0.25, size=16, model_uri="m")) == []
+
+
+def test_a_frame_stored_with_a_rescale_and_inversion_is_cut_from_its_values():
+    """An ``images`` row as stored (uint16 with slope, intercept and MONOCHROME1) crops like its float32 values."""
+    stored = np.random.default_rng(1).integers(0, 4096, (120, 100)).astype(np.uint16)
+    transform = {"rescale_slope": 0.75, "rescale_intercept": -10.0, "invert": True, "bits_stored": 12}
+    values = frame_values(stored.astype("<u2").tobytes(), "uint16", 120, 100, **transform)
+    boxes = [[20.0, 20.0, 60.0, 40.0]]
+    as_values = cut_stored_frame(
+        {"pixels": encode_pixels(values)[0], "dtype": "float32", "height": 120, "width": 100, "pixel_spacing": None},
+        boxes,
+        0.25,
+        64,
+    )
+    as_stored = cut_stored_frame(
+        {"pixels": stored.astype("<u2").tobytes(), "dtype": "uint16", "height": 120, "width": 100, **transform}
+        | {"pixel_spacing": None},
+        boxes,
+        0.25,
+        64,
+    )
+    assert as_stored[0].pixels == as_values[0].pixels and as_stored[0].dtype == as_values[0].dtype

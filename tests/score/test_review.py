@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from pyspark.sql import functions as F
 
-from radlake.dicom.pixels import decode_pixels
+from radlake.dicom.pixels import VALUE_COLUMNS, row_values
 from radlake.score.review import (
     NODE_COLOUR,
     VERTEBRA_COLOUR,
@@ -91,10 +91,10 @@ def _pixels(spark, cfg, key) -> np.ndarray:
         table_ref(cfg, Table.IMAGES)
         .read(spark)
         .where((F.col("sop_instance_uid") == sop) & (F.col("frame_index") == frame))
-        .select("pixels", "dtype", "height", "width")
+        .select(*VALUE_COLUMNS)
         .first()
     )
-    return decode_pixels(row.pixels, row.dtype, row.height, row.width)
+    return row_values(row)
 
 
 def test_one_png_per_sagittal_frame_with_the_expected_size(scored, review):

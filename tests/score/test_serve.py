@@ -20,6 +20,7 @@ import torch
 from mlflow import MlflowClient
 
 from radlake.models.detector import REGRESSION_BIAS, build_detector, vertebra_spec
+from radlake.models.model_input import model_input_frames
 from radlake.models.pyfunc import INPUT_COLUMNS, detections_column, log_detector
 from radlake.models.serving import images_row_request
 from radlake.tables import Table, table_ref
@@ -33,7 +34,7 @@ START_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def image_row(spark, labelled_archive):
-    """One real sagittal ``images`` row (pixels as float16 bytes)."""
+    """One real sagittal ``images`` row (the frame as stored, with its transform columns)."""
     images = table_ref(labelled_archive.config, Table.IMAGES).read(spark)
     return images.where("plane = 'SAGITTAL' AND pixels IS NOT NULL").orderBy("sop_instance_uid", "frame_index").first()
 
@@ -137,7 +138,8 @@ def test_served_answer_equals_the_batch_udf(spark, labelled_archive, image_row, 
     one = images.where(
         (images.sop_instance_uid == image_row.sop_instance_uid) & (images.frame_index == image_row.frame_index)
     )
-    (batch,) = one.select(detections_column(spark, MODEL_URI, params=PARAMS).alias("d")).collect()
+    frames = model_input_frames(one)  # what scoring gives the UDF: each frame's values
+    (batch,) = frames.select(detections_column(spark, MODEL_URI, params=PARAMS).alias("d")).collect()
     batch = [d.asDict() for d in batch.d]
 
     assert 0 < len(served) == len(batch)

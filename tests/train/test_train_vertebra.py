@@ -131,8 +131,10 @@ def test_champion_loads_in_a_fresh_process_and_scores_images_rows(spark, trained
 import json, mlflow, pyarrow.dataset as ds
 mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})
 model = mlflow.pyfunc.load_model("models:/{cfg.models.vertebra}@champion")
-rows = ds.dataset({images!r}, format="parquet").head(2, columns=["pixels", "dtype", "height", "width", "pixel_spacing"]).to_pandas()
-out = model.predict(rows)["detections"]
+from radlake.dicom.pixels import VALUE_COLUMNS
+from radlake.models.model_input import model_input_rows
+rows = ds.dataset({images!r}, format="parquet").head(2, columns=[*VALUE_COLUMNS, "pixel_spacing"]).to_pandas()
+out = model.predict(model_input_rows(rows))["detections"]
 print(json.dumps([len(x) for x in out]))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/")

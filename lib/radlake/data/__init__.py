@@ -7,7 +7,8 @@
   ``make_torch_dataloader``, rebuilt on Spark and pyarrow.
 - :mod:`.transforms`: decode, normalise, resample and augment one sample.
 
-May import: the foundation, :mod:`radlake.dicom` and :mod:`radlake.models` (the shared
-preprocessing, the level names, the pyfunc UDF that cuts the crops). Import names from their
+May import: the foundation, :mod:`radlake.dicom`, :mod:`radlake.ingest.schema` (the ``images``
+table's columns) and :mod:`radlake.models` (the shared preprocessing, the level names, the
+pyfunc UDF that cuts the crops). Import names from their
 module; ``import radlake.data.labels`` (CLI, Spark executors) does not import torch.
 """

@@ -24,7 +24,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,9 @@ from pyspark.sql.types import StructType
 from radlake.config import RadlakeConfig
 from radlake.data.schema import VERTEBRA_CROPS
 from radlake.data.view import NoTrainingDataError
+from radlake.dicom.pixels import VALUE_COLUMNS
+from radlake.ingest.schema import with_value_columns
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
@@ -58,7 +61,7 @@ CROP_RESULT = StructType([f for f in VERTEBRA_CROPS.fields if f.name not in _RUN
 
 
 @dataclass(frozen=True)
-class CropsSummary:
+class CropsSummary(Summary):
     """What one ``radlake crops`` run did."""
 
     run_id: str
@@ -69,9 +72,6 @@ class CropsSummary:
     crops_with_nodes: int
     table_version: int
     seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def crop_id(model_uri: str, source: str, sop_instance_uid: str, frame_index: int, box) -> str:
@@ -149,7 +149,7 @@ def _executor_schema() -> pa.Schema:
 
 def labelled_frames(spark: SparkSession, config: RadlakeConfig) -> DataFrame:
     """``images`` frames of the studies with vertebra annotations (the frames the stages train and test on)."""
-    images = table_ref(config, Table.IMAGES).read(spark)
+    images = with_value_columns(table_ref(config, Table.IMAGES).read(spark))
     annotations = table_ref(config, Table.ANNOTATIONS).read(spark)
     studies = annotations.where("label_class = 'vertebra'").select("study_instance_uid").distinct()
     return images.join(studies, "study_instance_uid", "left_semi")
@@ -162,10 +162,15 @@ def _box_struct(source: str, level, score, box):
 
 
 def predicted_vertebrae(frames: DataFrame, model: ResolvedModel, min_score: float) -> DataFrame:
-    """``(sop_instance_uid, frame_index, vertebrae)`` from the vertebra model run as a pyfunc Spark UDF."""
+    """``(sop_instance_uid, frame_index, vertebrae)`` from the vertebra model run as a pyfunc Spark UDF.
+
+    ``frames`` are ``images`` rows (with their transform columns): the model gets their values.
+    """
+    from radlake.models.model_input import model_input_frames
     from radlake.models.pyfunc import detections_column
 
-    scored = frames.select(
+    inputs = model_input_frames(frames.select("sop_instance_uid", "frame_index", *VALUE_COLUMNS, "pixel_spacing"))
+    scored = inputs.select(
         "sop_instance_uid", "frame_index", detections_column(frames.sparkSession, model.uri).alias("_d")
     )
     box = F.array(F.col("d.x0"), F.col("d.y0"), F.col("d.x1"), F.col("d.y1"))
@@ -271,10 +276,7 @@ def make_crops(spark: SparkSession, config: RadlakeConfig, *, vertebra_model: st
                 "frame_index",
                 "study_instance_uid",
                 "series_instance_uid",
-                "pixels",
-                "dtype",
-                "height",
-                "width",
+                *VALUE_COLUMNS,
                 "pixel_spacing",
             )
             .join(boxes, ["sop_instance_uid", "frame_index"])

@@ -66,7 +66,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -81,6 +81,7 @@ from radlake.data.schema import ANNOTATIONS
 from radlake.errors import ConfigError, RadlakeError
 from radlake.models.levels import LEVELS
 from radlake.spark import persist, unpersist
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import Endplate, LabelClass
 
@@ -198,7 +199,7 @@ class ParsedLabels:
 
 
 @dataclass(frozen=True)
-class LabelsImportSummary:
+class LabelsImportSummary(Summary):
     """What one :func:`import_labels` call did.
 
     ``boxes_in_file`` = ``accepted`` + ``rejected``; ``accepted`` = ``inserted`` + ``unchanged``.
@@ -222,10 +223,6 @@ class LabelsImportSummary:
     by_class: dict[str, int]
     rejections: list[RejectedLabel] = field(default_factory=list)
     seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """The summary as plain JSON-ready values (rejections as dicts)."""
-        return asdict(self)
 
 
 def annotation_id(

@@ -89,8 +89,9 @@ SPLITS = StructType(
 #: ``vertebra_score``) or ``ground_truth`` (a labelled box, no score). Boxes in source
 #: pixels of the frame: ``vertebra_box_xyxy_px`` and ``crop_box_xyxy_px`` (the region cut,
 #: may reach outside the frame); ``crop_scale`` is crop pixels per source pixel.
-#: ``pixels`` / ``dtype`` / ``height`` / ``width`` hold the ``size x size`` crop like an
-#: ``images`` row (float32 modality values, zero padding), ``pixel_spacing`` its
+#: ``pixels`` / ``dtype`` / ``height`` / ``width`` hold the ``size x size`` crop's values
+#: (modality values, MONOCHROME1 inverted, resampled, zero padding; no transform columns:
+#: :func:`radlake.dicom.pixels.frame_values` reads them as they are), ``pixel_spacing`` its
 #: ``[row, column]`` mm. ``boxes_xyxy_px`` are the Schmorl's nodes inside the crop in crop
 #: pixels (``labels`` 1 each) with their labelled ``node_parent_levels`` and
 #: ``node_endplates``. The ``vertebra_model_*`` columns name the model version behind the

@@ -39,15 +39,16 @@ import math
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
 from radlake.config import RadlakeConfig
 from radlake.data.schema import SPLITS
 from radlake.errors import RadlakeError
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import Split
 
@@ -76,7 +77,7 @@ class SplitSeedError(SplitsError):
 
 
 @dataclass(frozen=True)
-class SplitSummary:
+class SplitSummary(Summary):
     """What one :func:`assign_splits` call did.
 
     ``new_by_split`` counts the studies assigned by this call; ``table_by_split`` counts
@@ -94,10 +95,6 @@ class SplitSummary:
     rebuilt: bool
     previous_seeds: list[int]
     seconds: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """The summary as plain JSON-ready values."""
-        return asdict(self)
 
 
 def split_sizes(n: int, *, val_fraction: float, test_fraction: float) -> dict[Split, int]:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from radlake.config import AugmentConfig
+from radlake.dicom.pixels import TRANSFORM_COLUMNS
 from radlake.models.preprocess import FrameGeometry, prepare_frame
 
 #: A box left with less than this share of its area inside an augmented input is dropped.
@@ -66,8 +67,9 @@ class DetectionTransform:
         target's ``labels`` are mapped through it. Without it (evaluation) the target
         keeps the row's labels.
 
-    The row needs ``pixels``, ``dtype``, ``height``, ``width`` (and ``pixel_spacing``
-    for physical inputs); for training also ``boxes_xyxy_px`` (list of ``[x0, y0, x1,
+    The row needs ``pixels``, ``dtype``, ``height``, ``width`` and, for ``images``
+    rows, the transform columns of :data:`radlake.dicom.pixels.TRANSFORM_COLUMNS`
+    (crops have none: they hold their values), and ``pixel_spacing`` for physical inputs; for training also ``boxes_xyxy_px`` (list of ``[x0, y0, x1,
     y1]`` source pixels) and ``labels`` (1-based). The target also carries the source →
     input ``geometry`` (:class:`~radlake.models.preprocess.FrameGeometry`) and the row's
     ``sop_instance_uid`` / ``frame_index`` / ``study_instance_uid`` / ``series_key`` /
@@ -100,6 +102,7 @@ class DetectionTransform:
             self.image_size,
             pixel_spacing=row.get("pixel_spacing"),
             input_spacing_mm=spacing,
+            **{name: row.get(name) for name in TRANSFORM_COLUMNS},
         )
         boxes = torch.as_tensor(row.get("boxes_xyxy_px") or [], dtype=torch.float32).reshape(-1, 4)
         labels = torch.as_tensor(row.get("labels") or [], dtype=torch.int64)

@@ -6,7 +6,9 @@ vertebral body, for instance). Every table is read at a pinned Delta version, so
 run can be repeated on exactly the same data (``radlake reproduce``).
 
 Columns: ``sop_instance_uid``, ``frame_index``, ``study_instance_uid``, ``split``,
-``pixels``, ``dtype``, ``height``, ``width``, ``pixel_spacing`` (row, column mm),
+``pixels``, ``dtype``, ``height``, ``width`` and the transform columns
+(:data:`radlake.dicom.pixels.TRANSFORM_COLUMNS`: the frame as stored, its values through
+:func:`radlake.dicom.pixels.row_values`), ``pixel_spacing`` (row, column mm),
 ``series_key`` and ``slice_index`` (the frame's stack and place in it: evaluation decodes
 the levels of a stack at once, as scoring does), ``boxes_xyxy_px``
 (``array<array<double>>``, source pixels, x = column, y = row) and ``labels``
@@ -21,7 +23,9 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from radlake.config import RadlakeConfig
+from radlake.dicom.pixels import TRANSFORM_COLUMNS
 from radlake.errors import RadlakeError
+from radlake.ingest.schema import with_value_columns
 from radlake.tables import Table, table_ref
 
 if TYPE_CHECKING:
@@ -30,7 +34,9 @@ if TYPE_CHECKING:
 #: Tables every view reads; their versions are the run's data versions.
 VIEW_TABLES = (Table.IMAGES, Table.ANNOTATIONS, Table.SPLITS)
 SPLITS = ("train", "val", "test")
-#: ``images`` columns every view carries (never more: the cache holds exactly what the loader reads).
+#: ``images`` columns every view carries (never more: the cache holds exactly what the loader reads). A
+#: detection view also carries :data:`radlake.dicom.pixels.TRANSFORM_COLUMNS` (frames as stored); the
+#: Schmorl's view of crops does not (crops hold their values).
 IMAGE_COLUMNS = (
     "sop_instance_uid",
     "frame_index",
@@ -110,13 +116,14 @@ def detection_view(
         )
     )
     return (
-        read[Table.IMAGES]
-        .select(*IMAGE_COLUMNS, *STACK_COLUMNS)
+        with_value_columns(read[Table.IMAGES])
+        .select(*IMAGE_COLUMNS, *TRANSFORM_COLUMNS, *STACK_COLUMNS)
         .join(studies, "study_instance_uid", "left_semi")
         .join(read[Table.SPLITS].select("study_instance_uid", "split"), "study_instance_uid")
         .join(boxes, ["sop_instance_uid", "frame_index"], "left")
         .select(
             *IMAGE_COLUMNS,
+            *TRANSFORM_COLUMNS,
             *STACK_COLUMNS,
             "split",
             F.coalesce(F.expr("transform(_boxes, b -> b.box)"), F.array().cast("array<array<double>>")).alias(

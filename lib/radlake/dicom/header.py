@@ -38,6 +38,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from types import GenericAlias
 from typing import TYPE_CHECKING, Any
 
 import pydicom
@@ -60,43 +61,45 @@ DICOMDIR_SOP_CLASS_UID = "1.2.840.10008.1.3.10"
 #: Binary values (OB, OW, OD, OF, OL, OV, UN) longer than this many bytes are left out of
 #: the header JSON: overlays, icons, curves, encapsulated documents, vendor blobs.
 BULK_DATA_BYTES = 1024
-#: The promoted columns, in table order (see :func:`parse_header`).
-PROMOTED_COLUMNS = (
-    "sop_instance_uid",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_class_uid",
-    "modality",
-    "transfer_syntax_uid",
-    "rows",
-    "columns",
-    "number_of_frames",
-    "bits_stored",
-    "bits_allocated",
-    "pixel_representation",
-    "photometric_interpretation",
-    "samples_per_pixel",
-    "rescale_slope",
-    "rescale_intercept",
-    "pixel_spacing",
-    "slice_thickness",
-    "spacing_between_slices",
-    "image_orientation_patient",
-    "image_position_patient",
-    "frame_of_reference_uid",
-    "instance_number",
-    "series_number",
-    "series_description",
-    "echo_time",
-    "repetition_time",
-    "manufacturer",
-    "body_part_examined",
-    "study_date",
-    "patient_id",
-    "accession_number",
-    "plane",
-    "has_pixels",
-)
+#: The promoted columns in table order (see :func:`parse_header`), with the Python type of their
+#: values (any value may be None). The instances table types its columns from these
+#: (:data:`radlake.ingest.schema.PROMOTED_FIELDS`).
+PROMOTED_COLUMNS: dict[str, type | GenericAlias] = {
+    "sop_instance_uid": str,
+    "study_instance_uid": str,
+    "series_instance_uid": str,
+    "sop_class_uid": str,
+    "modality": str,
+    "transfer_syntax_uid": str,
+    "rows": int,
+    "columns": int,
+    "number_of_frames": int,
+    "bits_stored": int,
+    "bits_allocated": int,
+    "pixel_representation": int,
+    "photometric_interpretation": str,
+    "samples_per_pixel": int,
+    "rescale_slope": float,
+    "rescale_intercept": float,
+    "pixel_spacing": list[float],
+    "slice_thickness": float,
+    "spacing_between_slices": float,
+    "image_orientation_patient": list[float],
+    "image_position_patient": list[float],
+    "frame_of_reference_uid": str,
+    "instance_number": int,
+    "series_number": int,
+    "series_description": str,
+    "echo_time": float,
+    "repetition_time": float,
+    "manufacturer": str,
+    "body_part_examined": str,
+    "study_date": dt.date,
+    "patient_id": str,
+    "accession_number": str,
+    "plane": str,
+    "has_pixels": bool,
+}
 
 _PIXEL_TAGS_LE = (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00")
 _PIXEL_TAGS_BE = (b"\x7f\xe0\x00\x10", b"\x7f\xe0\x00\x08", b"\x7f\xe0\x00\x09")

@@ -11,9 +11,10 @@ JPEG 2000 lossless, deflated). Such copies are one instance. They are told apart
   Specific Character Set (the text is compared decoded), Planar Configuration and Data
   Set Trailing Padding. Binary values over
   :data:`radlake.dicom.header.BULK_DATA_BYTES` (pixel, overlay data) are not part of it.
-- :func:`pixels_digest`: the decoded frames (:class:`radlake.dicom.pixels.EncodedFrame`:
-  modality values stored in their smallest exact dtype), frame by frame. Colour frames
-  are compared as their luma, as radlake stores them.
+- :func:`pixels_digest`: the decoded frames' values (:class:`radlake.dicom.pixels.EncodedFrame`
+  through :func:`radlake.dicom.pixels.frame_values`: modality values, MONOCHROME1 inverted,
+  in their smallest exact dtype), frame by frame, whatever dtype a decoder gave. Colour
+  frames are compared as their luma, as radlake stores them.
 
 Both are SHA-256 hex digests. A lossy copy decodes to other values: a conflict.
 """
@@ -25,7 +26,7 @@ import json
 from collections.abc import Iterable
 
 from radlake.dicom.header import parse_header
-from radlake.dicom.pixels import EncodedFrame
+from radlake.dicom.pixels import EncodedFrame, encode_pixels, frame_values
 
 __all__ = ["ENCODING_KEYWORDS", "header_digest", "pixels_digest"]
 
@@ -53,7 +54,7 @@ def header_digest(data: bytes) -> str:
 
 
 def pixels_digest(frames: Iterable[EncodedFrame]) -> str:
-    """SHA-256 of the decoded frames, in order (shape, dtype and values of each).
+    """SHA-256 of the decoded frames' values, in order (shape, dtype and values of each).
 
     Raises
     ------
@@ -64,6 +65,8 @@ def pixels_digest(frames: Iterable[EncodedFrame]) -> str:
     for frame in frames:
         if frame.error is not None:
             raise ValueError(f"frame {frame.frame_index}: {frame.error.error_class}: {frame.error.message}")
-        digest.update(f"{frame.frame_index}:{frame.height}x{frame.width}:{frame.dtype};".encode())
-        digest.update(frame.pixels)
+        values = frame_values(frame.pixels, frame.dtype, frame.height, frame.width, **frame.transform)
+        buf, dtype = encode_pixels(values)
+        digest.update(f"{frame.frame_index}:{frame.height}x{frame.width}:{dtype};".encode())
+        digest.update(buf)
     return digest.hexdigest()

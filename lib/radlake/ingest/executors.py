@@ -9,8 +9,9 @@ of its input over Spark Connect (:func:`radlake.spark.task_lists_of` reads eithe
 - :func:`header_task`: stored file → (archive members →) de-identified header,
   promoted columns and DICOM JSON, or a quarantine record. Reads with
   ``stop_before_pixels``; nothing is decoded.
-- :func:`pixel_task`: selected instances → one decoded frame per row, compactly
-  encoded, or a quarantine record. Frames are decoded one at a time and a file
+- :func:`pixel_task`: selected instances → one decoded frame per row, as stored
+  (pydicom's ``pixel_array`` with its rescale and inversion, or float32 values:
+  :func:`radlake.dicom.pixels.encoded_frames`), or a quarantine record. Frames are decoded one at a time and a file
   whose decoded size would exceed the limit is refused before decoding. Compressed
   pixel data (native decoders) is decoded in the worker's sandbox child
   (:mod:`radlake.dicom.sandbox`), so that a decoder crash, hang or memory blow-up is
@@ -289,6 +290,7 @@ def _decode_instance(record: dict[str, Any], content: bytes, settings: PixelSett
             "width": frame.width,
             "dtype": frame.dtype,
             "pixels": frame.pixels,
+            **frame.transform,
         }
 
 

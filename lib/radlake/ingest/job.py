@@ -45,7 +45,7 @@ import time
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -70,6 +70,7 @@ from radlake.spark import (
     persist,
     unpersist,
 )
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import QuarantineStage
 
@@ -84,7 +85,7 @@ HEADER_COST_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class IngestSummary:
+class IngestSummary(Summary):
     """What one ingest run did. Counts are of this run; ``series`` is the table's total."""
 
     run_id: str
@@ -102,9 +103,6 @@ class IngestSummary:
     new_images: int
     seconds: float
     phase_seconds: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def resolve_deid_key(config: RadlakeConfig) -> bytes | None:
@@ -527,6 +525,8 @@ def _store_and_decode(run: _IngestRun, headers: _Headers, rows: _HeaderRows) -> 
             older = run.stored(Table.SERIES).join(keys, "series_key", "left_semi").select("series_key", "slices")
             stack_slices += older.collect()
         _add_slice_indices(records, stack_slices)
+        if records and not run.created[Table.IMAGES]:  # a table written before its newest columns gets them
+            run.refs[Table.IMAGES].add_missing_columns(spark, S.IMAGES)
         new_images, pixel_failures = _pixel_stage(
             spark, run.config, run.refs, run.run_columns, run.run_id, records, all_instances
         )

@@ -9,6 +9,9 @@ in mm, patient (LPS) coordinates.
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import TYPE_CHECKING
+
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
@@ -22,7 +25,11 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from radlake.dicom.header import PROMOTED_COLUMNS
 from radlake.tables import struct_fields
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 _S, _I, _L, _D, _B = StringType(), IntegerType(), LongType(), DoubleType(), BooleanType()
 _DOUBLES = ArrayType(DoubleType())
@@ -37,43 +44,12 @@ SOURCE_FIELDS = struct_fields(
     ("modification_time", TimestampType()),
 )
 
-#: Header attributes promoted to typed columns (see ``radlake.dicom.header.parse_header``).
-PROMOTED_FIELDS = struct_fields(
-    ("sop_instance_uid", _S),
-    ("study_instance_uid", _S),
-    ("series_instance_uid", _S),
-    ("sop_class_uid", _S),
-    ("modality", _S),
-    ("transfer_syntax_uid", _S),
-    ("rows", _I),
-    ("columns", _I),
-    ("number_of_frames", _I),
-    ("bits_stored", _I),
-    ("bits_allocated", _I),
-    ("pixel_representation", _I),
-    ("photometric_interpretation", _S),
-    ("samples_per_pixel", _I),
-    ("rescale_slope", _D),
-    ("rescale_intercept", _D),
-    ("pixel_spacing", _DOUBLES),
-    ("slice_thickness", _D),
-    ("spacing_between_slices", _D),
-    ("image_orientation_patient", _DOUBLES),
-    ("image_position_patient", _DOUBLES),
-    ("frame_of_reference_uid", _S),
-    ("instance_number", _I),
-    ("series_number", _I),
-    ("series_description", _S),
-    ("echo_time", _D),
-    ("repetition_time", _D),
-    ("manufacturer", _S),
-    ("body_part_examined", _S),
-    ("study_date", DateType()),
-    ("patient_id", _S),
-    ("accession_number", _S),
-    ("plane", _S),
-    ("has_pixels", _B),
-)
+#: The Spark type of each Python type of a promoted header value.
+_SPARK_TYPES = {str: _S, int: _I, float: _D, list[float]: _DOUBLES, dt.date: DateType(), bool: _B}
+
+#: Header attributes promoted to typed columns: :data:`radlake.dicom.header.PROMOTED_COLUMNS` (names,
+#: order and Python types, from ``parse_header``) in Spark types.
+PROMOTED_FIELDS = struct_fields(*((name, _SPARK_TYPES[kind]) for name, kind in PROMOTED_COLUMNS.items()))
 
 RUN_FIELDS = struct_fields(("ingest_run_id", _S), ("ingested_at", TimestampType()), ("radlake_version", _S))
 
@@ -171,8 +147,16 @@ SERIES = StructType(
     )
 )
 
-#: One decoded 2D frame. ``pixels`` holds ``height * width`` values of ``dtype`` (little
-#: endian, row-major), after the modality transform and with MONOCHROME1 inverted.
+#: One decoded 2D frame, as stored (:func:`radlake.dicom.pixels.encoded_frames`). ``pixels`` holds
+#: ``height * width`` values of ``dtype`` (little endian, row-major): for ``uint8``, ``uint16``,
+#: ``int16`` the stored values exactly as pydicom's ``pixel_array`` gives them, turned into the
+#: frame's values (modality values, MONOCHROME1 inverted) by ``rescale_slope`` (modality units per
+#: stored unit), ``rescale_intercept`` (modality units), ``invert`` and ``bits_stored``; for
+#: ``float32`` the values themselves (float pixel data, colour as luma, a Modality LUT, 32-bit data:
+#: slope 1, intercept 0, no inversion, ``bits_stored`` null). Readers get the values through
+#: :func:`radlake.dicom.pixels.frame_values` / ``row_values``. Rows written before the transform
+#: columns existed hold their values in any dtype of ``STORAGE_DTYPES`` and read them as null (the
+#: identity): read the table through :func:`with_value_columns`.
 IMAGES = StructType(
     struct_fields(
         ("sop_instance_uid", _S),
@@ -187,9 +171,34 @@ IMAGES = StructType(
         ("pixel_spacing", _DOUBLES),
         ("dtype", _S),
         ("pixels", BinaryType()),
+        ("rescale_slope", _D),
+        ("rescale_intercept", _D),
+        ("invert", _B),
+        ("bits_stored", _I),
     )
     + RUN_FIELDS
 )
+
+
+def with_value_columns(images: DataFrame) -> DataFrame:
+    """``images`` rows with every column :func:`radlake.dicom.pixels.row_values` reads.
+
+    A table written before the transform columns (:data:`radlake.dicom.pixels.TRANSFORM_COLUMNS`)
+    existed, or read at such a Delta version, lacks them: they are added as nulls, which
+    read as the identity (those rows hold their values already). A no-op on current tables.
+
+    Example::
+
+        frames = with_value_columns(table_ref(config, Table.IMAGES).read(spark)).select(*VALUE_COLUMNS)
+    """
+    from pyspark.sql import functions as F
+
+    from radlake.dicom.pixels import TRANSFORM_COLUMNS
+
+    present = set(images.columns)
+    missing = {c: F.lit(None).cast(IMAGES[c].dataType) for c in TRANSFORM_COLUMNS if c not in present}
+    return images.withColumns(missing) if missing else images
+
 
 #: What the pixel pass yields per frame: an image row or a failure.
 PIXEL_RESULT = StructType(

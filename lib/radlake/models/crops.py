@@ -105,7 +105,8 @@ class StoredCrop:
     Attributes
     ----------
     pixels, dtype
-        The ``size x size`` crop as :func:`radlake.dicom.pixels.encode_pixels` stores it.
+        The ``size x size`` crop's values (float32 modality values, resampled) as
+        :func:`radlake.dicom.pixels.encode_pixels` stores them.
     geometry
         Where the crop sits in its source frame.
     pixel_spacing
@@ -121,13 +122,15 @@ class StoredCrop:
 def cut_stored_frame(frame_row: dict, vertebra_boxes_xyxy_px, margin_fraction: float, size: int) -> list[StoredCrop]:
     """The crops of these vertebra boxes (source pixels) from one stored frame, decoded once.
 
-    ``frame_row`` holds the frame's stored pixel columns: ``pixels``, ``dtype``, ``height``,
-    ``width`` and ``pixel_spacing`` (row, column mm, or None). What the training crops and
-    the scoring job both cut, on the executors.
+    ``frame_row`` holds the frame's pixel columns: ``pixels``, ``dtype``, ``height``,
+    ``width``, the transform columns of an ``images`` row (read through
+    :func:`radlake.dicom.pixels.row_values`; absent where the row holds its values) and
+    ``pixel_spacing`` (row, column mm, or None). What the training crops and the scoring
+    job both cut, on the executors. The crops hold their values (no transform).
     """
-    from radlake.dicom.pixels import decode_pixels, encode_pixels
+    from radlake.dicom.pixels import encode_pixels, row_values
 
-    frame = decode_pixels(frame_row["pixels"], frame_row["dtype"], frame_row["height"], frame_row["width"])
+    frame = row_values(frame_row)
     spacing = frame_row["pixel_spacing"]
     crops = []
     for box in vertebra_boxes_xyxy_px:

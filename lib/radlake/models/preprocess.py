@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from radlake.dicom.pixels import decode_pixels
+from radlake.dicom.pixels import frame_values
 
 #: Percentiles of the intensity window (a robust min/max of one frame).
 WINDOW_PERCENTILES = (0.5, 99.5)
@@ -170,14 +170,31 @@ def prepare_frame(
     *,
     pixel_spacing: Sequence[float] | None = None,
     input_spacing_mm: float | None = None,
+    rescale_slope: float | None = None,
+    rescale_intercept: float | None = None,
+    invert: bool | None = None,
+    bits_stored: int | None = None,
 ) -> tuple[torch.Tensor, FrameGeometry]:
     """An ``images`` row's pixel columns → the network input ``(1, H', W')`` and its geometry.
 
-    With ``input_spacing_mm`` and a usable ``pixel_spacing`` the frame is resampled to
-    that pixel size (:func:`resample_to_spacing`); otherwise it is letterboxed to
-    ``(1, size, size)``.
+    The frame's values are :func:`radlake.dicom.pixels.frame_values` of ``pixels``,
+    ``dtype``, ``height``, ``width`` and the transform columns (``rescale_slope``,
+    ``rescale_intercept``, ``invert``, ``bits_stored``; left out, or None, for rows that
+    hold their values: crops, a model's input). With ``input_spacing_mm`` and a usable
+    ``pixel_spacing`` the frame is resampled to that pixel size
+    (:func:`resample_to_spacing`); otherwise it is letterboxed to ``(1, size, size)``.
     """
-    frame = normalize_intensity(decode_pixels(pixels, dtype, int(height), int(width)))
+    values = frame_values(
+        pixels,
+        dtype,
+        int(height),
+        int(width),
+        rescale_slope=rescale_slope,
+        rescale_intercept=rescale_intercept,
+        invert=invert,
+        bits_stored=bits_stored,
+    )
+    frame = normalize_intensity(values)
     spacing = usable_spacing(pixel_spacing)
     if input_spacing_mm and spacing is not None:
         return resample_to_spacing(frame, spacing, input_spacing_mm)

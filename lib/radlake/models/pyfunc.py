@@ -1,8 +1,10 @@
 """The detector as an MLflow pyfunc: preprocessing, the network and post-processing in one model.
 
-Input: ``images`` rows — ``pixels`` (bytes), ``dtype``, ``height``, ``width`` and
+Input: frames — ``pixels`` (bytes of the frame's values, as
+:func:`radlake.dicom.pixels.encode_pixels` stores them), ``dtype``, ``height``, ``width`` and
 ``pixel_spacing`` (row, column mm; a detector with ``input_spacing_mm`` resamples the
-frame to that pixel size with it). Output: per row, an array of detections
+frame to that pixel size with it). ``images`` rows hold their frames as stored, with a
+rescale and an inversion: pass them through :mod:`radlake.models.model_input` first. Output: per row, an array of detections
 ``{label, level, score, x0, y0, x1, y1, level_status, level_probability, level_scores}``
 with the box ``xyxy`` in pixels of the source frame (x = column, y = row, origin at its
 top-left corner). For a vertebra detector ``level`` is the level decoded over the bodies
@@ -35,7 +37,7 @@ Example
 -------
 >>> import mlflow                                                    # doctest: +SKIP
 >>> model = mlflow.pyfunc.load_model("models:/vertebra_detector@champion")  # doctest: +SKIP
->>> model.predict(images_pdf)["detections"][0][0]["level"]           # doctest: +SKIP
+>>> model.predict(model_input_rows(images_pdf))["detections"][0][0]["level"]  # doctest: +SKIP
 'L3'
 """
 
@@ -148,7 +150,9 @@ def check_detector_signature(model_uri: str) -> tuple[str, ...]:
 
 
 def detections_column(spark, model_uri: str, params: dict[str, Any] | None = None):
-    """The model's ``detections`` as a Spark column over ``images``-like rows (a pyfunc Spark UDF).
+    """The model's ``detections`` as a Spark column over frames that hold their values (a pyfunc Spark UDF).
+
+    ``images`` rows go through :func:`radlake.models.model_input.model_input_frames` first.
 
     The UDF runs in the executors' Python (``env_manager="local"``: the cluster's
     environment is the training one); ``height`` and ``width`` are cast to the
@@ -232,13 +236,15 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
 
 
 def predict_rows(model, spec, rows: pd.DataFrame, batch_size: int = DEFAULT_BATCH_SIZE) -> list[list[dict]]:
-    """Detections in source pixels for every row of ``rows`` (columns :data:`INPUT_COLUMNS`).
+    """Detections in source pixels for every row of ``rows`` (columns :data:`INPUT_COLUMNS`; ``images``
+    rows may also carry their transform columns, :data:`radlake.dicom.pixels.TRANSFORM_COLUMNS`).
 
     ``spec.score_threshold`` is the lowest score returned; ``batch_size`` images go through
     the network at a time.
     """
     import torch
 
+    from radlake.dicom.pixels import TRANSFORM_COLUMNS
     from radlake.models.detector import postprocess
     from radlake.models.preprocess import prepare_frame
 
@@ -255,6 +261,7 @@ def predict_rows(model, spec, rows: pd.DataFrame, batch_size: int = DEFAULT_BATC
                 spec.image_size,
                 pixel_spacing=_spacing(r.get("pixel_spacing")),
                 input_spacing_mm=spec.input_spacing_mm,
+                **{name: r.get(name) for name in TRANSFORM_COLUMNS},  # absent from a model's input: its values
             )
             for r in chunk
         ]

@@ -9,12 +9,13 @@ reason (no such model, alias or version, or run), so a job fails before it reads
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from radlake.errors import RadlakeError
+from radlake.summary import Summary
 
 
 class ModelNotFoundError(RadlakeError):
@@ -22,7 +23,7 @@ class ModelNotFoundError(RadlakeError):
 
 
 @dataclass(frozen=True)
-class ResolvedModel:
+class ResolvedModel(Summary):
     """A model URI pinned to what it pointed at when resolved.
 
     ``uri`` is the pinned form (``models:/name/version``, or the run URI), so that
@@ -34,10 +35,6 @@ class ResolvedModel:
     name: str | None
     version: str | None
     run_id: str
-
-    def as_dict(self) -> dict[str, str | None]:
-        """The record that summaries and run tags carry: requested and pinned URI, name, version, run."""
-        return asdict(self)
 
 
 def version_aliases(client: mlflow.MlflowClient, name: str) -> dict[str, list[str]]:

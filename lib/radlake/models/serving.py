@@ -7,11 +7,14 @@ body in MLflow's ``dataframe_split`` format, plus the inference ``params``
     {
       "dataframe_split": {
         "columns": ["pixels", "dtype", "height", "width", "pixel_spacing"],
-        "data": [["<base64 of the pixel bytes>", "float16", 384, 384, [0.7, 0.7]]]
+        "data": [["<base64 of the pixel bytes>", "float32", 384, 384, [0.7, 0.7]]]
       },
       "params": {"score_threshold": 0.3, "batch_size": 8}
     }
 
+``pixels`` / ``dtype`` hold the frame's values (:func:`radlake.dicom.pixels.encode_pixels`);
+the request builders below take ``images`` rows, stored with a rescale or an inversion, and
+send their values (:func:`radlake.dicom.pixels.values_encoding`).
 JSON has no bytes, so the ``binary`` column ``pixels`` travels as **base64** (the standard
 alphabet, RFC 4648): MLflow's scoring server decodes every column whose signature type is
 ``binary`` with :func:`base64.decodebytes` before ``predict``
@@ -43,6 +46,7 @@ import base64
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from radlake.dicom.pixels import values_encoding
 from radlake.models.pyfunc import INPUT_COLUMNS, PARAMS
 
 __all__ = ["images_request", "images_row_request"]
@@ -56,8 +60,9 @@ def images_row_request(row: Any, params: Mapping[str, Any] | None = None) -> dic
     row
         One ``images`` row: a ``pyspark.sql.Row``, a ``dict`` or a ``pandas.Series`` with at
         least the columns :data:`radlake.models.pyfunc.INPUT_COLUMNS` (``pixels`` as
-        ``bytes``/``bytearray``, e.g. the float16 bytes of the ``images`` table). Other
-        columns are left out of the request.
+        ``bytes``/``bytearray``) and, if it has them, the transform columns of
+        :data:`radlake.dicom.pixels.TRANSFORM_COLUMNS`: the request carries the frame's
+        values. Other columns are left out of the request.
     params
         Inference parameters, keys from :data:`radlake.models.pyfunc.PARAMS`
         (``score_threshold``, ``batch_size``); ``None`` uses the model's defaults.
@@ -79,10 +84,10 @@ def images_row_request(row: Any, params: Mapping[str, Any] | None = None) -> dic
     Examples
     --------
     >>> body = images_row_request(
-    ...     {"pixels": b"\\x00<", "dtype": "float16", "height": 1, "width": 1, "pixel_spacing": [0.5, 0.5]},
+    ...     {"pixels": b"\\x00<", "dtype": "uint16", "height": 1, "width": 1, "pixel_spacing": [0.5, 0.5]},
     ...     {"score_threshold": 0.4})
     >>> body["dataframe_split"]["data"]
-    [['ADw=', 'float16', 1, 1, [0.5, 0.5]]]
+    [['ADw=', 'uint16', 1, 1, [0.5, 0.5]]]
     >>> body["params"]
     {'score_threshold': 0.4}
     """
@@ -133,9 +138,10 @@ def _request_row(row: dict[str, Any], index: int) -> list[Any]:
     if not isinstance(pixels, bytes | bytearray | memoryview):
         raise TypeError(f"Argument 'row' (row {index}): 'pixels' must be bytes, got {type(pixels).__name__}.")
     spacing = row["pixel_spacing"]
+    pixels, dtype = values_encoding({**row, "pixels": bytes(pixels)})
     return [
-        base64.b64encode(bytes(pixels)).decode("ascii"),
-        str(row["dtype"]),
+        base64.b64encode(pixels).decode("ascii"),
+        str(dtype),
         int(row["height"]),
         int(row["width"]),
         None if spacing is None else [float(v) for v in spacing],

@@ -23,7 +23,7 @@ Example
 -------
 >>> udf = shipped_model_udf(spark, "models:/vertebra_detector/3",
 ...                         result_type=udf_result_type(), fields=fields)      # doctest: +SKIP
->>> images.select(udf(*INPUT_COLUMNS).detections)                              # doctest: +SKIP
+>>> model_input_frames(images).select(udf(*INPUT_COLUMNS).detections)          # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -16,13 +16,14 @@ deprecated.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
 from radlake.config import RadlakeConfig
+from radlake.summary import Summary
 
 if TYPE_CHECKING:
     from radlake.train.run import Detector
@@ -33,7 +34,7 @@ TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
-class PromotionSummary:
+class PromotionSummary(Summary):
     """What registering and comparing did."""
 
     model_name: str
@@ -44,9 +45,6 @@ class PromotionSummary:
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
     reason: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _champion(client: mlflow.MlflowClient, name: str):
@@ -159,7 +157,7 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: Detector) -> 
 
     from radlake.models.detector import detections_as_arrays
     from radlake.models.levels import level_to_class
-    from radlake.models.pyfunc import INPUT_COLUMNS
+    from radlake.models.model_input import model_input_rows
     from radlake.train.metrics import ImageResult, evaluate_results
 
     kind = stage.spec(RadlakeConfig()).kind  # the kind of a detector does not depend on its settings
@@ -167,7 +165,7 @@ def evaluate_on_run_test_split(model_uri: str, run_id: str, stage: Detector) -> 
     if not cache:
         raise RuntimeError(f"Run {run_id} does not record its test cache (tag radlake.test_cache)")
     rows = pq.ParquetDataset(cache).read().to_pandas()
-    found = mlflow.pyfunc.load_model(model_uri).predict(rows[list(INPUT_COLUMNS)])["detections"]
+    found = mlflow.pyfunc.load_model(model_uri).predict(model_input_rows(rows))["detections"]
     results = []
     for row, detections in zip(rows.to_dict("records"), found, strict=True):
         boxes, scores, classes = detections_as_arrays(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from radlake.config import RadlakeConfig
 from radlake.models.resolve import ModelNotFoundError, version_aliases
 from radlake.registry.promote import CHAMPION
+from radlake.summary import Summary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,7 +33,7 @@ HISTORY_TAG = "radlake.alias_history"
 
 
 @dataclass(frozen=True)
-class AliasMove:
+class AliasMove(Summary):
     """One manual alias move."""
 
     model_name: str
@@ -42,9 +43,6 @@ class AliasMove:
     reason: str
     moved_by: str
     moved_at: str  # ISO 8601, UTC
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _model_name(config: RadlakeConfig, detector: str) -> str:

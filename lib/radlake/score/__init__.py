@@ -9,6 +9,7 @@
 - :mod:`.sr`: ``radlake export-sr`` — the findings as DICOM Comprehensive 3D SR (TID 1500).
 - :mod:`.review`: ``radlake review`` — PNGs of the sagittal slices with the boxes drawn.
 
-May import: the foundation, :mod:`radlake.dicom` and :mod:`radlake.models` (not training or
-the registry: scoring needs a resolved model URI only).
+May import: the foundation, :mod:`radlake.dicom`, :mod:`radlake.ingest.schema` (the ``images``
+table's columns) and :mod:`radlake.models` (not training or the registry: scoring needs a
+resolved model URI only).
 """

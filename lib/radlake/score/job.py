@@ -10,8 +10,10 @@ Order of work:
    pixels cannot be decoded (no pixels, unknown dtype, wrong byte count) are skipped
    and counted by reason, as are the files that failed decoding at ingest
    (``quarantine``, stage ``pixels``);
-3. stage 1, the vertebra detector, runs on each frame as an MLflow pyfunc Spark UDF
-   (``params``: ``score_threshold = score.vertebra_threshold``, ``batch_size``);
+3. stage 1, the vertebra detector, runs on each frame's values as an MLflow pyfunc Spark UDF
+   (``params``: ``score_threshold = score.vertebra_threshold``, ``batch_size``); a frame
+   stored with a rescale or an inversion is turned into its values on the executors first
+   (:func:`radlake.models.model_input.model_input_frames`);
 4. on the executors, each frame's vertebrae are cut into crops
    (:mod:`radlake.models.crops`, ``crops.margin_fraction`` and ``crops.size``: the
    settings the Schmorl's model was trained with);
@@ -45,7 +47,7 @@ review PNGs and DICOM SR of its ``score.artifact_studies`` top studies
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -55,12 +57,16 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType
 
 from radlake.config import RadlakeConfig
+from radlake.dicom.pixels import VALUE_COLUMNS
 from radlake.errors import RadlakeError
+from radlake.ingest.schema import with_value_columns
+from radlake.models.model_input import model_input_frames
 from radlake.score.executors import SCORE_CROP, cut_scoring_crops
 from radlake.score.findings import findings_summary, update_study_findings
 from radlake.score.pair import CheckedModel, check_models, thresholded_detections
 from radlake.score.schema import MODEL_PAIR_KEYS, PREDICTIONS, STUDY_FINDINGS, model_pair_filter
 from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import QuarantineStage
 
@@ -79,7 +85,7 @@ _STACK = "_stack"
 
 
 @dataclass(frozen=True)
-class ScoreSummary:
+class ScoreSummary(Summary):
     """What one ``radlake score`` run did."""
 
     run_id: str
@@ -101,9 +107,6 @@ class ScoreSummary:
     findings: list[dict] = field(default_factory=list)
     #: Paths of the review PNGs and SR files logged into the run (:mod:`radlake.score.run_artifacts`).
     artifacts: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def score_note(summary: ScoreSummary) -> str:
@@ -265,7 +268,7 @@ def _plan_frames(
     spark: SparkSession, config: RadlakeConfig, images_ref, predictions_ref, vertebra, schmorl
 ) -> _FramePlan:
     """The frames of ``images`` this model pair has not scored, whole stacks at a time, and the skipped ones."""
-    images = images_ref.read(spark).withColumn(_STACK, _stack_key())
+    images = with_value_columns(images_ref.read(spark)).withColumn(_STACK, _stack_key())
     done = predictions_ref.read(spark).where(model_pair_filter(vertebra.uri, schmorl.uri)).select(*_KEYS)
     unscored = images.join(done, _KEYS, "left_anti").withColumn("_ok", _valid_pixels())
     counts = unscored.groupBy(F.when(F.col("_ok"), F.lit("ok")).otherwise(_skip_reason()).alias("r")).count()
@@ -357,8 +360,9 @@ def _score_frames(
     predictions_ref = table_ref(config, Table.PREDICTIONS)
     vertebra, schmorl = vertebra_checked.model, schmorl_checked.model
 
-    # Stage 1 on every frame, then crops of its vertebrae, then stage 2 on every crop.
-    stage1 = todo.select(
+    # Stage 1 on every frame (its values: stored frames with a rescale or an inversion are turned
+    # into their values on the executors first), then crops of its vertebrae, then stage 2 on every crop.
+    stage1 = model_input_frames(todo.select(*_KEYS, *VALUE_COLUMNS, "pixel_spacing")).select(
         *_KEYS,
         "pixels",
         "dtype",

@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,10 @@ from pyspark.sql.types import BinaryType, BooleanType, IntegerType, StringType, 
 
 from radlake.config import RadlakeConfig
 from radlake.dicom.geometry import Plane
+from radlake.dicom.pixels import VALUE_COLUMNS
+from radlake.ingest.schema import with_value_columns
 from radlake.score.sr import NoPredictionsError, StudyNotFoundError, select_model_pairs
+from radlake.summary import Summary
 from radlake.tables import Table, struct_fields, table_ref
 
 if TYPE_CHECKING:
@@ -99,7 +102,7 @@ REVIEW_RESULT = StructType(
 
 
 @dataclass(frozen=True)
-class ReviewSummary:
+class ReviewSummary(Summary):
     """What one ``radlake review`` run wrote.
 
     Attributes
@@ -132,10 +135,6 @@ class ReviewSummary:
     schmorl_nodes: int
     model_pair: list[str] | None
     seconds: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """The summary as a plain dict (JSON-ready)."""
-        return asdict(self)
 
 
 def review_file_name(series_key: str | None, series_number: int | None, slice_index: int | None) -> str:
@@ -246,7 +245,7 @@ def render_frame(
     Parameters
     ----------
     image
-        ``(H, W)`` float32 modality values (as :func:`radlake.dicom.pixels.decode_pixels` gives).
+        ``(H, W)`` float32 modality values (as :func:`radlake.dicom.pixels.frame_values` gives).
     vertebrae
         Mappings with ``box_xyxy_px`` (``[x0, y0, x1, y1]``, pixels of ``image``, x = column,
         y = row, origin at its top-left corner), ``level`` and ``score`` (:data:`radlake.score.schema.VERTEBRA`).
@@ -298,18 +297,18 @@ def render_frames(batches: Iterator[pa.RecordBatch], *, min_size: int = MIN_SIZE
     """Executor side: frames (pixels and boxes) → one PNG each (:data:`REVIEW_RESULT`).
 
     Input columns: ``sop_instance_uid``, ``frame_index``, ``series_key``, ``slice_index``,
-    ``series_number``, ``pixels``, ``dtype``, ``height``, ``width``, ``vertebrae`` and
-    ``schmorl_nodes`` (null for a frame without a prediction row).
+    ``series_number``, the pixel columns (:data:`radlake.dicom.pixels.VALUE_COLUMNS`),
+    ``vertebrae`` and ``schmorl_nodes`` (null for a frame without a prediction row).
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from radlake.dicom.pixels import decode_pixels
+    from radlake.dicom.pixels import row_values
 
     schema = to_arrow_schema(REVIEW_RESULT)
     for batch in batches:
         rows: list[dict[str, Any]] = []
         for row in batch.to_pylist():
-            image = decode_pixels(row["pixels"], row["dtype"], row["height"], row["width"])
+            image = row_values(row)
             vertebrae = row.get("vertebrae") or []
             nodes = row.get("schmorl_nodes") or []
             canvas = render_frame(image, vertebrae, nodes, scale=display_scale(row["height"], row["width"], min_size))
@@ -451,10 +450,9 @@ def _check_review_arguments(study_uid: str, max_slices: int | None, min_size: in
 def _sagittal_frames(spark: SparkSession, config: RadlakeConfig, study_uid: str) -> DataFrame:
     """The study's sagittal frames in ``images`` with their pixels and place in their stack."""
     frames = (
-        table_ref(config, Table.IMAGES)
-        .read(spark)
+        with_value_columns(table_ref(config, Table.IMAGES).read(spark))
         .where((F.col("study_instance_uid") == study_uid) & (F.col("plane") == Plane.SAGITTAL.value))
-        .select(*_FRAME_KEYS, "series_key", "slice_index", "pixels", "dtype", "height", "width")
+        .select(*_FRAME_KEYS, "series_key", "slice_index", *VALUE_COLUMNS)
     )
     if frames.select(*_FRAME_KEYS).limit(1).count() == 0:
         raise StudyNotFoundError(

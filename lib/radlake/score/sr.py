@@ -84,7 +84,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +95,7 @@ from pydicom.sr.coding import Code
 from radlake.config import RadlakeConfig
 from radlake.errors import RadlakeError
 from radlake.models.levels import LEVELS
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import Endplate
 
@@ -170,7 +171,7 @@ _TYPE2_EVIDENCE = (
 
 
 @dataclass(frozen=True)
-class SrExportSummary:
+class SrExportSummary(Summary):
     """What one ``radlake export-sr`` run wrote.
 
     Attributes
@@ -203,10 +204,6 @@ class SrExportSummary:
     schmorl_groups: int
     frames_skipped: int
     seconds: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """The summary as a plain dict (JSON-ready)."""
-        return asdict(self)
 
 
 def level_code(level: str | None) -> Code | None:

@@ -442,11 +442,48 @@ _Segment = tuple[str, Frame, BodyShape, Fracture]
 _Disc = tuple[str, str, Frame, BodyShape, bool]
 
 
+@dataclass(frozen=True)
+class _Column:
+    """The bony column of one study, before anything is painted (all lengths in mm, LPS).
+
+    Attributes
+    ----------
+    scale: float
+        The patient's size factor (1: adult averages).
+    anchor: numpy.ndarray
+        (3,) centre of the S1 superior endplate.
+    body_dims: dict[str, tuple[float, float, float, float, Fracture]]
+        Per level of :data:`_UPWARD` and S1: anterior and posterior height, depth, width and fracture.
+    segments: list[_Segment]
+        Every segment in the order it was stacked: S1, down to Co3, then L5 up to T5.
+    by_z: list[_Segment]
+        The same segments, cranial to caudal.
+    vert_frames: dict[str, Frame]
+        Each segment's frame with the scoliosis applied.
+    disc_frames: list[_Disc]
+        Every disc (mobile and fused) with the scoliosis applied.
+    centerline: Centerline
+        The centre line and the soft-tissue profiles along it.
+    cl_s_of: dict[str, float]
+        Each segment's arc length on the centre line.
+    """
+
+    scale: float
+    anchor: np.ndarray
+    body_dims: dict[str, tuple[float, float, float, float, Fracture]]
+    segments: list[_Segment]
+    by_z: list[_Segment]
+    vert_frames: dict[str, Frame]
+    disc_frames: list[_Disc]
+    centerline: Centerline
+    cl_s_of: dict[str, float]
+
+
 def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
     """Draw one patient's spine and soft tissue.
 
-    The draws happen in a fixed order (the steps below), so the spine is a pure function
-    of the generator's state.
+    The draws happen in a fixed order (the tissue, the column, then the painted items of
+    :class:`_SpineBuilder`), so the spine is a pure function of the generator's state.
 
     Parameters
     ----------
@@ -461,6 +498,12 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
         The anatomy in patient coordinates (LPS, mm).
     """
     tissue = _sample_tissue(rng)
+    column = _sample_column(rng, config)
+    return _SpineBuilder(rng, config, tissue, column).build()
+
+
+def _sample_column(rng: np.random.Generator, config: SynthConfig) -> _Column:
+    """Sizes, curves and frames of every segment and disc, and the centre line through them."""
     scale = _u(rng, 0.88, 1.12)
     lordosis_gain = _u(rng, 0.55, 1.45)
     kyphosis_gain = _u(rng, 0.6, 1.4)
@@ -478,25 +521,7 @@ def sample_spine(rng: np.random.Generator, config: SynthConfig) -> Spine:
     for name, frame in vert_frames.items():
         s_val, _ = centerline.project(np.array([frame.origin[1]]), np.array([frame.origin[2]]))
         cl_s_of[name] = float(s_val[0])
-
-    items: list[Item] = []
-    _bladder(rng, tissue, vert_frames["S1"], items)
-    _posterior_elements(rng, tissue, segments, vert_frames, centerline, cl_s_of, scale, items)
-    _sacral_alae(tissue, vert_frames["S1"], body_dims["S1"], items)
-    disc_infos = _disc_items(rng, tissue, disc_frames, items)
-    bodies = _body_items(rng, tissue, by_z, vert_frames, items)
-    vertebrae: dict[str, Vertebra] = {}
-    for name, _, shape, fracture in by_z:
-        frame = vert_frames[name]
-        if name not in LABELLED_LEVELS:
-            vertebrae[name] = Vertebra(name, frame, shape, False, fracture)
-            continue
-        lesions, nodes = _body_lesions(rng, config, tissue, name, frame, shape, bodies[name], disc_infos, items)
-        vertebrae[name] = Vertebra(name, frame, shape, True, fracture, tuple(nodes), tuple(lesions))
-    disc_infos.sort(key=lambda d: -d.frame.origin[2])
-    # Keep every segment in the dictionary, cranial to caudal.
-    ordered = {name: vertebrae[name] for name, _, _, _ in by_z}
-    return _finish_spine(rng, tissue, items, ordered, disc_infos, centerline, cl_s_of, anchor, body_dims)
+    return _Column(scale, anchor, body_dims, segments, by_z, vert_frames, disc_frames, centerline, cl_s_of)
 
 
 def _disc_dimensions(
@@ -736,363 +761,366 @@ def _centerline(
     return Centerline(pts, xs, depth_p, canal_ap, canal_half, muscle_t, fat_t)
 
 
-def _bladder(rng: np.random.Generator, tissue: Tissue, s1: Frame, items: list[Item]) -> None:
-    """A full bladder in the pelvis (bright urine), in 70 % of patients."""
-    if rng.random() < 0.7:
-        bladder_center = s1.origin + np.array([_u(rng, -10, 10), -_u(rng, 85, 120), -_u(rng, 70, 110)])
-        r = _u(rng, 25, 55)
-        items.append(
-            Item(
-                ItemKind.SOFT,
-                Frame(bladder_center, np.eye(3)),
-                Ellipsoid((r * _u(rng, 0.7, 1.0), r, r * _u(rng, 1.0, 1.3))),
-                Paint(tissue.urine, rim_intensity=tissue.muscle, rim_mm=2.5, soft_mm=1.0),
-                subsamples=1,
-            )
+@dataclass(frozen=True)
+class _Body:
+    """A body whose inside is being drawn: lesions and nodes are clipped to its outline.
+
+    Attributes
+    ----------
+    name: str
+        Its level (e.g. ``"L3"``).
+    frame, shape
+        Where it is and its shape (mm, LPS).
+    index: int
+        Its index in :attr:`Spine.items` (the ``clip_to`` of what lies inside).
+    marrow: float
+        Its marrow signal (:class:`Tissue` units).
+    """
+
+    name: str
+    frame: Frame
+    shape: BodyShape
+    index: int
+    marrow: float
+
+    def lesion(self, frame: Frame, shape: Shape, paint: Paint) -> Item:
+        """Something inside this body that is not a Schmorl's node (vein, Modic band, oedema, haemangioma)."""
+        return Item(ItemKind.LESION, frame, shape, paint, level=self.name, clip_to=self.index)
+
+    def node(self, frame: Frame, shape: Shape, paint: Paint, endplate: Endplate) -> Item:
+        """A labelled Schmorl's node indenting ``endplate`` of this body."""
+        return Item(
+            ItemKind.NODE, frame, shape, paint, level=self.name, labelled=True, endplate=endplate, clip_to=self.index
         )
 
 
-def _posterior_elements(
-    rng: np.random.Generator,
-    tissue: Tissue,
-    segments: list[_Segment],
-    vert_frames: dict[str, Frame],
-    centerline: Centerline,
-    cl_s_of: dict[str, float],
-    scale: float,
-    items: list[Item],
-) -> None:
-    """Pedicles, nerve roots, facets, laminae and spinous processes of every segment down to S3."""
-    for name, _, shape, _ in segments:
-        if name in _NO_POSTERIOR:
-            continue
-        f = vert_frames[name]
-        s_here = cl_s_of[name]
-        ap = float(centerline.profile("canal_ap", np.array([s_here]))[0])
-        half = float(centerline.profile("canal_half", np.array([s_here]))[0])
-        h = 0.5 * (shape.h_ant + shape.h_post)
-        back = -0.5 * shape.depth
-        sacral = name.startswith("S")
-        for side in (-1.0, 1.0):
-            if not sacral:  # pedicle and nerve root
-                items.append(
+@dataclass
+class _SpineBuilder:
+    """The painted items of one study, drawn step by step over its :class:`_Column`.
+
+    Each step draws from ``rng`` and appends to ``items`` (painting order); :meth:`build`
+    runs the steps in a fixed order, so the spine stays a pure function of the generator's state.
+    A builder builds one spine: :meth:`build` is called once.
+
+    Attributes
+    ----------
+    rng: numpy.random.Generator
+        The study's generator (already past the tissue and the column).
+    config: SynthConfig
+        Lesion frequencies and sizes.
+    tissue: Tissue
+        Signal of each tissue.
+    column: _Column
+        The geometry the items are drawn on.
+    items: list[Item]
+        What has been drawn so far, in painting order.
+    """
+
+    rng: np.random.Generator
+    config: SynthConfig
+    tissue: Tissue
+    column: _Column
+    items: list[Item] = field(default_factory=list)
+
+    def build(self) -> Spine:
+        """Soft tissue, posterior elements, discs, bodies and what lies inside them, then the rest."""
+        column = self.column
+        self._bladder()
+        self._posterior_elements()
+        self._sacral_alae()
+        disc_infos = self._disc_items()
+        bodies = self._body_items()
+        # Every segment, cranial to caudal; only the labelled bodies get lesions and nodes.
+        vertebrae: dict[str, Vertebra] = {}
+        for name, _, shape, fracture in column.by_z:
+            frame = column.vert_frames[name]
+            if name not in LABELLED_LEVELS:
+                vertebrae[name] = Vertebra(name, frame, shape, False, fracture)
+                continue
+            lesions, nodes = self._body_lesions(bodies[name], disc_infos)
+            vertebrae[name] = Vertebra(name, frame, shape, True, fracture, tuple(nodes), tuple(lesions))
+        disc_infos.sort(key=lambda d: -d.frame.origin[2])
+        return self._finish(vertebrae, disc_infos)
+
+    def _uniform(self, lo: float, hi: float) -> float:
+        """One uniform draw in [lo, hi)."""
+        return _u(self.rng, lo, hi)
+
+    def _bladder(self) -> None:
+        """A full bladder in the pelvis (bright urine), in 70 % of patients."""
+        u = self._uniform
+        if self.rng.random() < 0.7:
+            s1 = self.column.vert_frames["S1"]
+            bladder_center = s1.origin + np.array([u(-10, 10), -u(85, 120), -u(70, 110)])
+            r = u(25, 55)
+            self.items.append(
+                Item(
+                    ItemKind.SOFT,
+                    Frame(bladder_center, np.eye(3)),
+                    Ellipsoid((r * u(0.7, 1.0), r, r * u(1.0, 1.3))),
+                    Paint(self.tissue.urine, rim_intensity=self.tissue.muscle, rim_mm=2.5, soft_mm=1.0),
+                    subsamples=1,
+                )
+            )
+
+    def _posterior_elements(self) -> None:
+        """Pedicles, nerve roots, facets, laminae and spinous processes of every segment down to S3."""
+        tissue, centerline = self.tissue, self.column.centerline
+        for name, _, shape, _ in self.column.segments:
+            if name in _NO_POSTERIOR:
+                continue
+            f = self.column.vert_frames[name]
+            s_here = self.column.cl_s_of[name]
+            ap = float(centerline.profile("canal_ap", np.array([s_here]))[0])
+            half = float(centerline.profile("canal_half", np.array([s_here]))[0])
+            h = 0.5 * (shape.h_ant + shape.h_post)
+            back = -0.5 * shape.depth
+            sacral = name.startswith("S")
+            for side in (-1.0, 1.0):
+                if not sacral:  # pedicle and nerve root
+                    self.items.append(
+                        _posterior(
+                            f.shifted((0.22 * h, back - 5.5, side * (half + 4.0))),
+                            Ellipsoid((0.28 * h, 6.5, 4.0)),
+                            _bone(tissue, 0.95, texture=0.06),
+                        )
+                    )
+                    self.items.append(
+                        _posterior(
+                            f.shifted((-0.1 * h, back - 5.0, side * (half + 5.0))),
+                            Ellipsoid((2.5, 2.5, 3.5)),
+                            Paint(tissue.nerve, soft_mm=0.5),
+                        )
+                    )
+                self.items.append(  # facet
                     _posterior(
-                        f.shifted((0.22 * h, back - 5.5, side * (half + 4.0))),
-                        Ellipsoid((0.28 * h, 6.5, 4.0)),
-                        _bone(tissue, 0.95, texture=0.06),
+                        f.shifted((-0.05 * h, back - ap - 3.0, side * (half + 5.5))),
+                        Ellipsoid((0.5 * h, 6.0, 6.5)),
+                        _bone(tissue, 0.85, texture=0.06),
                     )
                 )
-                items.append(
-                    _posterior(
-                        f.shifted((-0.1 * h, back - 5.0, side * (half + 5.0))),
-                        Ellipsoid((2.5, 2.5, 3.5)),
-                        Paint(tissue.nerve, soft_mm=0.5),
-                    )
-                )
-            items.append(  # facet
+            self.items.append(  # lamina
                 _posterior(
-                    f.shifted((-0.05 * h, back - ap - 3.0, side * (half + 5.5))),
-                    Ellipsoid((0.5 * h, 6.0, 6.5)),
-                    _bone(tissue, 0.85, texture=0.06),
+                    f.shifted((-0.1 * h, back - ap - 4.0, 0.0)),
+                    RoundBox((0.35 * h, 2.8, half + 4.0), 1.5),
+                    _bone(tissue, 0.9, texture=0.05, rim=0.6),
                 )
             )
-        items.append(  # lamina
-            _posterior(
-                f.shifted((-0.1 * h, back - ap - 4.0, 0.0)),
-                RoundBox((0.35 * h, 2.8, half + 4.0), 1.5),
-                _bone(tissue, 0.9, texture=0.05, rim=0.6),
-            )
+            self.items.append(self._spinous_process(name, f, h, back - ap))
+
+    def _spinous_process(self, name: str, f: Frame, h: float, canal_back: float) -> Item:
+        """The spinous process behind the canal (``canal_back``: the canal's posterior wall, mm along v)."""
+        u, scale = self._uniform, self.column.scale
+        lumbar, sacral = name.startswith("L"), name.startswith("S")
+        length = (u(24.0, 32.0) if lumbar else u(9.0, 14.0) if sacral else u(18.0, 26.0)) * scale
+        sp_half = (u(7.0, 10.0) if lumbar else u(4.0, 6.0)) * scale
+        tilt = math.radians(u(5.0, 22.0) if lumbar or sacral else u(35.0, 55.0))
+        sp_frame = f.shifted((-0.25 * h, canal_back - 1.0, 0.0)).rotated(-tilt, about=2)
+        return _posterior(
+            sp_frame.shifted((0.0, -0.5 * length, 0.0)),
+            RoundBox((sp_half, 0.5 * length, u(2.2, 3.2)), min(sp_half, 0.5 * length) * 0.8),
+            Paint(self.tissue.marrow * 0.75, rim_intensity=self.tissue.cortex, rim_mm=0.6, texture=0.12, soft_mm=0.8),
         )
-        items.append(_spinous_process(rng, tissue, name, f, h, back - ap, scale))
+
+    def _sacral_alae(self) -> None:
+        """The sacral alae beside S1."""
+        s1f, s1s = self.column.vert_frames["S1"], self.column.body_dims["S1"]
+        for side in (-1.0, 1.0):
+            self.items.append(
+                _posterior(
+                    s1f.shifted((-2.0, -0.15 * s1s[2], side * (0.5 * s1s[3] + 14.0))),
+                    Ellipsoid((14.0, 0.45 * s1s[2], 20.0)),
+                    _bone(self.tissue, 0.9),
+                )
+            )
+
+    def _disc_items(self) -> list[DiscInfo]:
+        """Every disc as an item (fused, degenerate or healthy with a nucleus); the unfused ones described."""
+        u, tissue = self._uniform, self.tissue
+        disc_infos: list[DiscInfo] = []
+        for upper, lower, frame, shape, degenerate in self.column.disc_frames:
+            fused = upper.startswith(("S", "Co"))
+            if fused:
+                paint = Paint(tissue.annulus * 1.2, soft_mm=0.8)
+            elif degenerate:
+                paint = Paint(
+                    tissue.annulus * u(0.7, 1.1),
+                    core_intensity=tissue.degenerate,
+                    core_scale=(u(0.5, 0.8), u(0.55, 0.75), u(0.55, 0.75)),
+                    core_soft_mm=2.0,
+                )
+            else:
+                cleft = self.rng.random() < 0.6
+                paint = Paint(
+                    tissue.annulus,
+                    core_intensity=tissue.nucleus * u(0.9, 1.05),
+                    core_scale=(u(0.6, 0.85), u(0.55, 0.75), u(0.55, 0.75)),
+                    core_soft_mm=u(1.2, 2.5),
+                    cleft_intensity=tissue.annulus * 1.5 if cleft else None,
+                    cleft_mm=u(0.4, 0.8),
+                )
+            self.items.append(Item(ItemKind.DISC, frame, shape, paint, level=f"{upper}-{lower}"))
+            if not fused:
+                disc_infos.append(DiscInfo(upper, lower, frame, shape, degenerate))
+        return disc_infos
+
+    def _body_items(self) -> dict[str, _Body]:
+        """Every body as an item, cranial to caudal."""
+        u = self._uniform
+        bodies: dict[str, _Body] = {}
+        for name, _, shape, fracture in self.column.by_z:
+            oedema = fracture is not Fracture.NONE and self.rng.random() < 0.5
+            marrow = u(0.93, 1.07) * (u(1.25, 1.5) if oedema else 1.0)
+            frame = self.column.vert_frames[name]
+            bodies[name] = _Body(name, frame, shape, len(self.items), self.tissue.marrow * marrow)
+            self.items.append(
+                Item(
+                    ItemKind.BODY,
+                    frame,
+                    shape,
+                    _bone(self.tissue, marrow, texture=u(0.06, 0.16), rim=u(0.5, 0.9)),
+                    level=name,
+                    labelled=name in LABELLED_LEVELS,
+                )
+            )
+        return bodies
+
+    def _body_lesions(self, body: _Body, disc_infos: list[DiscInfo]) -> tuple[list[str], list[Endplate]]:
+        """What lies inside a labelled body: vein, Modic bands, haemangioma, Schmorl's nodes."""
+        u, rng, shape = self._uniform, self.rng, body.shape
+        lesions: list[str] = []
+        # Basivertebral vein at mid-height of the posterior wall.
+        if rng.random() < 0.7:
+            self.items.append(
+                body.lesion(
+                    body.frame.shifted((u(-2, 2), -0.5 * shape.depth + u(1.5, 3.0), 0.0)),
+                    Ellipsoid((u(0.9, 1.6), u(3.0, 5.0), u(2.0, 3.5))),
+                    Paint(self.tissue.fat if rng.random() < 0.6 else self.tissue.cortex, soft_mm=0.6),
+                )
+            )
+            lesions.append("basivertebral")
+        lesions += self._modic_bands(body, disc_infos)
+        # Haemangioma (bright, round, away from the endplates).
+        if rng.random() < self.config.hemangioma_fraction:
+            r = u(3.0, 8.0)
+            h = 0.5 * min(shape.h_ant, shape.h_post)
+            self.items.append(
+                body.lesion(
+                    body.frame.shifted(
+                        (u(-1, 1) * max(0.0, h - r - 3.0), u(-0.25, 0.25) * shape.depth, u(-0.25, 0.25) * shape.width)
+                    ),
+                    Ellipsoid((r * u(0.8, 1.2), r, r * u(0.8, 1.2))),
+                    Paint(body.marrow * u(1.5, 2.1), soft_mm=0.8, texture=0.15),
+                )
+            )
+            lesions.append("hemangioma")
+        nodes = self._schmorl_nodes(body) if rng.random() < self.config.node_fraction else []
+        return lesions, nodes
+
+    def _modic_bands(self, body: _Body, disc_infos: list[DiscInfo]) -> list[str]:
+        """Modic change bands along the endplates next to a degenerate disc; their lesion names."""
+        u, shape = self._uniform, body.shape
+        found = []
+        for endplate in (Endplate.SUPERIOR, Endplate.INFERIOR):
+            neighbour_degenerate = any(
+                d.degenerate and ((d.lower == body.name) if endplate is Endplate.SUPERIOR else (d.upper == body.name))
+                for d in disc_infos
+            )
+            if neighbour_degenerate and self.rng.random() < self.config.modic_fraction:
+                sign = 1.0 if endplate is Endplate.SUPERIOR else -1.0
+                u_plate = sign * float(shape.top(np.array(0.0), np.array(0.0), superior=sign > 0))
+                kind = self.rng.random()
+                factor = u(1.3, 1.7) if kind < 0.75 else u(0.45, 0.7)
+                band = u(3.0, 8.0)
+                self.items.append(
+                    body.lesion(
+                        body.frame.shifted((u_plate - sign * 0.3 * band, u(-3, 3), u(-4, 4))),
+                        Ellipsoid((band, 0.5 * shape.depth * u(0.6, 1.0), 0.5 * shape.width * u(0.5, 0.9))),
+                        Paint(body.marrow * factor, soft_mm=u(1.5, 3.0), opacity=u(0.7, 1.0)),
+                    )
+                )
+                found.append(f"modic-{endplate.value}")
+        return found
+
+    def _schmorl_nodes(self, body: _Body) -> list[Endplate]:
+        """One or two Schmorl's nodes in this body (labelled items), some with oedema or a sclerotic rim."""
+        u, rng, shape, marrow = self._uniform, self.rng, body.shape, body.marrow
+        lo_node, hi_node = self.config.node_size_mm
+        nodes: list[Endplate] = []
+        count = 1 + int(rng.random() < 0.25)
+        for _ in range(count):
+            # S1's inferior endplate is fused to S2: nodes only indent its superior one.
+            endplate = Endplate.SUPERIOR if rng.random() < 0.5 or body.name == "S1" else Endplate.INFERIOR
+            size = u(lo_node, hi_node)
+            v_n = u(-0.28, 0.22) * shape.depth
+            w_n = u(-0.3, 0.3) * shape.width
+            sign = 1.0 if endplate is Endplate.SUPERIOR else -1.0
+            u_n = sign * float(shape.top(np.array(v_n), np.array(w_n), superior=sign > 0))
+            depth_n = 0.5 * size * u(0.8, 1.5)
+            contrast = self.config.node_contrast * u(0.6, 1.4)
+            node_frame = body.frame.shifted((u_n, v_n, w_n)).rotated(math.radians(u(-12, 12)), about=2)
+            if rng.random() < 0.25:  # marrow oedema around an active node
+                self.items.append(
+                    body.lesion(
+                        node_frame,
+                        Ellipsoid((depth_n * 2.0, size, size)),
+                        Paint(marrow * (1.0 + 0.35 * contrast), soft_mm=2.5, opacity=0.8),
+                    )
+                )
+            sclerotic = size >= 4.5 and rng.random() < 0.6
+            self.items.append(
+                body.node(
+                    node_frame,
+                    Ellipsoid((depth_n, 0.5 * size, 0.5 * size * u(0.8, 1.2))),
+                    Paint(
+                        marrow * (1.0 + contrast),
+                        rim_intensity=self.tissue.cortex + 0.3 * marrow if sclerotic else None,
+                        rim_mm=u(0.6, 1.1) if sclerotic else 0.0,
+                        soft_mm=0.4,
+                    ),
+                    endplate,
+                )
+            )
+            nodes.append(endplate)
+        return nodes
+
+    def _finish(self, vertebrae: dict[str, Vertebra], disc_infos: list[DiscInfo]) -> Spine:
+        """The :class:`Spine`, with the aorta, the abdominal wall, the nerve roots and the conus drawn last."""
+        u, rng, column = self._uniform, self.rng, self.column
+        aorta = (u(9.0, 20.0), u(7.0, 11.0), column.cl_s_of["L4"] + u(-5.0, 15.0), self.tissue.vessel)
+        if rng.random() < 0.2:  # slow flow: bright vessels
+            aorta = (aorta[0], aorta[1], aorta[2], u(0.4, 0.7))
+        front_depth = u(110.0, 240.0)
+        front = (
+            float(column.anchor[1] - 0.5 * column.body_dims["L5"][2] - front_depth),
+            float(u(-25.0, 10.0)),
+            float(u(-12.0, -2.0)),
+        )
+        roots = np.stack(
+            [
+                rng.uniform(0.05, 0.85, 10),  # fraction of the sac towards posterior
+                rng.uniform(-0.75, 0.75, 10),  # fraction of the half width
+                rng.uniform(0, 2 * math.pi, 10),
+            ],
+            axis=1,
+        )
+        conus_s = column.cl_s_of["L1"] + u(-25.0, 10.0)
+        return Spine(
+            items=self.items,
+            vertebrae=vertebrae,
+            discs=disc_infos,
+            centerline=column.centerline,
+            tissue=self.tissue,
+            texture=_periodic_noise(rng),
+            front_y=front,
+            anchor=column.anchor,
+            conus_s=conus_s,
+            aorta=aorta,
+            torso_half_width=u(140.0, 190.0),
+            roots=roots,
+        )
 
 
 def _posterior(frame: Frame, shape: Shape, paint: Paint) -> Item:
     """A posterior element (painted from one plane: no partial volume across the slice)."""
     return Item(ItemKind.POSTERIOR, frame, shape, paint, subsamples=1)
-
-
-def _spinous_process(
-    rng: np.random.Generator, tissue: Tissue, name: str, f: Frame, h: float, canal_back: float, scale: float
-) -> Item:
-    """The spinous process behind the canal (``canal_back``: the canal's posterior wall, mm along v)."""
-    lumbar, sacral = name.startswith("L"), name.startswith("S")
-    length = (_u(rng, 24.0, 32.0) if lumbar else _u(rng, 9.0, 14.0) if sacral else _u(rng, 18.0, 26.0)) * scale
-    sp_half = (_u(rng, 7.0, 10.0) if lumbar else _u(rng, 4.0, 6.0)) * scale
-    tilt = math.radians(_u(rng, 5.0, 22.0) if lumbar or sacral else _u(rng, 35.0, 55.0))
-    sp_frame = f.shifted((-0.25 * h, canal_back - 1.0, 0.0)).rotated(-tilt, about=2)
-    return _posterior(
-        sp_frame.shifted((0.0, -0.5 * length, 0.0)),
-        RoundBox((sp_half, 0.5 * length, _u(rng, 2.2, 3.2)), min(sp_half, 0.5 * length) * 0.8),
-        Paint(tissue.marrow * 0.75, rim_intensity=tissue.cortex, rim_mm=0.6, texture=0.12, soft_mm=0.8),
-    )
-
-
-def _sacral_alae(tissue: Tissue, s1f: Frame, s1s: tuple, items: list[Item]) -> None:
-    """The sacral alae beside S1."""
-    for side in (-1.0, 1.0):
-        items.append(
-            _posterior(
-                s1f.shifted((-2.0, -0.15 * s1s[2], side * (0.5 * s1s[3] + 14.0))),
-                Ellipsoid((14.0, 0.45 * s1s[2], 20.0)),
-                _bone(tissue, 0.9),
-            )
-        )
-
-
-def _disc_items(
-    rng: np.random.Generator, tissue: Tissue, disc_frames: list[_Disc], items: list[Item]
-) -> list[DiscInfo]:
-    """Every disc as an item (fused, degenerate or healthy with a nucleus); the unfused ones described."""
-    disc_infos: list[DiscInfo] = []
-    for upper, lower, frame, shape, degenerate in disc_frames:
-        fused = upper.startswith(("S", "Co"))
-        if fused:
-            paint = Paint(tissue.annulus * 1.2, soft_mm=0.8)
-        elif degenerate:
-            paint = Paint(
-                tissue.annulus * _u(rng, 0.7, 1.1),
-                core_intensity=tissue.degenerate,
-                core_scale=(_u(rng, 0.5, 0.8), _u(rng, 0.55, 0.75), _u(rng, 0.55, 0.75)),
-                core_soft_mm=2.0,
-            )
-        else:
-            cleft = rng.random() < 0.6
-            paint = Paint(
-                tissue.annulus,
-                core_intensity=tissue.nucleus * _u(rng, 0.9, 1.05),
-                core_scale=(_u(rng, 0.6, 0.85), _u(rng, 0.55, 0.75), _u(rng, 0.55, 0.75)),
-                core_soft_mm=_u(rng, 1.2, 2.5),
-                cleft_intensity=tissue.annulus * 1.5 if cleft else None,
-                cleft_mm=_u(rng, 0.4, 0.8),
-            )
-        items.append(Item(ItemKind.DISC, frame, shape, paint, level=f"{upper}-{lower}"))
-        if not fused:
-            disc_infos.append(DiscInfo(upper, lower, frame, shape, degenerate))
-    return disc_infos
-
-
-def _body_items(
-    rng: np.random.Generator,
-    tissue: Tissue,
-    cranial_order: list[_Segment],
-    vert_frames: dict[str, Frame],
-    items: list[Item],
-) -> dict[str, tuple[int, float]]:
-    """Every body as an item, cranial to caudal; per body its item index and marrow signal."""
-    bodies: dict[str, tuple[int, float]] = {}
-    for name, _, shape, fracture in cranial_order:
-        oedema = fracture is not Fracture.NONE and rng.random() < 0.5
-        marrow = _u(rng, 0.93, 1.07) * (_u(rng, 1.25, 1.5) if oedema else 1.0)
-        bodies[name] = (len(items), tissue.marrow * marrow)
-        items.append(
-            Item(
-                ItemKind.BODY,
-                vert_frames[name],
-                shape,
-                _bone(tissue, marrow, texture=_u(rng, 0.06, 0.16), rim=_u(rng, 0.5, 0.9)),
-                level=name,
-                labelled=name in LABELLED_LEVELS,
-            )
-        )
-    return bodies
-
-
-def _body_lesions(
-    rng: np.random.Generator,
-    config: SynthConfig,
-    tissue: Tissue,
-    name: str,
-    frame: Frame,
-    shape: BodyShape,
-    body: tuple[int, float],
-    disc_infos: list[DiscInfo],
-    items: list[Item],
-) -> tuple[list[str], list[Endplate]]:
-    """What lies inside a labelled body: vein, Modic bands, haemangioma, Schmorl's nodes (clipped to it)."""
-    idx, marrow = body
-    lesions: list[str] = []
-    # Basivertebral vein at mid-height of the posterior wall.
-    if rng.random() < 0.7:
-        items.append(
-            Item(
-                ItemKind.LESION,
-                frame.shifted((_u(rng, -2, 2), -0.5 * shape.depth + _u(rng, 1.5, 3.0), 0.0)),
-                Ellipsoid((_u(rng, 0.9, 1.6), _u(rng, 3.0, 5.0), _u(rng, 2.0, 3.5))),
-                Paint(tissue.fat if rng.random() < 0.6 else tissue.cortex, soft_mm=0.6),
-                level=name,
-                clip_to=idx,
-            )
-        )
-        lesions.append("basivertebral")
-    lesions += _modic_bands(rng, config, name, frame, shape, body, disc_infos, items)
-    # Haemangioma (bright, round, away from the endplates).
-    if rng.random() < config.hemangioma_fraction:
-        r = _u(rng, 3.0, 8.0)
-        h = 0.5 * min(shape.h_ant, shape.h_post)
-        items.append(
-            Item(
-                ItemKind.LESION,
-                frame.shifted(
-                    (
-                        _u(rng, -1, 1) * max(0.0, h - r - 3.0),
-                        _u(rng, -0.25, 0.25) * shape.depth,
-                        _u(rng, -0.25, 0.25) * shape.width,
-                    )
-                ),
-                Ellipsoid((r * _u(rng, 0.8, 1.2), r, r * _u(rng, 0.8, 1.2))),
-                Paint(marrow * _u(rng, 1.5, 2.1), soft_mm=0.8, texture=0.15),
-                level=name,
-                clip_to=idx,
-            )
-        )
-        lesions.append("hemangioma")
-    nodes = (
-        _schmorl_nodes(rng, config, tissue, name, frame, shape, body, items)
-        if rng.random() < config.node_fraction
-        else []
-    )
-    return lesions, nodes
-
-
-def _modic_bands(
-    rng: np.random.Generator,
-    config: SynthConfig,
-    name: str,
-    frame: Frame,
-    shape: BodyShape,
-    body: tuple[int, float],
-    disc_infos: list[DiscInfo],
-    items: list[Item],
-) -> list[str]:
-    """Modic change bands along the endplates next to a degenerate disc; their lesion names."""
-    idx, marrow = body
-    found = []
-    for endplate in (Endplate.SUPERIOR, Endplate.INFERIOR):
-        neighbour_degenerate = any(
-            d.degenerate and ((d.lower == name) if endplate is Endplate.SUPERIOR else (d.upper == name))
-            for d in disc_infos
-        )
-        if neighbour_degenerate and rng.random() < config.modic_fraction:
-            sign = 1.0 if endplate is Endplate.SUPERIOR else -1.0
-            u_plate = sign * float(shape.top(np.array(0.0), np.array(0.0), superior=sign > 0))
-            kind = rng.random()
-            factor = _u(rng, 1.3, 1.7) if kind < 0.75 else _u(rng, 0.45, 0.7)
-            band = _u(rng, 3.0, 8.0)
-            items.append(
-                Item(
-                    ItemKind.LESION,
-                    frame.shifted((u_plate - sign * 0.3 * band, _u(rng, -3, 3), _u(rng, -4, 4))),
-                    Ellipsoid((band, 0.5 * shape.depth * _u(rng, 0.6, 1.0), 0.5 * shape.width * _u(rng, 0.5, 0.9))),
-                    Paint(marrow * factor, soft_mm=_u(rng, 1.5, 3.0), opacity=_u(rng, 0.7, 1.0)),
-                    level=name,
-                    clip_to=idx,
-                )
-            )
-            found.append(f"modic-{endplate.value}")
-    return found
-
-
-def _schmorl_nodes(
-    rng: np.random.Generator,
-    config: SynthConfig,
-    tissue: Tissue,
-    name: str,
-    frame: Frame,
-    shape: BodyShape,
-    body: tuple[int, float],
-    items: list[Item],
-) -> list[Endplate]:
-    """One or two Schmorl's nodes in this body (labelled items), some with oedema or a sclerotic rim."""
-    idx, marrow = body
-    lo_node, hi_node = config.node_size_mm
-    nodes: list[Endplate] = []
-    count = 1 + int(rng.random() < 0.25)
-    for _ in range(count):
-        # S1's inferior endplate is fused to S2: nodes only indent its superior one.
-        endplate = Endplate.SUPERIOR if rng.random() < 0.5 or name == "S1" else Endplate.INFERIOR
-        size = _u(rng, lo_node, hi_node)
-        v_n = _u(rng, -0.28, 0.22) * shape.depth
-        w_n = _u(rng, -0.3, 0.3) * shape.width
-        sign = 1.0 if endplate is Endplate.SUPERIOR else -1.0
-        u_n = sign * float(shape.top(np.array(v_n), np.array(w_n), superior=sign > 0))
-        depth_n = 0.5 * size * _u(rng, 0.8, 1.5)
-        contrast = config.node_contrast * _u(rng, 0.6, 1.4)
-        node_frame = frame.shifted((u_n, v_n, w_n)).rotated(math.radians(_u(rng, -12, 12)), about=2)
-        if rng.random() < 0.25:  # marrow oedema around an active node
-            items.append(
-                Item(
-                    ItemKind.LESION,
-                    node_frame,
-                    Ellipsoid((depth_n * 2.0, size, size)),
-                    Paint(marrow * (1.0 + 0.35 * contrast), soft_mm=2.5, opacity=0.8),
-                    level=name,
-                    clip_to=idx,
-                )
-            )
-        sclerotic = size >= 4.5 and rng.random() < 0.6
-        items.append(
-            Item(
-                ItemKind.NODE,
-                node_frame,
-                Ellipsoid((depth_n, 0.5 * size, 0.5 * size * _u(rng, 0.8, 1.2))),
-                Paint(
-                    marrow * (1.0 + contrast),
-                    rim_intensity=tissue.cortex + 0.3 * marrow if sclerotic else None,
-                    rim_mm=_u(rng, 0.6, 1.1) if sclerotic else 0.0,
-                    soft_mm=0.4,
-                ),
-                level=name,
-                labelled=True,
-                endplate=endplate,
-                clip_to=idx,
-            )
-        )
-        nodes.append(endplate)
-    return nodes
-
-
-def _finish_spine(
-    rng: np.random.Generator,
-    tissue: Tissue,
-    items: list[Item],
-    vertebrae: dict[str, Vertebra],
-    disc_infos: list[DiscInfo],
-    centerline: Centerline,
-    cl_s_of: dict[str, float],
-    anchor: np.ndarray,
-    body_dims: dict,
-) -> Spine:
-    """The :class:`Spine`, with the aorta, the abdominal wall, the nerve roots and the conus drawn last."""
-    s_l4 = cl_s_of["L4"]
-    aorta = (_u(rng, 9.0, 20.0), _u(rng, 7.0, 11.0), s_l4 + _u(rng, -5.0, 15.0), tissue.vessel)
-    if rng.random() < 0.2:  # slow flow: bright vessels
-        aorta = (aorta[0], aorta[1], aorta[2], _u(rng, 0.4, 0.7))
-    front_depth = _u(rng, 110.0, 240.0)
-    front = (
-        float(anchor[1] - 0.5 * body_dims["L5"][2] - front_depth),
-        float(_u(rng, -25.0, 10.0)),
-        float(_u(rng, -12.0, -2.0)),
-    )
-    roots = np.stack(
-        [
-            rng.uniform(0.05, 0.85, 10),  # fraction of the sac towards posterior
-            rng.uniform(-0.75, 0.75, 10),  # fraction of the half width
-            rng.uniform(0, 2 * math.pi, 10),
-        ],
-        axis=1,
-    )
-    conus_s = cl_s_of["L1"] + _u(rng, -25.0, 10.0)
-    return Spine(
-        items=items,
-        vertebrae=vertebrae,
-        discs=disc_infos,
-        centerline=centerline,
-        tissue=tissue,
-        texture=_periodic_noise(rng),
-        front_y=front,
-        anchor=anchor,
-        conus_s=conus_s,
-        aorta=aorta,
-        torso_half_width=_u(rng, 140.0, 190.0),
-        roots=roots,
-    )

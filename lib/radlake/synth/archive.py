@@ -41,6 +41,7 @@ import numpy as np
 
 from radlake import __version__
 from radlake.errors import RadlakeError
+from radlake.summary import Summary
 from radlake.synth.acquisition import BiasField, acquire, rose_visible, sample_bias, to_stored
 from radlake.synth.anatomy import Fracture, Spine, sample_spine
 from radlake.synth.labels import image_entry, write_labels
@@ -61,7 +62,7 @@ class ArchiveExistsError(RadlakeError, FileExistsError):
 
 
 @dataclass(frozen=True)
-class SynthSummary:
+class SynthSummary(Summary):
     """What :func:`generate_archive` wrote.
 
     Attributes
@@ -102,18 +103,9 @@ class SynthSummary:
         return self.n_files / self.seconds if self.seconds > 0 else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (paths as strings)."""
+        """JSON-ready form (paths as strings), with the time rounded and the rate of writing."""
         return {
-            "out_dir": str(self.out_dir),
-            "n_studies": self.n_studies,
-            "n_series": self.n_series,
-            "n_files": self.n_files,
-            "n_zip_files": self.n_zip_files,
-            "n_sagittal_images": self.n_sagittal_images,
-            "n_vertebra_boxes": self.n_vertebra_boxes,
-            "n_node_boxes": self.n_node_boxes,
-            "labels_path": str(self.labels_path),
-            "transfer_syntax_counts": dict(self.transfer_syntax_counts),
+            **super().as_dict(),
             "seconds": round(self.seconds, 3),
             "files_per_second": round(self.files_per_second, 2),
         }

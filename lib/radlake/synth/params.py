@@ -57,6 +57,11 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+def _fraction(default: float, description: str) -> Any:
+    """A probability or share: a float in [0, 1]."""
+    return Field(default, ge=0.0, le=1.0, description=description)
+
+
 def _range_field(name: str, default: tuple[float, float], description: str) -> Any:
     lo, hi = _RANGES[name]
     return Field(default, description=f"{description} (min, max); both in [{lo}, {hi}].")
@@ -94,11 +99,9 @@ class SynthConfig(BaseModel):
     sagittal_slices: int = Field(15, ge=3, le=64, description="Slices of the sagittal T2 series.")
     axial_slices: int = Field(4, ge=1, le=32, description="Slices of the axial T2 series (one block at a disc).")
     coronal_slices: int = Field(3, ge=1, le=32, description="Slices of the coronal series through the bodies.")
-    zip_fraction: float = Field(0.2, ge=0.0, le=1.0, description="Fraction of studies packed into a .zip file.")
+    zip_fraction: float = _fraction(0.2, "Fraction of studies packed into a .zip file.")
 
-    node_fraction: float = Field(
-        0.2, ge=0.0, le=1.0, description="Probability that a vertebra has at least one Schmorl's node."
-    )
+    node_fraction: float = _fraction(0.2, "Probability that a vertebra has at least one Schmorl's node.")
     node_size_mm: tuple[float, float] = _range_field("node_size_mm", (3.0, 10.0), "Schmorl's node diameter, mm")
     node_contrast: float = Field(
         0.6,
@@ -107,18 +110,12 @@ class SynthConfig(BaseModel):
         description="Mean signal of a node above the marrow around it, as a fraction of the marrow signal "
         "(each node varies by +-40%).",
     )
-    degenerate_disc_fraction: float = Field(
-        0.3, ge=0.0, le=1.0, description="Probability that a disc is degenerate (dark, narrow, bulging)."
+    degenerate_disc_fraction: float = _fraction(0.3, "Probability that a disc is degenerate (dark, narrow, bulging).")
+    fracture_fraction: float = _fraction(0.05, "Probability that a vertebra is fractured (wedge or biconcave).")
+    hemangioma_fraction: float = _fraction(
+        0.08, "Probability that a vertebra holds a bright hemangioma (a node look-alike)."
     )
-    fracture_fraction: float = Field(
-        0.05, ge=0.0, le=1.0, description="Probability that a vertebra is fractured (wedge or biconcave)."
-    )
-    hemangioma_fraction: float = Field(
-        0.08, ge=0.0, le=1.0, description="Probability that a vertebra holds a bright hemangioma (a node look-alike)."
-    )
-    modic_fraction: float = Field(
-        0.5, ge=0.0, le=1.0, description="Probability that a degenerate disc has Modic changes in its endplates."
-    )
+    modic_fraction: float = _fraction(0.5, "Probability that a degenerate disc has Modic changes in its endplates.")
     snr: tuple[float, float] = _range_field("snr", (6.0, 40.0), "Marrow signal / noise sigma per study")
     fov_mm: tuple[float, float] = _range_field(
         "fov_mm",
@@ -138,18 +135,10 @@ class SynthConfig(BaseModel):
     bias_strength: float = Field(
         0.5, ge=0.0, le=2.0, description="Scale of the smooth multiplicative bias field (0: none)."
     )
-    ghosting_fraction: float = Field(
-        0.15, ge=0.0, le=1.0, description="Probability that a series has motion ghosts along phase encoding."
-    )
-    monochrome1_fraction: float = Field(
-        0.1, ge=0.0, le=1.0, description="Probability that a series is stored MONOCHROME1 (inverted)."
-    )
-    shuffle_fraction: float = Field(
-        0.25, ge=0.0, le=1.0, description="Probability that a series' InstanceNumbers are unrelated to position."
-    )
-    no_suffix_fraction: float = Field(
-        0.3, ge=0.0, le=1.0, description="Probability that a series' files have no .dcm suffix."
-    )
+    ghosting_fraction: float = _fraction(0.15, "Probability that a series has motion ghosts along phase encoding.")
+    monochrome1_fraction: float = _fraction(0.1, "Probability that a series is stored MONOCHROME1 (inverted).")
+    shuffle_fraction: float = _fraction(0.25, "Probability that a series' InstanceNumbers are unrelated to position.")
+    no_suffix_fraction: float = _fraction(0.3, "Probability that a series' files have no .dcm suffix.")
     max_tilt_deg: float = Field(
         4.0, ge=0.0, le=20.0, description="Largest rotation of the sagittal stack away from the true sagittal plane."
     )

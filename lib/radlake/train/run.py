@@ -42,9 +42,11 @@ from radlake.data.view import (
     detection_view,
     pin_versions,
 )
+from radlake.dicom.pixels import TRANSFORM_COLUMNS
 from radlake.errors import ConfigError
 from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
 from radlake.models.levels import LEVELS
+from radlake.summary import Summary
 from radlake.tables import Table
 from radlake.tracking import configure_mlflow, describe_run, detector_experiment, log_table_input, run_scope
 from radlake.train.schmorl import end_to_end_metrics, pin_vertebra_model, schmorl_view
@@ -107,7 +109,7 @@ STAGES: dict[str, Detector] = {
         spec=lambda config: vertebra_spec(**_settings(config, "vertebra")),
         primary_metric="map_50",
         secondary_metric="level_id_rate",
-        cache_columns=(*CACHE_COLUMNS, *STACK_COLUMNS),
+        cache_columns=(*CACHE_COLUMNS, *TRANSFORM_COLUMNS, *STACK_COLUMNS),
     ),
     "schmorl": Detector(
         name="schmorl",
@@ -123,7 +125,7 @@ STAGES: dict[str, Detector] = {
 
 
 @dataclass(frozen=True)
-class TrainSummary:
+class TrainSummary(Summary):
     """What a training run produced (read back from MLflow)."""
 
     detector: str
@@ -132,9 +134,6 @@ class TrainSummary:
     model_uri: str
     data_versions: dict[str, int]
     metrics: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 def get_stage(name: str) -> Detector:

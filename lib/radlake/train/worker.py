@@ -280,6 +280,8 @@ class _RankZeroLogger:
         import mlflow
         import pyarrow.parquet as pq
 
+        from radlake.dicom.pixels import TRANSFORM_COLUMNS
+        from radlake.models.model_input import model_input_rows
         from radlake.models.pyfunc import INPUT_COLUMNS, log_detector
         from radlake.train import plots
         from radlake.train.metrics import coco_ap
@@ -301,8 +303,10 @@ class _RankZeroLogger:
                 "plots/precision_recall_test.png",
             )
             self._log_examples(model, spec, device)
-            example = pq.ParquetDataset(self.settings["caches"]["val"]).read(columns=list(INPUT_COLUMNS)).slice(0, 1)
-            log_detector(model, spec, input_example=example.to_pandas())
+            val = pq.ParquetDataset(self.settings["caches"]["val"])
+            columns = [c for c in (*INPUT_COLUMNS, *TRANSFORM_COLUMNS) if c in val.schema.names]
+            example = val.read(columns=columns).slice(0, 1)
+            log_detector(model, spec, input_example=model_input_rows(example.to_pandas()))
             mlflow.log_dict({"history": history, "test": metrics}, "metrics/history.json")
         except BaseException:
             mlflow.end_run("FAILED" if end else "RUNNING")

@@ -38,7 +38,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ import numpy as np
 from radlake.config import RadlakeConfig
 from radlake.errors import ConfigError, RadlakeError
 from radlake.score.schema import model_pair_filter
+from radlake.summary import Summary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,7 +70,7 @@ class EvaluationInputError(RadlakeError):
 
 
 @dataclass(frozen=True)
-class EvaluationSummary:
+class EvaluationSummary(Summary):
     """What one ``radlake evaluate`` run measured."""
 
     run_id: str
@@ -83,9 +84,6 @@ class EvaluationSummary:
     per_study: list[dict] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def default_root(config: RadlakeConfig, archive: str | Path) -> Path:

@@ -21,6 +21,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructType
 
 from radlake.config import RadlakeConfig
+from radlake.dicom.pixels import VALUE_COLUMNS
+from radlake.ingest.schema import with_value_columns
 from radlake.models.levels import LEVELS
 from radlake.score.schema import model_pair_filter
 from radlake.tables import Table, struct_fields, table_ref
@@ -134,14 +136,14 @@ def render_thumbnails(batches: Iterator[pa.RecordBatch], *, size_px: int) -> Ite
     from PIL import Image
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    from radlake.dicom.pixels import decode_pixels
+    from radlake.dicom.pixels import row_values
     from radlake.score.review import window_to_uint8
 
     schema = to_arrow_schema(THUMBNAIL)
     for batch in batches:
         rows = []
         for row in batch.to_pylist():
-            grey = window_to_uint8(decode_pixels(row["pixels"], row["dtype"], row["height"], row["width"]))
+            grey = window_to_uint8(row_values(row))
             image = Image.fromarray(grey, mode="L")
             scale = size_px / max(row["height"], row["width"])
             image = image.resize(
@@ -176,10 +178,10 @@ def thumbnails(
 
     if count < 1 or size_px < 1:
         raise ValueError(f"Arguments 'count' and 'size_px' must be >= 1, got {count} and {size_px}.")
-    images = _read(spark, config, Table.IMAGES).where(F.col("plane").isin(list(planes)))
+    images = with_value_columns(_read(spark, config, Table.IMAGES)).where(F.col("plane").isin(list(planes)))
     stacks = images.select("series_key").distinct().orderBy("series_key").limit(count)
     frames = central_slices(images.join(stacks, "series_key", "left_semi"), 1).select(
-        "series_key", "study_instance_uid", "plane", "slice_index", "height", "width", "pixels", "dtype"
+        "series_key", "study_instance_uid", "plane", "slice_index", *VALUE_COLUMNS
     )
     return frames.mapInArrow(partial(render_thumbnails, size_px=int(size_px)), THUMBNAIL).orderBy("series_key")
 

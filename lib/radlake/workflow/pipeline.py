@@ -47,6 +47,7 @@ import mlflow
 
 from radlake.config import RadlakeConfig
 from radlake.errors import ConfigError, RadlakeError
+from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.tracking import configure_mlflow, describe_run, mark_model_training, run_scope
 from radlake.workflow.task_values import publish
@@ -79,15 +80,12 @@ _TRAIN_TABLES = {
 
 
 @dataclass
-class PipelineSummary:
+class PipelineSummary(Summary):
     """The parent run and every step's inputs and outputs, in order."""
 
     parent_run_id: str
     steps: list[dict] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"parent_run_id": self.parent_run_id, "steps": self.steps, "outputs": self.outputs}
 
 
 def _versions(spark: SparkSession, config: RadlakeConfig, tables: Sequence[Table], state: Mapping[str, str]):

@@ -29,7 +29,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from radlake.errors import ConfigError
 from radlake.registry.leaderboard import plot_leaderboard, runs_frame
 from radlake.registry.promote import register_and_promote
 from radlake.stops import Stopped
+from radlake.summary import Summary
 from radlake.tracking import configure_mlflow, describe_run, detector_experiment, run_scope
 from radlake.train.run import DETECTOR_WORDS, TrainingData, get_stage, log_dataset_inputs, prepare_training_data
 from radlake.train.space import SearchSpace, default_space_path, load_space
@@ -62,7 +63,7 @@ _logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SweepSummary:
+class SweepSummary(Summary):
     """What a sweep did, read back from the study at its end."""
 
     study_name: str
@@ -80,9 +81,6 @@ class SweepSummary:
     best_value: float | None = None
     registry: dict[str, Any] | None = None
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
