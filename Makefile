@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 # worker, the files over the session's pipeline run together: tests/conftest.py); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
-.PHONY: setup check-prereqs demo test test-fast cluster-test connect-test bench lint clean clean-all
+.PHONY: setup check-prereqs demo test test-fast cluster-test connect-test bench ui-screenshots lint clean clean-all
 
 setup: check-prereqs $(VENV)/.radlake-installed $(VENV)/share/radlake/jars/COORDINATE
 
@@ -64,6 +64,13 @@ connect-test: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The MLflow UI in a real browser (headless Chromium: apt-get install -y chromium): screenshots of a score run,
+# its review PNG, the model version it scored with and the experiment, each page checked, in bench/results/ui/.
+# UI_STORE=.radlake shows the demo's runs; by default a small store is built once in .radlake/ui-store.
+UI_STORE ?=
+ui-screenshots: setup
+	$(BIN)/python -m bench.ui_screenshots $(if $(UI_STORE),--store $(UI_STORE))
 
 lint: setup
 	$(BIN)/python -m ruff check lib tests jobs bench notebooks

@@ -470,6 +470,15 @@ class ScoreConfig(_Section):
         description="Posterior of a vertebra's level (decoded over its whole stack) below which the level is "
         "reported uncertain instead of named.",
     )
+    artifact_studies: int = Field(
+        1,
+        ge=0,
+        description="Studies whose review PNGs (review/) and DICOM SR (sr/, with sr/summary.json) the score run logs "
+        "as artifacts: those it scored with the strongest Schmorl's-node finding first. 0: none.",
+    )
+    artifact_slices: int = Field(
+        5, ge=1, description="Central sagittal slices per series in the score run's review PNGs."
+    )
 
     def model_uris(self, models: ModelsConfig) -> tuple[str, str]:
         """(vertebra, Schmorl's) model URIs: the configured ones, else the champions of ``models``."""

@@ -1,8 +1,10 @@
 """The detector pyfunc: logged with a signature, loaded in a fresh process, and run as a Spark UDF."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -60,13 +62,27 @@ def test_predicts_boxes_in_source_pixels(logged):
     assert model.metadata.signature.inputs.input_names() == ["pixels", "dtype", "height", "width", "pixel_spacing"]
 
 
-def test_loads_in_a_fresh_process(logged):
+def test_is_logged_from_code_not_pickled(logged):
+    from radlake.models.pyfunc import MODEL_CODE
+
+    uri, _, _ = logged
+    flavor = mlflow.models.get_model_info(uri).flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert Path(flavor["model_code_path"]).name == MODEL_CODE.name and "python_model" not in flavor
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    assert (local / MODEL_CODE.name).read_text() == MODEL_CODE.read_text()
+    assert not list(local.glob("python_model.pkl*")) and (local / "code" / "radlake" / "models" / "pyfunc.py").is_file()
+
+
+def test_loads_in_a_fresh_process_without_unpickling(logged):
     uri, _, tracking = logged
     code = (
         f"import mlflow, json; mlflow.set_tracking_uri({tracking!r}); m = mlflow.pyfunc.load_model({uri!r}); "
         "print(json.dumps(m.metadata.get_input_schema().input_names()))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/")
+    # MLflow refuses to unpickle a pyfunc under this setting: the model loads from its code.
+    env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/", env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])[0] == "pixels"
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+from pickled_detectors import is_pickled, log_pickled_detector
 from radlake.dicom.geometry import pixel_to_patient
 from radlake.dicom.pixels import encode_pixels
 from radlake.models.detector import REGRESSION_BIAS, build_detector, schmorl_spec, vertebra_spec
@@ -40,14 +41,20 @@ def _example() -> pd.DataFrame:
     return pd.DataFrame([{"pixels": buf, "dtype": dtype, "height": 64, "width": 64, "pixel_spacing": [1.0, 1.0]}])
 
 
-def _register(config, spec, seed: int) -> str:
-    """Log an untrained, seeded, confident detector and make it the champion of its registered model; returns its version."""
-    configure_mlflow(config)
+def _confident_detector(spec, seed: int):
+    """An untrained, seeded detector, confident in its boxes (the same seed gives the same weights)."""
     torch.manual_seed(seed)
     model = build_detector(spec)
     torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
     # Confident in its (untrained) boxes: the level decoding would call faint boxes false detections.
     torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, 3.0)
+    return model
+
+
+def _register(config, spec, seed: int) -> str:
+    """Log an untrained, seeded, confident detector and make it the champion of its registered model; returns its version."""
+    configure_mlflow(config)
+    model = _confident_detector(spec, seed)
     name = config.models.vertebra if spec.name == "vertebra" else config.models.schmorl
     with mlflow.start_run(run_name=f"score-test-{spec.name}-{seed}"):
         info = log_detector(model, spec, input_example=_example(), registered_model_name=name)
@@ -147,6 +154,9 @@ def test_a_rerun_scores_nothing_and_writes_nothing(spark, scored):
     assert again.frames_scored == 0 and again.frames_already_scored == first.frames_in_images
     assert table_ref(cfg, Table.PREDICTIONS).version(spark) == version
     assert _predictions(spark, cfg).count() == first.frames_in_images
+    # Its run says so, and shows no review: nothing of it is new.
+    assert mlflow.get_run(again.run_id).data.tags["mlflow.note.content"].startswith("Nothing new to score")
+    assert again.artifacts == [] and not mlflow.MlflowClient().list_artifacts(again.run_id, "review")
 
 
 def test_a_new_champion_scores_the_archive_again_and_keeps_the_old_rows(spark, scored):
@@ -274,11 +284,7 @@ def test_a_detector_logged_without_params_is_held_to_the_threshold(spark, scored
     )
     threshold = seen[len(seen) // 2]
     spec = vertebra_spec(image_size=128, score_threshold=0.0, detections_per_image=6)
-    torch.manual_seed(1)
-    model = build_detector(spec)
-    torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
-    # Confident in its (untrained) boxes: the level decoding would call faint boxes false detections.
-    torch.nn.init.constant_(model.head.classification_head.cls_logits.bias, 3.0)
+    model = _confident_detector(spec, seed=1)
     configure_mlflow(cfg)
     # as logged before the signature had params
     with_params = _signature(spec)
@@ -299,3 +305,75 @@ def test_a_detector_logged_without_params_is_held_to_the_threshold(spark, scored
     scores = [v.score for r in rows for v in r.vertebrae]
     assert scores and min(scores) >= threshold and len(scores) < len(seen)
     assert {r.vertebra_threshold for r in rows} == {threshold}
+
+
+def _found(rows) -> dict:
+    """Per frame, its vertebrae and nodes as (level, score, box) rounded to 1e-3."""
+
+    def boxes(items, level: str):
+        return sorted((b[level] or "", round(b.score, 3), tuple(round(v, 3) for v in b.box_xyxy_px)) for b in items)
+
+    return {
+        (r.sop_instance_uid, r.frame_index): (boxes(r.vertebrae, "level"), boxes(r.schmorl_nodes, "parent_level"))
+        for r in rows
+    }
+
+
+def test_a_detector_pickled_before_models_from_code_loads_and_scores_as_before(spark, scored):
+    """A registered vertebra detector of the old form (a pickled DetectorModel) scores like the same weights from code."""
+    cfg, first = scored
+    spec = vertebra_spec(image_size=128, score_threshold=0.0, detections_per_image=6)
+    configure_mlflow(cfg)
+    with mlflow.start_run(run_name="pickled-detector"):
+        info = log_pickled_detector(
+            _confident_detector(spec, seed=1), spec, input_example=_example(), registered_model_name=cfg.models.vertebra
+        )
+    uri = f"models:/{cfg.models.vertebra}/{info.registered_model_version}"
+    assert is_pickled(uri) and not is_pickled(first.vertebra_model["uri"])
+    assert mlflow.pyfunc.load_model(uri).metadata.signature.params is not None
+    summary = score_archive(spark, cfg, vertebra_model=uri, schmorl_model=first.schmorl_model["uri"])
+    assert summary.frames_scored == summary.frames_in_images and summary.vertebra_model["uri"] == uri
+    rows = _predictions(spark, cfg)
+    again = rows.where(F.col("score_run_id") == summary.run_id).collect()
+    before = rows.where(F.col("score_run_id") == first.run_id).collect()
+    assert _found(again) == _found(before) and any(r.n_vertebrae for r in again)
+
+
+def test_the_score_run_is_described_and_carries_review_pngs_and_the_sr(spark, scored):
+    import pydicom
+    from PIL import Image
+
+    cfg, first = scored
+    run = mlflow.get_run(first.run_id)
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(
+        f"Scored {first.frames_scored} frames (0 already scored) with {first.vertebra_model['uri']} +"
+    )
+    assert f"{first.vertebrae} vertebrae, {first.schmorl_nodes} Schmorl's nodes" in note and "\n" not in note
+    # The study shown is the one with the strongest Schmorl's-node finding of the run.
+    [top] = (
+        _predictions(spark, cfg)
+        .where(F.col("score_run_id") == first.run_id)
+        .groupBy("study_instance_uid")
+        .agg(F.max("max_schmorl_score").alias("best"), F.sum("n_vertebrae").alias("vertebrae"))
+        .orderBy(F.desc_nulls_last("best"), F.desc("vertebrae"), "study_instance_uid")
+        .limit(1)
+        .collect()
+    )
+    pngs = [a for a in first.artifacts if a.endswith(".png")]
+    [sr] = [a for a in first.artifacts if a.endswith(".dcm")]
+    assert pngs and all(a.startswith(f"review/{top.study_instance_uid}/") for a in pngs)
+    assert sr.startswith(f"sr/{top.study_instance_uid}/SR_") and "sr/summary.json" in first.artifacts
+    summary = json.loads(mlflow.artifacts.load_text(f"runs:/{first.run_id}/sr/summary.json"))
+    assert summary["files"] == [sr] and summary["studies"] == 1 and summary["measurement_groups"] > 0
+    assert {k: sorted(v) for k, v in summary["review_files"].items()} == {top.study_instance_uid: sorted(pngs)}
+    # At most score.artifact_slices slices per series, each a readable PNG; the SR is a DICOM SR of the study.
+    assert len(pngs) <= cfg.score.artifact_slices * len({p.rsplit("_slice", 1)[0] for p in pngs})
+    local = Path(mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path="review"))
+    with Image.open(local / pngs[0].removeprefix("review/")) as image:
+        assert image.format == "PNG" and min(image.size) >= 64
+    dataset = pydicom.dcmread(mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path=sr))
+    assert dataset.Modality == "SR" and dataset.StudyInstanceUID == top.study_instance_uid
+    assert json.loads(mlflow.artifacts.load_text(f"runs:/{first.run_id}/score/summary.json"))["artifacts"] == sorted(
+        first.artifacts
+    )

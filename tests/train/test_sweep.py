@@ -157,6 +157,24 @@ def test_parent_run_holds_the_leaderboard(sweep):
     assert tags["radlake.sweep.best_run_id"] == second["best_run_id"]
 
 
+def test_the_sweep_and_its_trials_are_described(sweep):
+    _, first, second, stale_run = sweep
+    client = mlflow.MlflowClient()
+    note = client.get_run(first.parent_run_id).data.tags["mlflow.note.content"]
+    assert note.startswith("Optuna sweep tiny of the vertebra detector: 6 trials (") and "val_map_50" in note
+    assert f"best trial {second['best_trial']}" in note and "registered as sweep_vertebra version" in note
+    trials = _children(first.parent_run_id, first.experiment_id)
+    notes = {r.info.run_id: r.data.tags.get("mlflow.note.content", "") for r in trials.values()}
+    assert all(n.startswith("Trial ") and " of sweep tiny" in n for n in notes.values()), notes
+    by_status = {r.info.status: notes[r.info.run_id] for r in trials.values() if r.info.run_id != stale_run}
+    assert (
+        " the vertebra detector with learning_rate " in by_status["FINISHED"]
+        and "Done: val_map_50 " in by_status["FINISHED"]
+    )
+    assert "Pruned: val_map_50 " in by_status["KILLED"]
+    assert "Interrupted: the sweep stopped while it ran" in notes[stale_run]
+
+
 def test_runs_prints_a_leaderboard(sweep, capsys):
     from radlake.cli import main
 

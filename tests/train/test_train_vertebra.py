@@ -98,6 +98,8 @@ def test_run_logs_params_metrics_data_and_artifacts(trained):
     assert {"plots/training_curves.png", "plots/precision_recall_test.png"} <= artifacts
     assert len(client.list_artifacts(result.run_id, "plots/val_examples")) >= 1
     assert "train:" in mlflow.artifacts.load_text(f"runs:/{result.run_id}/config/config.yml")
+    note = run.data.tags["mlflow.note.content"]  # the run's description in the MLflow UI
+    assert note.startswith("Trained the vertebra detector (tiny backbone, 2 epochs) on ") and "test mAP@0.5 " in note
 
 
 def test_register_promote_and_keep_champion_on_a_tie(spark, trained, labelled_archive):
@@ -158,6 +160,7 @@ def test_reproduce_retrains_from_the_logged_config_and_data_versions(spark, trai
     assert again.mismatched == [], again.table()
     new = mlflow.MlflowClient().get_run(again.new_run_id)
     assert new.data.tags["radlake.reproduces"] == result.run_id
+    assert new.data.tags["mlflow.note.content"].startswith(f"Reproduces run {result.run_id}: Trained the vertebra")
     assert (
         new.data.tags["radlake.data_versions"]
         == mlflow.MlflowClient().get_run(result.run_id).data.tags["radlake.data_versions"]

@@ -91,6 +91,10 @@ def test_is_an_mlflow_run_linked_to_both_model_versions(evaluated):
     # The scoring run is nested under the evaluation run.
     [score] = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result.run_id}'")
     assert score.data.tags["radlake.step"] == "score"
+    # Both runs say what they did (their description in the MLflow UI).
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"External validation of {result.vertebra_model['uri']} + {result.schmorl_model['uri']}")
+    assert "(2 studies): vertebra AP@0.5 " in note and score.data.tags["mlflow.note.content"].startswith("Scored 8 ")
 
 
 def test_a_second_evaluation_scores_nothing_again(spark, project_run, evaluated, held_out):

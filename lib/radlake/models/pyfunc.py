@@ -20,11 +20,18 @@ lowest score returned; default the one it was logged with) and ``batch_size`` (i
 forward pass), given to ``predict(..., params=...)``, to ``spark_udf(params=...)`` or in
 a served model's request.
 
-The model bundles radlake's own code (``code_paths``), so it loads with
+The model is logged as MLflow *models from code*: ``python_model`` is the path of
+:mod:`radlake.models.detector_model` (:data:`MODEL_CODE`), a file that hands MLflow a
+:class:`DetectorModel`, not a pickled object, so a load runs radlake's own code and
+unpickles nothing (it loads with ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``). The
+model bundles radlake's code (``code_paths``), so it loads with
 ``mlflow.pyfunc.load_model`` in a fresh process and as ``mlflow.pyfunc.spark_udf``
 (use :func:`udf_result_type` as its ``result_type`` and select ``.detections``;
 :func:`detections_column` does this, and gives detectors logged before the level fields
-the same struct with those fields null).
+the same struct with those fields null). Detectors logged before as a cloudpickled
+``DetectorModel()`` (``python_model.pkl``) still load and score the same way: the pickle
+refers to this module's :class:`DetectorModel` by name, whose ``load_context`` reads the
+same ``weights`` and ``spec`` artifacts.
 
 Example
 -------
@@ -71,6 +78,8 @@ PARAMS = ("score_threshold", "batch_size")
 DEFAULT_BATCH_SIZE = 8
 #: Distributions the model needs at load time, pinned to the versions it was trained with.
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pydicom", "mlflow")
+#: The file MLflow runs to load a detector logged by :func:`log_detector` (models from code).
+MODEL_CODE = Path(__file__).with_name("detector_model.py")
 
 
 def udf_result_type(fields: tuple[str, ...] | None = None) -> str:
@@ -200,7 +209,12 @@ def _mlflow_ships_model(spark) -> bool:
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper; artifacts ``weights`` (a ``state_dict``) and ``spec`` (the :class:`DetectorSpec` JSON)."""
+    """pyfunc wrapper; artifacts ``weights`` (a ``state_dict``) and ``spec`` (the :class:`DetectorSpec` JSON).
+
+    Built by :data:`MODEL_CODE` when a detector logged from code is loaded, and named by
+    the pickle of a detector logged before (as ``python_model=DetectorModel()``): both
+    load through :meth:`load_context`, so keep this class here and under this name.
+    """
 
     def load_context(self, context) -> None:
         import torch
@@ -323,7 +337,11 @@ def _signature(spec, fields: tuple[str, ...] | None = None):
 def log_detector(
     model, spec, *, input_example: pd.DataFrame, name: str = "model", registered_model_name: str | None = None
 ):
-    """Log ``model`` (a torchvision detector) as a pyfunc in the active run; returns MLflow's ``ModelInfo``."""
+    """Log ``model`` (a torchvision detector) as a pyfunc in the active run; returns MLflow's ``ModelInfo``.
+
+    Logged from code (:data:`MODEL_CODE`, see the module docstring) with the weights and the
+    spec as artifacts and radlake's package as ``code_paths``.
+    """
     import torch
 
     import radlake
@@ -335,7 +353,7 @@ def log_detector(
         spec_file.write_text(json.dumps(spec.as_dict(), indent=2))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=DetectorModel(),
+            python_model=str(MODEL_CODE),
             artifacts={"weights": str(weights), "spec": str(spec_file)},
             code_paths=[str(Path(radlake.__file__).parent)],
             signature=_signature(spec),

@@ -7,7 +7,13 @@ must reach the client's MLflow store: a ``sqlite:///`` file or a local artifact 
 on the client is out of their reach. Here the client downloads the model once, packs
 it into ``radlake-model-<content digest>.tar.gz`` and adds it to the session as an
 archive artifact (``SparkSession.addArtifacts(..., archive=True)``); the server unpacks
-it where the session's Python workers run, and each worker loads it once.
+it where the session's Python workers run, and each worker loads it once with
+``mlflow.pyfunc.load_model``. The archive is the whole model folder: a detector logged from
+code travels with its copy of :mod:`radlake.models.detector_model` (see
+:mod:`radlake.models.pyfunc`), and loading it there runs that file, which builds the
+detector with the radlake the worker already imported for this UDF (the model's own
+``code/`` copy is only the fallback); nothing is unpickled. A detector registered before,
+a pickled ``DetectorModel``, is unpickled there as on the client.
 
 On Databricks (serverless compute, standard-access clusters, Databricks Connect)
 MLflow ships the model itself (the session's artifacts there, or the cluster's NFS) and

@@ -38,13 +38,16 @@ updated), so frames that arrive later are labelled with their whole stack.
 
 The scoring job is one MLflow run (``score``, in ``mlflow.experiment``, nested under
 an active run) whose id is written on every row. Pixels stay on the executors; the
-driver sees counts and the findings summary.
+driver sees counts and the findings summary. The run's description says what it scored
+and found; its artifacts hold ``score/summary.json`` and, when it scored frames, the
+review PNGs and DICOM SR of its ``score.artifact_studies`` top studies
+(:mod:`radlake.score.run_artifacts`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -104,6 +107,24 @@ class ScoreSummary(Summary):
     tables: dict[str, str]
     seconds: float
     findings: list[dict] = field(default_factory=list)
+    #: Paths of the review PNGs and SR files logged into the run (:mod:`radlake.score.run_artifacts`).
+    artifacts: list[str] = field(default_factory=list)
+
+
+def score_note(summary: ScoreSummary) -> str:
+    """A score run's one-line description once it is done: what it scored with which models, and what it found."""
+    pair = f"{summary.vertebra_model['uri']} + {summary.schmorl_model['uri']}"
+    if not summary.frames_scored:
+        return f"Nothing new to score: the {summary.frames_in_images} frames of images were already scored by {pair}."
+    pngs, srs = (sum(1 for a in summary.artifacts if a.endswith(suffix)) for suffix in (".png", ".dcm"))
+    studies = len({a.split("/")[1] for a in summary.artifacts if a.startswith("review/")})
+    top = "its top study" if studies == 1 else f"its {studies} top studies"
+    artifacts = f"; {pngs} review PNGs and {srs} DICOM SR of {top} in the artifacts" if summary.artifacts else ""
+    return (
+        f"Scored {summary.frames_scored} frames ({summary.frames_already_scored} already scored) with {pair}: "
+        f"{summary.vertebrae} vertebrae, {summary.schmorl_nodes} Schmorl's nodes on {summary.frames_with_nodes} "
+        f"frames, {summary.series_with_nodes} series with nodes{artifacts}."
+    )
 
 
 def _stack_key() -> Any:
@@ -168,7 +189,8 @@ def score_archive(
     import mlflow
 
     import radlake
-    from radlake.tracking import configure_mlflow, run_scope
+    from radlake.score.run_artifacts import log_score_artifacts
+    from radlake.tracking import configure_mlflow, describe_run, run_scope
 
     started = time.perf_counter()
     sc = config.score
@@ -194,6 +216,7 @@ def score_archive(
     ) as run:
         run_id = run.info.run_id
         mlflow.set_tags({"radlake.step": "score", "radlake.version": radlake.__version__})
+        describe_run(f"Scores the frames of images not yet scored by {vertebra.uri} + {schmorl.uri}.")
         _log_score_params(config, vertebra, schmorl, images_ref.version(spark))
         plan = _plan_frames(spark, config, images_ref, predictions_ref, vertebra, schmorl)
         if plan.by_reason.get("ok"):
@@ -208,6 +231,10 @@ def score_archive(
             say("score: every frame is already scored by %s and %s", vertebra.uri, schmorl.uri)
         summary = _summarize(spark, config, plan, checked, run_id, started)
         _log_score_metrics(summary)
+        if summary.frames_scored:
+            logged = log_score_artifacts(spark, config, run_id=run_id, model_pair=(vertebra.uri, schmorl.uri))
+            summary = replace(summary, artifacts=logged["artifacts"])
+        describe_run(score_note(summary))
         mlflow.log_dict(summary.as_dict(), "score/summary.json")
     return summary
 

@@ -49,7 +49,7 @@ from radlake.models.detector import DetectorSpec, schmorl_spec, vertebra_spec
 from radlake.models.levels import LEVELS
 from radlake.summary import Summary
 from radlake.tables import Table
-from radlake.tracking import configure_mlflow, detector_experiment, log_table_input, run_scope
+from radlake.tracking import configure_mlflow, describe_run, detector_experiment, log_table_input, run_scope
 from radlake.train.schmorl import end_to_end_metrics, pin_vertebra_model, schmorl_view
 
 if TYPE_CHECKING:
@@ -327,6 +327,50 @@ def log_run_config(config: RadlakeConfig, data: TrainingData, tags: Mapping[str,
     mlflow.log_text(config_as_yaml(config), "config/config.yml")
 
 
+#: Plain words for a detector and for the rows of its training view.
+DETECTOR_WORDS = {"vertebra": ("vertebra detector", "frames"), "schmorl": ("Schmorl's-node detector", "crops")}
+#: Plain names of the metrics a training run's description quotes.
+_METRIC_WORDS = {
+    "test_map_50": "test mAP@0.5",
+    "test_level_id_rate": "test level identification",
+    "test_ap_30": "test AP@0.3",
+    "test_crop_auc": "test crop AUC",
+    "e2e_froc_sens_at_1fp": "end-to-end sensitivity at 1 FP per frame",
+}
+
+
+def training_note(
+    config: RadlakeConfig,
+    data: TrainingData,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """A training run's one-line description: what it trains on, then (given its ``metrics``) how it did.
+
+    ``tags`` are the run's: ``radlake.reproduces`` names the run it reproduces,
+    ``radlake.stopped_by`` says whether the time budget stopped it before its last epoch.
+    """
+    stage = get_stage(data.detector)
+    settings = getattr(config.train, data.detector)
+    what, unit = DETECTOR_WORDS.get(data.detector, (f"{data.detector} detector", "rows"))
+    tags = tags or {}
+    prefix = f"Reproduces run {tags['radlake.reproduces']}: " if tags.get("radlake.reproduces") else ""
+    sizes = data.sizes
+    rows = f"{sizes.get('train', 0)} train, {sizes.get('val', 0)} val and {sizes.get('test', 0)} test {unit}"
+    if metrics is None:
+        tables = ", ".join(f"{t} v{v}" for t, v in sorted(data.pinned.items()))
+        return f"{prefix}Trains the {what} ({settings.backbone} backbone, up to {settings.epochs} epochs) on {rows} ({tables})."
+    keys = [f"test_{k}" for k in (stage.primary_metric, stage.secondary_metric) if k] + ["e2e_froc_sens_at_1fp"]
+    figures = [f"{_METRIC_WORDS.get(k, k)} {metrics[k]:.3f}" for k in keys if k in metrics]
+    epochs = int(metrics.get("epochs_completed", 0))
+    stopped = ", stopped by its time budget" if tags.get("radlake.stopped_by") == "time budget" else ""
+    return (
+        f"{prefix}Trained the {what} ({settings.backbone} backbone, {epochs} epochs{stopped}) on {rows}: "
+        f"{', '.join(figures) or 'no test metrics'}."
+    )
+
+
 def train_detector(
     spark: SparkSession,
     config: RadlakeConfig,
@@ -361,6 +405,7 @@ def train_detector(
         run_name=run_name or f"train-{detector}", nested=parent is not None, experiment_id=experiment_id
     ) as run:
         log_run_config(config, data, tags)
+        describe_run(training_note(config, data, tags=tags))
         log_dataset_inputs(spark, config, stage, pinned)
         from radlake.train.worker import train_worker
 
@@ -386,6 +431,8 @@ def train_detector(
         if stage.evaluate is not None:
             say("train %s: end-to-end evaluation on the test split", detector)
             mlflow.log_metrics(stage.evaluate(spark, config, pinned, f"runs:/{run_id}/model"))
+        done = mlflow.MlflowClient().get_run(run_id).data
+        describe_run(training_note(config, data, metrics=done.metrics, tags=done.tags))
     finished = mlflow.MlflowClient().get_run(run_id)
     epochs = int(finished.data.metrics.get("epochs_completed", 0))
     say("train %s: %d epochs, stopped by %s", detector, epochs, finished.data.tags.get("radlake.stopped_by", "?"))

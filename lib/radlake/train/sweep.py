@@ -47,7 +47,9 @@ from optuna.trial import TrialState
 
 from radlake.config import RadlakeConfig
 from radlake.stops import Stopped, die_with_parent, handle_stops
+from radlake.tracking import DESCRIPTION_TAG, describe_run
 from radlake.train.run import (
+    DETECTOR_WORDS,
     TrainingData,
     log_run_config,
     worker_settings,
@@ -134,8 +136,11 @@ class TrialObjective:
         client.set_tag(run_id, "radlake.sweep", self.study_name)
         client.set_tag(run_id, "radlake.trial_number", str(trial.number))
         key = f"val_{self.metric}"
+        note = f"Trial {trial.number} of sweep {self.study_name}."
         try:
             values = self.space.suggest(trial)
+            note = trial_note(self.study_name, trial.number, self.data.detector, values)
+            describe_run(note, run_id=run_id)
             config = apply_params(self.config, self.data.detector, values)
             mlflow.start_run(run_id=run_id)
             try:
@@ -154,6 +159,7 @@ class TrialObjective:
                 if trial.should_prune():
                     reason = prune_reason(trial, key, value, epoch)
                     client.set_tag(run_id, PRUNED_REASON_TAG, reason)
+                    describe_run(f"{note} Pruned: {reason}.", run_id=run_id)
                     raise optuna.TrialPruned(reason)
 
             train_worker(settings, on_epoch=on_epoch)
@@ -161,12 +167,27 @@ class TrialObjective:
                 raise RuntimeError(f"Trial run {run_id} ended without test_{self.metric}")
             if "value" not in last:
                 raise RuntimeError(f"Trial run {run_id} trained no epoch (no {key} reported)")
+            describe_run(f"{note} Done: {key} {last['value']:.3f} at its last epoch.", run_id=run_id)
             return last["value"]
         except optuna.TrialPruned:
             raise
         except Exception as exc:
             client.set_tag(run_id, ERROR_TAG, f"{type(exc).__name__}: {exc}"[:MAX_TAG_CHARS])
+            describe_run(f"{note} Failed: {type(exc).__name__}.", run_id=run_id)
             raise
+
+
+def trial_note(study_name: str, number: int, detector: str, values: dict[str, object]) -> str:
+    """A trial run's one-line description: its sweep, its detector and the values drawn for it.
+
+    Examples
+    --------
+    >>> trial_note("vertebra-sweep", 3, "vertebra", {"learning_rate": 0.0021347, "batch_size": 8})
+    'Trial 3 of sweep vertebra-sweep: the vertebra detector with learning_rate 0.002135, batch_size 8.'
+    """
+    what = DETECTOR_WORDS.get(detector, (f"{detector} detector",))[0]
+    drawn = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+    return f"Trial {number} of sweep {study_name}: the {what} with {drawn or 'the fixed settings'}."
 
 
 def prune_reason(trial: optuna.Trial, key: str, value: float, epoch: int) -> str:
@@ -319,14 +340,22 @@ def stop_trial(storage: MlflowStorage, trial_id, reason: str) -> bool:
     """
     client = mlflow.MlflowClient()
     run_id = str(trial_id)
-    if client.get_run(run_id).info.status != "RUNNING":
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
         return False
     client.set_tag(run_id, ERROR_TAG, f"interrupted: {reason}"[:MAX_TAG_CHARS])
+    _describe_interrupted(run, reason)
     client.set_tag(run_id, INTERRUPTED_TAG, "true")
     storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
     storage.flush_all_batches()
     client.set_terminated(run_id, "KILLED")
     return True
+
+
+def _describe_interrupted(run, reason: str, *, fallback: str | None = None) -> None:
+    """Add to a trial run's description (or to ``fallback``, for a trial that never started) that it was interrupted."""
+    note = run.data.tags.get(DESCRIPTION_TAG) or fallback or f"Sweep trial {run.info.run_name}."
+    describe_run(f"{note} Interrupted: {reason}.", run_id=run.info.run_id)
 
 
 def stop_trials(study: optuna.Study, storage: MlflowStorage, reason: str) -> list[int]:
@@ -356,6 +385,11 @@ def mark_interrupted(study: optuna.Study, storage) -> list[int]:
         run_id = trial_run_id(trial)
         client.set_tag(
             run_id, ERROR_TAG, "interrupted: the sweep stopped while this trial ran; marked failed on resume"
+        )
+        _describe_interrupted(
+            client.get_run(run_id),
+            "the sweep stopped while it ran; marked failed on resume",
+            fallback=f"Trial {trial.number} of sweep {study.study_name}.",
         )
         client.set_tag(run_id, INTERRUPTED_TAG, "true")
         storage.set_trial_state_values(trial_storage_id(trial), optuna.trial.TrialState.FAIL)

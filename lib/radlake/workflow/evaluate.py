@@ -166,7 +166,7 @@ def evaluate_models(
     from radlake.ingest.job import run_ingest
     from radlake.score.job import score_archive
     from radlake.score.pair import check_models
-    from radlake.tracking import configure_mlflow, run_scope
+    from radlake.tracking import configure_mlflow, describe_run, run_scope
 
     started = time.perf_counter()
     check_evaluate_config(config)
@@ -190,7 +190,7 @@ def evaluate_models(
                    for k, v in (("uri", m.uri), ("name", m.name), ("version", m.version), ("run_id", m.run_id))},
             }
         )  # fmt: skip
-        mlflow.set_tag("mlflow.note.content", f"External validation of {vertebra.uri} + {schmorl.uri} on {archive}.")
+        describe_run(f"External validation of {vertebra.uri} + {schmorl.uri} on {archive}.")
         mlflow.log_params(
             {
                 "archive": archive,
@@ -216,6 +216,7 @@ def evaluate_models(
             "evaluation/steps.json",
         )
         _tag_versions(vertebra, schmorl, root_dir.name, run.info.run_id, metrics)
+        describe_run(evaluation_note(vertebra.uri, schmorl.uri, archive, metrics, studies=len(per_study)))
     return EvaluationSummary(
         run_id=run.info.run_id,
         experiment_id=experiment_id,
@@ -397,6 +398,28 @@ def _tag_versions(vertebra, schmorl, archive_name: str, run_id: str, metrics: di
             value = metrics.get(figure)
             text = json.dumps({"run_id": run_id, figure: None if value is None else round(float(value), 4)})
             client.set_model_version_tag(model.name, model.version, key, text)
+
+
+#: Plain names of the headline figures an evaluation run's description quotes.
+_NOTE_FIGURES = {
+    "vertebra_ap_50": "vertebra AP@0.5",
+    "level_id_rate": "level identification",
+    "schmorl_froc_sens_at_1fp": "Schmorl's-node sensitivity at 1 FP per frame",
+}
+
+
+def evaluation_note(
+    vertebra_uri: str, schmorl_uri: str, archive: str, metrics: dict[str, float], *, studies: int
+) -> str:
+    """An evaluation run's one-line description once it is done: the models, the archive and the headline figures.
+
+    Examples
+    --------
+    >>> evaluation_note("models:/v/3", "models:/s/2", "/data/heldout", {"vertebra_ap_50": 0.9712}, studies=12)
+    'External validation of models:/v/3 + models:/s/2 on /data/heldout (12 studies): vertebra AP@0.5 0.971.'
+    """
+    figures = ", ".join(f"{words} {metrics[key]:.3f}" for key, words in _NOTE_FIGURES.items() if key in metrics)
+    return f"External validation of {vertebra_uri} + {schmorl_uri} on {archive} ({studies} studies): {figures or 'no figures'}."
 
 
 def bar_lines(metrics: dict[str, float]) -> list[str]:

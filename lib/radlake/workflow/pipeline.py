@@ -27,6 +27,11 @@ input nobody gave falls back to the current state (a table's latest version, the
 configured model URI). Under ``mlflow run`` (the ``MLproject`` entry points) the
 project's run is the parent. Stopped by SIGTERM or SIGINT, the parent and the running
 step's run end KILLED (:mod:`radlake.stops`).
+
+Every run has a one-line description (:func:`radlake.tracking.describe_run`): what the
+step is for while it runs (and if it fails), what it did once it is done (files
+ingested, boxes imported, the version registered and why it was or was not promoted,
+crops cut); the training and scoring runs describe themselves.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from radlake.console import table as text_table
 from radlake.errors import ConfigError, RadlakeError
 from radlake.summary import Summary
 from radlake.tables import Table, table_ref
-from radlake.tracking import configure_mlflow, run_scope
+from radlake.tracking import configure_mlflow, describe_run, mark_model_training, run_scope
 from radlake.workflow.task_values import publish
 
 
@@ -192,6 +197,70 @@ def _score(spark, config, state):
     return inputs, outputs, {"score": summary.as_dict(), "run_id": summary.run_id}
 
 
+def _counts(by_name: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in by_name.items()) or "none"
+
+
+def _ingest_note(inputs, outputs, details) -> str:
+    d = details["ingest"]
+    return (
+        f"Ingested {d['files_ingested']} new or changed files of {d['archive']} ({d['files_unchanged']} unchanged): "
+        f"{d['new_instances']} new instances, {d['new_images']} new frames; {d['quarantined']} quarantined, "
+        f"{d['duplicates']} duplicate copies."
+    )
+
+
+def _labels_note(inputs, outputs, details) -> str:
+    labels, splits = details["labels"], details["splits"]
+    return (
+        f"Imported {labels['accepted']} boxes on {labels['frames_in_file']} frames from {labels['source_file']} "
+        f"({labels['inserted']} new, {labels['rejected']} rejected); {splits['new_studies']} new studies split "
+        f"({_counts(splits['new_by_split'])})."
+    )
+
+
+def _promote_note(inputs, outputs, details) -> str:
+    r = details["registry"]
+    verdict = "promoted to champion" if r["promoted"] else "not promoted"
+    return f"Registered {r['model_name']} version {r['version']} from training run {r['run_id']}: {verdict} ({r['reason']})."
+
+
+def _crops_note(inputs, outputs, details) -> str:
+    c = details["crops"]
+    return (
+        f"Cut {c['new_crops']} new vertebra crops ({c['crops_with_nodes']} with Schmorl's nodes) from {c['frames']} "
+        f"labelled frames ({' and '.join(c['sources'])} boxes) with {c['vertebra_model']['uri']}."
+    )
+
+
+#: What each step that runs in a child run of its own here is for: its description until it is done.
+_STEP_PURPOSES = {
+    "ingest": "Ingests the DICOM archive into the instances, series, images and quarantine tables.",
+    "labels": "Imports the box labels into annotations and splits new studies into train, val and test.",
+    "promote_vertebra": "Registers the vertebra detector's training run; champion if it beats the current one.",
+    "crops": "Crops every vertebra of the labelled frames for the Schmorl's-node detector.",
+    "promote_schmorl": "Registers the Schmorl's-node detector's training run; champion if it beats the current one.",
+}
+#: What such a step did, from its inputs, outputs and details: its description once it is done.
+_STEP_NOTES: dict[str, Callable[[dict, dict, dict], str]] = {
+    "ingest": _ingest_note,
+    "labels": _labels_note,
+    "promote_vertebra": _promote_note,
+    "crops": _crops_note,
+    "promote_schmorl": _promote_note,
+}
+
+
+def _pipeline_note(chosen: Sequence[str], state: Mapping[str, str], seconds: float | None = None) -> str:
+    """The parent run's description: its steps, and once done their time and the models they used."""
+    steps = ", ".join(chosen)
+    if seconds is None:
+        return f"radlake pipeline: {steps}, one child run per step."
+    models = [state[k] for k in ("vertebra_model", "schmorl_model") if state.get(k)]
+    used = f"; models {' and '.join(models)}" if models else ""
+    return f"radlake pipeline: {steps} in {seconds:.0f} s, one child run per step{used}."
+
+
 _STEP_FUNCTIONS: dict[str, Callable] = {
     "ingest": _ingest,
     "labels": _labels,
@@ -232,9 +301,13 @@ def run_pipeline(
     experiment_id = configure_mlflow(config)
     # Under `mlflow run` (MLFLOW_RUN_ID set) the project's run, in its own experiment, is the parent.
     under_project = bool(os.environ.get("MLFLOW_RUN_ID"))
+    pipeline_started = time.perf_counter()
     with run_scope(run_name="pipeline", experiment_id=None if under_project else experiment_id) as parent:
         experiment_id = parent.info.experiment_id  # under `mlflow run`, the project's run and experiment
+        if under_project:  # which `mlflow run --experiment-name` may have created: a model-training one too
+            mark_model_training(experiment_id)
         mlflow.set_tags({"radlake.pipeline_steps": ",".join(chosen)})
+        describe_run(_pipeline_note(chosen, state))
         mlflow.log_params({f"input.{k}": v for k, v in state.items()})
         result = PipelineSummary(parent.info.run_id)
         for number, name in enumerate(chosen, 1):
@@ -250,6 +323,7 @@ def run_pipeline(
             log(f"pipeline: step {name} done in {seconds} s: {', '.join(f'{k}={v}' for k, v in outputs.items())}")
         result.outputs = dict(state)
         mlflow.set_tags({f"output.{k}": v for k, v in state.items()})
+        describe_run(_pipeline_note(chosen, state, time.perf_counter() - pipeline_started))
         mlflow.log_dict(result.as_dict(), "pipeline.json")
     return result
 
@@ -271,8 +345,10 @@ def _run_step(name, spark, config, state, experiment_id):
         run_id = details["run_id"]
     else:
         with run_scope(run_name=name, nested=True, experiment_id=experiment_id) as child:
+            describe_run(_STEP_PURPOSES[name])
             step_inputs, outputs, details = _STEP_FUNCTIONS[name](spark, config, state)
             run_id = child.info.run_id
+            describe_run(_STEP_NOTES[name](step_inputs, outputs, details))
     client.set_tag(run_id, "radlake.step", name)
     for key, value in step_inputs.items():
         client.log_param(run_id, f"input.{key}", value)

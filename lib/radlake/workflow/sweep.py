@@ -41,8 +41,8 @@ from radlake.registry.leaderboard import plot_leaderboard, runs_frame
 from radlake.registry.promote import register_and_promote
 from radlake.stops import Stopped
 from radlake.summary import Summary
-from radlake.tracking import configure_mlflow, detector_experiment, run_scope
-from radlake.train.run import TrainingData, get_stage, log_dataset_inputs, prepare_training_data
+from radlake.tracking import configure_mlflow, describe_run, detector_experiment, run_scope
+from radlake.train.run import DETECTOR_WORDS, TrainingData, get_stage, log_dataset_inputs, prepare_training_data
 from radlake.train.space import SearchSpace, default_space_path, load_space
 from radlake.train.sweep import (
     SweepStorage,
@@ -265,6 +265,43 @@ def _log_sweep_run(
             "radlake.sweep.interrupted_trials": json.dumps(opened.interrupted),
         }
     )
+    continued = "Continues the" if opened.resumed else "The"
+    describe_run(
+        f"{continued} Optuna sweep {name} of the {_detector_words(data.detector)}: {trials} trials, {parallel} at a "
+        f"time, ranked by val_{metric}."
+    )
+
+
+def _detector_words(detector: str) -> str:
+    return DETECTOR_WORDS.get(detector, (f"{detector} detector",))[0]
+
+
+def sweep_note(summary: SweepSummary) -> str:
+    """The sweep run's one-line description once it is done: its trials, the best one and what became of it.
+
+    Examples
+    --------
+    >>> s = SweepSummary("vertebra-sweep", "vertebra", "1", "r", "val_map_50", "maximize", False,
+    ...                  {"COMPLETE": 3, "PRUNED": 1}, best_trial=2, best_value=0.8123,
+    ...                  registry={"model_name": "vertebra_detector", "version": "4", "promoted": False})
+    >>> print(sweep_note(s))  # doctest: +NORMALIZE_WHITESPACE
+    Optuna sweep vertebra-sweep of the vertebra detector: 4 trials (3 complete, 1 pruned);
+    best trial 2, val_map_50 0.812; registered as vertebra_detector version 4, not promoted.
+    """
+    states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.states.items()))
+    head = (
+        f"Optuna sweep {summary.study_name} of the {_detector_words(summary.detector)}: "
+        f"{sum(summary.states.values())} trials ({states or 'none'})"
+    )
+    if summary.best_trial is None:
+        return f"{head}; no trial completed, nothing registered."
+    value = "n/a" if summary.best_value is None else f"{summary.best_value:.3f}"
+    best = f"best trial {summary.best_trial}, {summary.metric} {value}"
+    registry = summary.registry
+    if not registry:
+        return f"{head}; {best}, not registered."
+    verdict = "promoted to champion" if registry.get("promoted") else "not promoted"
+    return f"{head}; {best}; registered as {registry['model_name']} version {registry['version']}, {verdict}."
 
 
 def _run_trials(
@@ -388,7 +425,7 @@ def _finish(spark, config, data, stage, study, storage, name, metric, register, 
         mlflow.log_figure(fig, "leaderboard/leaderboard.png")
         plt.close(fig)
     board = [] if frame.empty else json.loads(frame.to_json(orient="records"))
-    return SweepSummary(
+    summary = SweepSummary(
         study_name=name,
         detector=data.detector,
         experiment_id=experiment_id,
@@ -403,3 +440,5 @@ def _finish(spark, config, data, stage, study, storage, name, metric, register, 
         registry=registry.as_dict() if registry else None,
         leaderboard=board,
     )
+    describe_run(sweep_note(summary))
+    return summary
