@@ -29,6 +29,7 @@ SLOW_FIXTURES = {"project_run", "trained", "sweep", "tiny_training"}
 PIPELINE_FILES = {
     "tests/notebooks/test_notebooks.py",
     "tests/workflow/test_evaluate.py",
+    "tests/workflow/test_mlflow_ui.py",
     "tests/workflow/test_pipeline.py",
 }
 
