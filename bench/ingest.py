@@ -56,11 +56,13 @@ from pathlib import Path
 from bench.common import SINGLE_SITE, WORK, Timer, TreeMemory, synthetic_archive, write_result
 from radlake.config import IngestConfig
 
-#: The issue's targets, on both archives: (comparison, bound) of a ratio in ``ratios``.
+#: The targets, on both archives: (comparison, bound) of a ratio in ``ratios``. Issue 26 raised two of
+#: the first ones (0.5 of the limit, faster than the peer) once ``images`` kept the stored integers:
+#: 0.8 of the limit on the uncompressed archive, 1.3x the peer on the mixed one.
 TARGETS: dict[str, tuple[str, float]] = {
     "radlake_vs_limit_files_per_s": (">=", 0.5),
-    "radlake_vs_limit_files_per_s_uncompressed": (">=", 0.5),
-    "radlake_vs_peer_files_per_s": (">", 1.0),
+    "radlake_vs_limit_files_per_s_uncompressed": (">=", 0.8),
+    "radlake_vs_peer_files_per_s": (">=", 1.3),
     "radlake_vs_peer_files_per_s_uncompressed": (">", 1.0),
     "rerun_vs_first_run_time": ("<=", 0.10),
     "peak_memory_growth_4x_files": ("<=", 0.25),

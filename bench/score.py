@@ -13,18 +13,27 @@ once under ``.radlake/bench/``, reused by later runs):
   through the UDF: the run is an aggregate (``count``, ``sum(size(detections))``) over its
   output. The first run (Python workers start and each loads the model) is timed apart
   from the warm runs.
-- ``limit``: one fresh process, ``torch.set_num_threads(T)`` where T is the threads the Spark
-  side uses in all (concurrent tasks x ``torch.get_num_threads()`` probed inside the Python
-  workers), the same rows already read into memory as a pandas DataFrame, then
-  ``predict_rows(model, spec, rows, batch_size=B)`` of :mod:`radlake.models.pyfunc` (``spec`` with
-  ``score_threshold=S``, as the pyfunc's ``predict`` makes it): the
-  pyfunc's own decoding, pre- and post-processing, without Spark, Arrow or MLflow.
+- ``limit``: the fastest bare torch set-up of the same threads, in two layouts, both timed:
+  one fresh process with ``torch.set_num_threads(T)``, T the threads the Spark side uses in
+  all (concurrent tasks x ``torch.get_num_threads()`` probed inside the Python workers), and
+  one fresh process per Spark task slot with a worker's threads, each scoring its share of the
+  rows (rows i, i+n, ...) at the same time. Each has the rows already read into memory as a
+  pandas DataFrame and calls ``predict_rows(model, spec, rows, batch_size=B)`` of
+  :mod:`radlake.models.pyfunc` (``spec`` with ``score_threshold=S``, as the pyfunc's
+  ``predict`` makes it): the pyfunc's own decoding, pre- and post-processing, without Spark,
+  Arrow or MLflow. The limit is the faster layout.
 
-Warm Spark runs and limit runs are alternated ``--repeats`` times (the limit process stays
+The Spark side reads ``images`` split as ``radlake score`` splits it
+(``score.scan_tasks_per_slot`` tasks per slot, between the row groups that
+``ingest.images_row_group_frames`` bounds); ``tail_idle_share`` is the share of the slots'
+time left idle at the end when tasks run in order, each on the next free slot (cost
+proportional to rows). The archive is ingested again when that layout changed.
+
+Warm Spark runs and limit runs are alternated ``--repeats`` times (the limit processes stay
 up, idle while Spark runs) and the best of each is kept, so that other load on a shared
 machine hits both sides alike. Both sides must find the same number of detections.
 
-The target is ``warm spark / limit >= 0.8`` images per second.
+The targets are ``warm spark / limit >= 0.8`` images per second and a tail idle under 3 %.
 
 Run: ``python -m bench score [--images=2000] [--batch-size=8] [--arrow-batch-size=64]``
 (options as ``--name=value``).
@@ -88,12 +97,24 @@ def ensure_ingested(spark, config, archive: Path, root: Path) -> float | None:
     from radlake.ingest.job import run_ingest
 
     marker = root / "bench-ingested.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("archive") == str(archive):
+    if _ingested_as_now(root) and json.loads(marker.read_text()).get("archive") == str(archive):
         return None
     with Timer() as timer:
         summary = run_ingest(spark, config, archive=str(archive))
-    marker.write_text(json.dumps({"archive": str(archive), "summary": summary.as_dict()}))
+    layout = {"images_row_group_frames": config.ingest.images_row_group_frames}
+    marker.write_text(json.dumps({"archive": str(archive), **layout, "summary": summary.as_dict()}))
     return round(timer.seconds, 1)
+
+
+def _ingested_as_now(root: Path) -> bool:
+    """True if ``root`` holds an ingest with today's layout of ``images`` (row groups), to be reused."""
+    from radlake.config import load_config
+
+    marker = root / "bench-ingested.json"
+    if not marker.is_file():
+        return False
+    frames = load_config().ingest.images_row_group_frames
+    return json.loads(marker.read_text()).get("images_row_group_frames") == frames
 
 
 def ensure_rows_file(view, path: Path) -> Path:
@@ -186,6 +207,8 @@ def limit_main(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     rows = pd.read_parquet(args.limit, columns=list(INPUT_COLUMNS))
+    index, parts = (int(x) for x in args.part.split("/"))
+    rows = rows.iloc[index::parts]  # this process's share of the rows
     mlflow.set_tracking_uri(args.tracking_uri)
     wrapper = mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model()
     model, spec = wrapper.model, replace(wrapper.spec, score_threshold=args.score_threshold)  # as predict(params=)
@@ -208,12 +231,21 @@ def limit_main(args: argparse.Namespace) -> None:
 
 
 class LimitProcess:
-    """The limit in a fresh process, kept up between its timed passes (``run()``)."""
+    """One process of the limit, fresh, kept up between its timed passes: ``part`` = (i, n) scores rows i, i+n, ..."""
 
-    def __init__(self, rows: Path, model_uri: str, tracking_uri: str, *, threads: int, params: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        rows: Path,
+        model_uri: str,
+        tracking_uri: str,
+        *,
+        threads: int,
+        params: dict[str, Any],
+        part: tuple[int, int] = (0, 1),
+    ) -> None:
         command = [sys.executable, "-m", "bench.score", f"--limit={rows}", f"--model-uri={model_uri}"]
         command += [f"--tracking-uri={tracking_uri}", f"--threads={threads}", f"--batch-size={params['batch_size']}"]
-        command += [f"--score-threshold={params['score_threshold']}"]
+        command += [f"--score-threshold={params['score_threshold']}", f"--part={part[0]}/{part[1]}"]
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             command,
@@ -232,12 +264,10 @@ class LimitProcess:
             raise RuntimeError(f"bench score --limit failed:\n{self.stderr.read().decode()[-4000:]}")
         return json.loads(line)
 
-    def run(self) -> dict[str, Any]:
+    def start(self) -> None:
+        """Start one timed pass; :meth:`_answer` reads its result."""
         self.proc.stdin.write("run\n")
         self.proc.stdin.flush()
-        with TreeMemory(root=self.proc.pid) as memory:
-            result = self._answer()
-        return {**result, "peak_rss_mb": round(memory.peak_bytes / 2**20, 1)}
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -248,6 +278,52 @@ class LimitProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+
+
+class Limit:
+    """The bare-torch limit in one layout: ``processes`` fresh processes of ``threads`` torch threads each,
+    each with its share of the rows, all started at once; a pass takes until the last one is done."""
+
+    def __init__(self, rows: Path, model_uri: str, tracking_uri: str, *, processes: int, threads: int, params) -> None:
+        self.layout = (
+            f"{processes} process{'es' if processes > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+        )
+        self.parts: list[LimitProcess] = []
+        try:
+            for i in range(processes):
+                self.parts.append(
+                    LimitProcess(rows, model_uri, tracking_uri, threads=threads, params=params, part=(i, processes))
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self) -> dict[str, Any]:
+        memories = [TreeMemory(root=p.proc.pid) for p in self.parts]
+        with Timer() as timer:
+            for memory in memories:
+                memory.__enter__()
+            for part in self.parts:
+                part.start()
+            answers = [part._answer() for part in self.parts]
+        for memory in memories:
+            memory.__exit__(None, None, None)
+        images = sum(a["images"] for a in answers)
+        return {
+            "layout": self.layout,
+            "processes": len(self.parts),
+            "images": images,
+            "detections": sum(a["detections"] for a in answers),
+            "seconds": round(timer.seconds, 2),
+            "images_per_s": images / timer.seconds,
+            "process_seconds": [a["seconds"] for a in answers],
+            "torch_threads": sum(a["torch_threads"] for a in answers),
+            "peak_rss_mb": round(sum(m.peak_bytes for m in memories) / 2**20, 1),
+        }
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
 
 
 def wave_efficiency(rows_per_partition: list[int], slots: int) -> float:
@@ -289,6 +365,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--model-uri", help=argparse.SUPPRESS)
     parser.add_argument("--tracking-uri", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.limit:  # the limit process
         limit_main(args)
@@ -307,11 +384,12 @@ class _Timed:
     threads_per_worker: int
     threads: int
     memory: Any
-    limit: Any
+    limits_open: list
 
 
 def _timed_runs(spark, scored, parallelism: int, rows_path, uri: str, store: Path, params: dict, *, repeats: int):
-    """A first Spark run, then ``repeats`` warm Spark runs each followed by a run of the limit (same threads)."""
+    """A first Spark run, then ``repeats`` warm Spark runs, each followed by a run of the limit in both of its
+    layouts: one process with all of Spark's threads, and one process per Spark task slot with a worker's threads."""
     java = _java_pid(spark)
     with TreeMemory(root=java) if java else TreeMemory() as spark_memory:
         first = spark_run(scored)
@@ -319,18 +397,26 @@ def _timed_runs(spark, scored, parallelism: int, rows_path, uri: str, store: Pat
         workers = probe_workers(spark, parallelism)
         threads_per_worker = max(w["torch_threads"] for w in workers)
         threads = parallelism * threads_per_worker
-        limit = LimitProcess(rows_path, uri, f"sqlite:///{store}/mlflow.db", threads=threads, params=params)
-        warm, limits = [], []
+        tracking = f"sqlite:///{store}/mlflow.db"
+        layouts: list[Limit] = []
         try:
+            layouts.append(Limit(rows_path, uri, tracking, processes=1, threads=threads, params=params))
+            if parallelism > 1:
+                layouts.append(
+                    Limit(rows_path, uri, tracking, processes=parallelism, threads=threads_per_worker, params=params)
+                )
+            warm, limits = [], []
             for _ in range(repeats):
                 warm.append(spark_run(scored))
                 _say(f"spark warm run: {warm[-1]}")
-                limits.append(limit.run())
-                _say(f"limit run: {limits[-1]}")
+                for limit in layouts:
+                    limits.append(limit.run())
+                    _say(f"limit run: {limits[-1]}")
         except BaseException:
-            limit.close()  # the caller closes it after a success only
+            for limit in layouts:
+                limit.close()  # the caller closes them after a success only
             raise
-    return _Timed(first, warm, limits, workers, threads_per_worker, threads, spark_memory, limit)
+    return _Timed(first, warm, limits, workers, threads_per_worker, threads, spark_memory, layouts)
 
 
 def _memory_mb(memory, driver_rss: int) -> dict[str, Any]:
@@ -348,7 +434,7 @@ def _archive_and_root(images: int) -> tuple[Path, float, Path]:
     archive = ensure_sagittal_archive(images)
     archive_s = time.perf_counter() - t0
     root = WORK / f"score-root-{archive.name.removeprefix('score-archive-')}"
-    if not (root / "bench-ingested.json").is_file() and root.exists():
+    if not _ingested_as_now(root) and root.exists():  # half made, or another layout: ingested anew
         shutil.rmtree(root)
     WORK.mkdir(parents=True, exist_ok=True)
     return archive, archive_s, root
@@ -364,10 +450,34 @@ def _model_input(images):
     return model_input_frames(with_value_columns(images).select(*VALUE_COLUMNS, "pixel_spacing")).select(*INPUT_COLUMNS)
 
 
+def _threads(timed: _Timed, parallelism: int, best_limit: dict) -> dict[str, Any]:
+    """The torch threads each side used (Spark's probed inside its Python workers)."""
+    return {
+        "spark_concurrent_tasks": parallelism,
+        "spark_torch_threads_per_worker": timed.threads_per_worker,
+        "spark_total": timed.threads,
+        "limit": best_limit["torch_threads"],
+        "workers_probed": timed.workers,
+    }
+
+
+def _agreed_detections(first: dict, warm: list[dict], limits: list[dict]) -> dict[str, list[int]]:
+    """Every run's detections, by side; raises if the sides disagree.
+
+    Same model and rows: the same detections, but for boxes whose score sits at the threshold
+    within float noise (Spark groups the rows into forward passes differently).
+    """
+    found = {"spark": [r["detections"] for r in [first, *warm]], "limit": [r["detections"] for r in limits]}
+    if max(abs(a - b) for a in found["spark"] for b in found["limit"]) > 0.001 * max(found["limit"]):
+        raise RuntimeError(f"the two sides disagree on the number of detections: {found}")
+    return found
+
+
 def run(args: argparse.Namespace) -> dict:
     from pyspark.sql import functions as F
 
     from radlake.models.pyfunc import detections_column
+    from radlake.spark import scan_tasks_per_slot
     from radlake.tables import Table, table_ref
 
     os.environ.setdefault("RADLAKE_DEID_KEY", "bench-key")
@@ -375,7 +485,7 @@ def run(args: argparse.Namespace) -> dict:
     store = Path(tempfile.mkdtemp(prefix="score-mlflow-", dir=WORK))
     load_before = os.getloadavg()[0]
     spark, config, startup_s = _spark(root, arrow_batch_size=args.arrow_batch_size)
-    limit: LimitProcess | None = None
+    layouts: list[Limit] = []
     try:
         ingest_s = ensure_ingested(spark, config, archive, root)
         images = table_ref(config, Table.IMAGES)
@@ -389,28 +499,27 @@ def run(args: argparse.Namespace) -> dict:
 
         parallelism = spark.sparkContext.defaultParallelism
         arrow_batch = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"))  # as the session has it
-        partitions = view.groupBy(F.spark_partition_id().alias("p")).count().orderBy("p").collect()
         params = {"batch_size": args.batch_size, "score_threshold": args.score_threshold}
         with Timer() as udf_setup:
             column = detections_column(spark, uri, params=params)
         scored = view.select(F.size(column).alias("n"))
-
-        timed = _timed_runs(spark, scored, parallelism, rows_path, uri, store, params, repeats=args.repeats)
-        limit = timed.limit
+        # The scan split as `radlake score` has it (score.scan_tasks_per_slot), for every Spark run.
+        with scan_tasks_per_slot(spark, config.score.scan_tasks_per_slot) as scan_tasks:
+            partitions = view.groupBy(F.spark_partition_id().alias("p")).count().orderBy("p").collect()
+            timed = _timed_runs(spark, scored, parallelism, rows_path, uri, store, params, repeats=args.repeats)
+        layouts = timed.limits_open
         driver_rss = _rss_bytes(os.getpid())
     finally:
-        if limit is not None:
+        for limit in layouts:
             limit.close()
         spark.stop()
         shutil.rmtree(store, ignore_errors=True)
 
     first, warm, limits = timed.first, timed.warm, timed.limits
-    best_warm, best_limit = _best(warm), _best(limits)
-    # Same model and rows: the same detections, but for boxes whose score sits at the threshold
-    # within float noise (Spark groups the rows into forward passes differently).
-    found = {"spark": [r["detections"] for r in [first, *warm]], "limit": [r["detections"] for r in limits]}
-    if max(abs(a - b) for a in found["spark"] for b in found["limit"]) > 0.001 * max(found["limit"]):
-        raise RuntimeError(f"the two sides disagree on the number of detections: {found}")
+    best_warm, best_limit = _best(warm), _best(limits)  # the limit: the faster of its layouts
+    by_layout = {r["layout"]: _best([x for x in limits if x["layout"] == r["layout"]]) for r in limits}
+    busy = wave_efficiency([r["count"] for r in partitions], parallelism)
+    found = _agreed_detections(first, warm, limits)
     ratio = best_warm["images_per_s"] / best_limit["images_per_s"]
     result = {
         "images": n_images,
@@ -421,18 +530,14 @@ def run(args: argparse.Namespace) -> dict:
         "params": params,
         "detections_per_image": best_limit["detections"] / best_limit["images"],
         "detections": found,
-        "threads": {
-            "spark_concurrent_tasks": parallelism,
-            "spark_torch_threads_per_worker": timed.threads_per_worker,
-            "spark_total": timed.threads,
-            "limit": best_limit["torch_threads"],
-            "workers_probed": timed.workers,
-        },
+        "threads": _threads(timed, parallelism, best_limit),
         "spark": {
             "master": "local[2]",
             "input_partitions": len(partitions),
             "rows_per_partition": [r["count"] for r in partitions],
-            "slot_busy_share": round(wave_efficiency([r["count"] for r in partitions], parallelism), 3),
+            "scan_tasks_asked": scan_tasks,
+            "slot_busy_share": round(busy, 3),
+            "tail_idle_share": round(1 - busy, 3),
             "startup_seconds": round(startup_s, 1),
             "udf_setup_seconds": round(udf_setup.seconds, 2),
             "first_run": first,
@@ -440,6 +545,7 @@ def run(args: argparse.Namespace) -> dict:
             **_memory_mb(timed.memory, driver_rss),
         },
         "limit": best_limit,
+        "limit_by_layout": by_layout,
         "images_per_s": {
             "spark_first_run": first["images_per_s"],
             "spark_warm": best_warm["images_per_s"],
@@ -447,12 +553,14 @@ def run(args: argparse.Namespace) -> dict:
         },
         "every_run_images_per_s": {
             "spark_warm": [r["images_per_s"] for r in warm],
-            "limit": [r["images_per_s"] for r in limits],
+            **{f"limit {layout}": [r["images_per_s"] for r in limits if r["layout"] == layout] for layout in by_layout},
         },
         "repeats": args.repeats,
         "ratio": ratio,
         "target": 0.8,
+        "tail_idle_target": "< 0.03",
         "met": ratio >= 0.8,
+        "tail_idle_met": 1 - busy < 0.03,
         "peak_rss_mb": {"spark": round(timed.memory.peak_bytes / 2**20, 1), "limit": best_limit["peak_rss_mb"]},
         "setup": {
             "archive": str(archive),

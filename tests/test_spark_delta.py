@@ -1,13 +1,16 @@
 """The local Spark + Delta stack: a broken jar set-up must fail here, loudly."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
+from pyspark.sql import functions as F
 
+import radlake.tables
 from radlake.cli import main
 from radlake.errors import ConfigError, SetupError
-from radlake.tables import Table, table_ref
+from radlake.tables import Table, TableRef, table_ref
 from radlake.tracking import configure_mlflow
 
 # The JVM itself (class archives, jars): Spark tests, also where no session fixture is used.
@@ -162,3 +165,63 @@ def test_a_failed_class_archive_build_names_why_and_leaves_nothing(tmp_path):
     with pytest.raises(SetupError, match="the JVM wrote no class archive.*Delta Lake jars not found"):
         build_class_archive(bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def _row_groups(path) -> list[list[int]]:
+    """Rows of each row group, per Parquet file of the folder (sorted)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(path).glob("*.parquet"))
+    return sorted(
+        [pq.ParquetFile(f).metadata.row_group(i).num_rows for i in range(pq.ParquetFile(f).num_row_groups)]
+        for f in files
+    )
+
+
+def _rows(spark, n: int):
+    """``n`` rows of 16 KB each, in one partition (one file per write)."""
+    return spark.range(n, numPartitions=1).selectExpr("id", "unhex(repeat(sha2(cast(id AS string), 256), 512)) AS b")
+
+
+@pytest.mark.parametrize("kind", ["delta_api", "sql"])
+def test_table_properties_lay_out_the_row_groups_of_every_later_write(spark, tmp_path, monkeypatch, kind):
+    if kind == "sql":  # the Spark Connect path: CREATE TABLE ... TBLPROPERTIES, ALTER TABLE
+        monkeypatch.setattr(radlake.tables, "is_connect", lambda spark: True)
+    limit = "parquet.block.row.count.limit"
+    ref = TableRef(Table.IMAGES, None, str(tmp_path / "t"))
+    assert ref.ensure(spark, _rows(spark, 0).schema, properties={limit: "4"}) is True
+    ref.append(_rows(spark, 10))
+    assert _row_groups(ref.path) == [[4, 4, 2]]
+    assert ref.set_properties(spark, {limit: "4"}) == {}  # no commit when nothing changes
+    version = ref.version(spark)
+    assert ref.set_properties(spark, {limit: "3"}) == {limit: "3"}
+    assert ref.version(spark) == version + 1
+    ref.append(_rows(spark, 10))
+    assert _row_groups(ref.path) == [[3, 3, 3, 1], [4, 4, 2]]  # the earlier file keeps its layout
+
+
+def test_a_scan_splits_between_row_groups_into_tasks_per_slot(spark, tmp_path):
+    from radlake.spark import default_parallelism, scan_tasks_per_slot
+
+    path = str(tmp_path / "t")
+    ref = TableRef(Table.IMAGES, None, path)
+    ref.ensure(spark, _rows(spark, 0).schema, properties={"parquet.block.row.count.limit": "4"})
+    ref.append(_rows(spark, 96))  # one file, 24 row groups of 64 KB
+
+    def rows_per_task() -> list[int]:
+        df = spark.read.format("delta").load(path)
+        return [r[0] for r in df.groupBy(F.spark_partition_id()).count().select("count").collect()]
+
+    key = "spark.sql.files.minPartitionNum"
+    spark.conf.set("spark.sql.files.openCostInBytes", "1")  # as if the table were large: its bytes decide
+    try:
+        before = rows_per_task()
+        with scan_tasks_per_slot(spark, 4) as tasks:
+            assert spark.conf.get(key) == str(tasks) == str(4 * default_parallelism(spark))
+            during = rows_per_task()
+        assert spark.conf.get(key, None) is None  # unset again, as it was
+    finally:
+        spark.conf.unset("spark.sql.files.openCostInBytes")
+    assert len(before) <= default_parallelism(spark)
+    assert sum(during) == 96 and len(during) >= tasks - 1
+    assert max(during) <= 96 / tasks + 4  # none over its share by more than one row group

@@ -134,6 +134,16 @@ class IngestConfig(_Section):
     max_header_json_bytes: int = Field(65536, ge=1024, description="Cap of the header DICOM JSON per instance.")
     partition_bytes: int = Field(256 << 20, ge=1 << 20, description="Target stored bytes per Spark task.")
     partition_files: int = Field(2000, ge=1, description="Most files per Spark task.")
+    images_row_group_frames: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Most frames per Parquet row group of the images table (its Delta table property "
+            "parquet.block.row.count.limit, used by every later write). Spark splits a scan between row groups, "
+            "so small groups spread a table of few large files over every core: 16 frames are 4.7 MB at 384 px, "
+            "8.4 MB at 512 px (16-bit)."
+        ),
+    )
     images_compression: Literal["none", "snappy", "lz4_raw", "zstd"] = Field(
         "none",
         description=(
@@ -460,6 +470,16 @@ class ScoreConfig(_Section):
         "at 0.29 false positives per frame at 0.4; 0.82 at 1.34 at 0.3; 0.65 at 0.07 at 0.5.",
     )
     batch_size: int = Field(8, ge=1, description="Images (or crops) per forward pass inside the UDFs.")
+    scan_tasks_per_slot: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Scoring reads images in at least this many tasks per task slot (Spark's "
+            "spark.sql.files.minPartitionNum for the scoring query), split between the table's row groups "
+            "(ingest.images_row_group_frames), so that no core idles while the last large task of a small "
+            "table runs. A large table is split into 128 MB tasks anyway."
+        ),
+    )
     merge_iou: float = Field(
         0.3, gt=0, le=1, description="NMS IoU merging the same node found in two overlapping crops (source pixels)."
     )

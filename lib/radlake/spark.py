@@ -284,6 +284,37 @@ def default_parallelism(spark: SparkSession) -> int:
     return 2
 
 
+@contextmanager
+def scan_tasks_per_slot(spark: SparkSession, per_slot: int) -> Iterator[int]:
+    """While the block runs, split file scans into at least ``per_slot`` tasks per task slot.
+
+    Sets ``spark.sql.files.minPartitionNum`` (Spark's lower bound on a file scan's tasks,
+    default the slots themselves) to ``per_slot * default_parallelism(spark)`` and restores it
+    after. Spark then cuts the scan into pieces of about ``table bytes / that many`` (at most
+    ``spark.sql.files.maxPartitionBytes``, 128 MB), between Parquet row groups: a small
+    table of a few large files becomes many even tasks, and no slot waits while the last
+    large one runs. Set it around the action (the write), when the scan is planned.
+
+    Yields the number of tasks asked for; where the session refuses the setting (a managed
+    serverless session may), it changes nothing and yields 0.
+    """
+    key = "spark.sql.files.minPartitionNum"
+    before = spark.conf.get(key, None)
+    tasks = per_slot * default_parallelism(spark)
+    try:
+        spark.conf.set(key, str(tasks))
+    except Exception:  # noqa: BLE001 - a session that does not allow the key keeps its own split
+        yield 0
+        return
+    try:
+        yield tasks
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
 #: The input column of a :func:`map_task_lists` task function that carries each task's own list
 #: (pickled) over Spark Connect; on a classic session the lists come from a broadcast instead.
 TASK_LIST_COLUMN = "work"

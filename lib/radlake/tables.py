@@ -32,7 +32,7 @@ from radlake.errors import ConfigError
 from radlake.spark import is_connect
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructField, StructType
@@ -148,11 +148,11 @@ class TableRef:
             return None
         return None if row is None else int(row["version"])
 
-    def ensure(self, spark: SparkSession, schema: StructType) -> bool:
-        """Create the table empty with ``schema`` if it does not exist yet.
+    def ensure(self, spark: SparkSession, schema: StructType, *, properties: Mapping[str, str] | None = None) -> bool:
+        """Create the table empty with ``schema`` (and table ``properties``) if it does not exist yet.
 
         Returns True if this call created it, so that the caller knows it is empty without
-        reading it (a no-op returning False if it exists).
+        reading it (a no-op returning False if it exists: see :meth:`set_properties` for its properties).
         """
         if self.exists(spark):
             return False
@@ -160,11 +160,27 @@ class TableRef:
             from delta.tables import DeltaTable
 
             builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
+            for key, value in (properties or {}).items():
+                builder = builder.property(key, value)
             builder = builder.tableName(self.name) if self.name else builder.location(self.path)
             builder.execute()
         else:
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {self.sql_name} ({schema_ddl(schema)}) USING delta")
+            with_properties = f" TBLPROPERTIES ({_properties_sql(properties)})" if properties else ""
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {self.sql_name} ({schema_ddl(schema)}) USING delta{with_properties}")
         return True
+
+    def set_properties(self, spark: SparkSession, properties: Mapping[str, str]) -> dict[str, str]:
+        """Set the table ``properties`` whose value differs, in one Delta commit; returns those it set.
+
+        Delta hands a table's properties to the Parquet writer of every later write to it
+        (appends, MERGE rewrites, OPTIMIZE): ``parquet.block.row.count.limit``, for example,
+        bounds the rows of each row group. Files written before keep their layout.
+        """
+        current = {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {self.sql_name}").collect()}
+        changed = {key: str(value) for key, value in properties.items() if current.get(key) != str(value)}
+        if changed:
+            spark.sql(f"ALTER TABLE {self.sql_name} SET TBLPROPERTIES ({_properties_sql(changed)})")
+        return changed
 
     def add_missing_columns(self, spark: SparkSession, schema: StructType) -> list[str]:
         """Add the columns of ``schema`` that the table lacks (at the end, nullable), in one Delta commit.
@@ -296,6 +312,11 @@ def _delta_api(spark: SparkSession) -> bool:
 
 def _quote(name: str) -> str:
     return "`{}`".format(name.replace("`", "``"))
+
+
+def _properties_sql(properties: Mapping[str, str]) -> str:
+    """``'key' = 'value', ...`` for ``TBLPROPERTIES`` (single quotes in a value doubled)."""
+    return ", ".join(f"'{key}' = '{str(value).replace(chr(39), chr(39) * 2)}'" for key, value in properties.items())
 
 
 def schema_ddl(schema: StructType) -> str:

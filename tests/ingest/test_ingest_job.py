@@ -70,13 +70,28 @@ def archive(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ingested(make_config, spark, archive, tmp_path_factory):
-    cfg = make_config(tmp_path_factory.mktemp("ingest-root"), "ingest.image_rule=modality = 'MR'")
+    root = tmp_path_factory.mktemp("ingest-root")
+    cfg = make_config(root, "ingest.image_rule=modality = 'MR'", "ingest.images_row_group_frames=4")
     first = run_ingest(spark, cfg, archive=str(archive))
     return cfg, first
 
 
 def _read(spark, cfg, table):
     return table_ref(cfg, table).read(spark)
+
+
+def test_images_are_written_in_row_groups_of_the_configured_frames(spark, ingested):
+    """So that a scan of a few large files splits into a task per core (score.scan_tasks_per_slot)."""
+    import pyarrow.parquet as pq
+
+    cfg, _ = ingested
+    ref = table_ref(cfg, Table.IMAGES)
+    properties = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {ref.sql_name}").collect()}
+    assert properties["parquet.block.row.count.limit"] == "4"
+    files = [pq.ParquetFile(f).metadata for f in Path(ref.path).glob("*.parquet")]
+    groups = [m.row_group(i).num_rows for m in files for i in range(m.num_row_groups)]
+    assert sum(groups) == _read(spark, cfg, Table.IMAGES).count()
+    assert max(groups) == 4 and any(m.num_row_groups > 1 for m in files)
 
 
 def test_every_file_ends_in_exactly_one_table(spark, archive, ingested):
@@ -410,7 +425,7 @@ def test_an_images_table_written_before_the_transform_columns_stays_readable_and
     make_config, spark, tmp_path
 ):
     """A float32-era ``images`` table (values in any compact dtype, no transform columns) reads as before;
-    the next ingest into it adds the columns, its old rows keeping nulls (the identity)."""
+    the next ingest into it adds the columns (its old rows keeping nulls: the identity) and the row-group limit."""
     from radlake.dicom.pixels import TRANSFORM_COLUMNS, VALUE_COLUMNS, decode_frames, encode_pixels, row_values
     from radlake.ingest.schema import IMAGES, with_value_columns
 
@@ -440,3 +455,5 @@ def test_an_images_table_written_before_the_transform_columns_stays_readable_and
     for row in rows.values():  # both generations read as the same values
         assert row_values(row).tobytes() == before.pixels.tobytes()
     assert table_ref(cfg, Table.IMAGES).add_missing_columns(spark, IMAGES) == []
+    frames = str(cfg.ingest.images_row_group_frames)  # and the row-group layout of its later writes
+    assert ref.set_properties(spark, {"parquet.block.row.count.limit": frames}) == {}

@@ -324,7 +324,11 @@ def _open_run(spark: SparkSession, config: RadlakeConfig, archive: str | None) -
     refs = {t: table_ref(config, t) for t in Table}
     created = {table: not refs[table].exists(spark) for table in _STRUCTS}
     setup = ThreadPoolExecutor(len(_STRUCTS), thread_name_prefix="radlake-setup")
-    made = [setup.submit(refs[table].ensure, spark, _STRUCTS[table]) for table in _STRUCTS if created[table]]
+    made = [
+        setup.submit(refs[table].ensure, spark, _STRUCTS[table], properties=_table_properties(config, table))
+        for table in _STRUCTS
+        if created[table]
+    ]
     setup.shutdown(wait=False)  # each thread ends with its one call
     # In field order: the session, its inputs, the tables, the key, the run's id and clock.
     run = _IngestRun(
@@ -538,8 +542,9 @@ def _store_and_decode(run: _IngestRun, headers: _Headers, rows: _HeaderRows) -> 
             stack_slices += older.collect()
         _add_slice_indices(records, stack_slices)
         say("ingest: decoding the pixels of %s instances", f"{len(records):,}")
-        if records and not run.created[Table.IMAGES]:  # a table written before its newest columns gets them
+        if records and not run.created[Table.IMAGES]:  # a table written before gets the newest columns and layout
             run.refs[Table.IMAGES].add_missing_columns(spark, S.IMAGES)
+            run.refs[Table.IMAGES].set_properties(spark, _table_properties(run.config, Table.IMAGES))
         new_images, pixel_failures = _pixel_stage(
             spark, run.config, run.refs, run.run_columns, run.run_id, records, all_instances
         )
@@ -574,6 +579,15 @@ def _write_ledger(run: _IngestRun, results: DataFrame) -> None:
         keys=["path", "file_size", "modification_time"],
     )
     run.phase("ledger")
+
+
+def _table_properties(config: RadlakeConfig, table: Table) -> dict[str, str]:
+    """Delta table properties of ``table``: ``images`` is written in row groups of at most
+    ``ingest.images_row_group_frames`` frames, so that a scan of a few large files still splits
+    into a task per core (and a training cache's reader per worker)."""
+    if table is Table.IMAGES:
+        return {"parquet.block.row.count.limit": str(config.ingest.images_row_group_frames)}
+    return {}
 
 
 def _pixel_settings(config: RadlakeConfig) -> PixelSettings:

@@ -67,7 +67,7 @@ from radlake.score.findings import findings_summary, update_study_findings
 from radlake.score.pair import CheckedModel, check_models, thresholded_detections
 from radlake.score.schema import MODEL_PAIR_KEYS, PREDICTIONS, STUDY_FINDINGS, model_pair_filter
 from radlake.score.stacks import FRAME_RESULT, FRAMES_TO_FINISH, IMAGE_COLUMNS, LEVEL_EVIDENCE, finish_stacks
-from radlake.spark import task_progress
+from radlake.spark import scan_tasks_per_slot, task_progress
 from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import QuarantineStage
@@ -225,7 +225,8 @@ def score_archive(
             )  # before the MERGE: frames scored again with their stack count here
             frames = f"{plan.by_reason['ok']:,} frames"
             say("score: %s to score with %s and %s", frames, vertebra.uri, schmorl.uri)
-            with task_progress(spark, "score", frames):
+            # Even tasks on every core: the scan is split between the images table's row groups.
+            with task_progress(spark, "score", frames), scan_tasks_per_slot(spark, config.score.scan_tasks_per_slot):
                 _score_frames(spark, config, plan.todo, *checked, run_id)
         else:
             say("score: every frame is already scored by %s and %s", vertebra.uri, schmorl.uri)
