@@ -16,7 +16,7 @@ from pathlib import Path
 
 from radlake.config import RadlakeConfig
 from radlake.console import echo, say, table
-from radlake.tracking import ui_command
+from radlake.tracking import ui_command, ui_link
 
 _SCHMORL_SHOWN = (
     "test_ap_30",
@@ -86,7 +86,8 @@ def run_demo(config: RadlakeConfig, *, out: str | Path, workers: int = 2) -> Non
     echo("[demo] list the tables again: .venv/bin/radlake tables")
     echo(f"[demo] load the champions: mlflow.pyfunc.load_model('models:/{config.models.vertebra}@champion')")
     echo(f"                           mlflow.pyfunc.load_model('models:/{config.models.schmorl}@champion')")
-    echo(f"[demo] MLflow UI: .venv/bin/{ui_command(config)}  then open http://127.0.0.1:5000")
+    echo(f"[demo] MLflow UI: .venv/bin/{ui_command(config)}  then open the pipeline run (model-training view):")
+    echo(f"       {_parent_run_link(result.parent_run_id)}")
     echo("[demo] steps:")
     for line in table(timings, ["step", "seconds", "what"]).splitlines():
         echo(f"    {line}")
@@ -233,3 +234,10 @@ def _brief(summary: dict, limit: int = 5) -> dict:
         k: (v[:limit] + [f"... {len(v) - limit} more"] if isinstance(v, list) and len(v) > limit else v)
         for k, v in summary.items()
     }
+
+
+def _parent_run_link(run_id: str) -> str:
+    """The MLflow UI link of the pipeline's parent run, on the model-training view."""
+    import mlflow
+
+    return ui_link(experiment_id=mlflow.get_run(run_id).info.experiment_id, run_id=run_id)
