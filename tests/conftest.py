@@ -24,14 +24,23 @@ from radlake.tables import Table, table_ref
 SLOW_FIXTURES = {"project_run", "trained", "sweep", "tiny_training"}
 
 
-#: The test files over the session's pipeline run (:func:`project_run`): under pytest-xdist they
-#: share one worker, so the whole pipeline runs once per session.
-PIPELINE_FILES = {
-    "tests/notebooks/test_notebooks.py",
-    "tests/workflow/test_evaluate.py",
-    "tests/workflow/test_mlflow_ui.py",
-    "tests/workflow/test_pipeline.py",
-}
+TESTS = Path(__file__).resolve().parent
+
+
+def _files_naming(fixture: str) -> set[str]:
+    """The test files (``tests/...``, as in node ids) whose source names ``fixture``: a test's
+    parameter, or a fixture of the file that uses it."""
+    return {
+        f"tests/{path.relative_to(TESTS).as_posix()}"
+        for path in TESTS.rglob("test_*.py")
+        if fixture in path.read_text(encoding="utf-8")
+    }
+
+
+#: The test files over the session's pipeline run (:func:`project_run`), found by their source
+#: (the scheduler sees node ids, not fixtures): under pytest-xdist they share one worker, so the
+#: whole pipeline runs once per session.
+PIPELINE_FILES = _files_naming("project_run")
 
 
 PIPELINE_UNIT = "pipeline"
@@ -59,8 +68,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.spark)
         if used & SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
-        if "project_run" in used and _test_file(item.nodeid) not in PIPELINE_FILES:
-            raise pytest.UsageError(f"{item.nodeid} uses project_run: add its file to conftest.PIPELINE_FILES")
+        if "project_run" in used and _test_file(item.nodeid) not in PIPELINE_FILES:  # through another conftest
+            raise pytest.UsageError(f"{item.nodeid} uses project_run, but its file does not name it")
 
 
 def _test_file(nodeid: str) -> str:
@@ -129,11 +138,14 @@ SYNTH = {
 }
 
 
+#: What every test configuration sets: the ``test`` environment, Spark on 2 local cores, 2 shuffle partitions.
+TEST_SETTINGS = ("environment=test", "spark.master=local[2]", "spark.shuffle_partitions=2")
+
+
 def data_config(root: Path, *overrides: str) -> RadlakeConfig:
     """The tests' configuration factory: ``conf/local.yml`` for tests (``environment=test``, ``local[2]``,
     2 shuffle partitions) with its own ``storage.root`` and any extra ``key=value``."""
-    base = [f"storage.root={root}", "environment=test", "spark.master=local[2]", "spark.shuffle_partitions=2"]
-    return load_config("local", overrides=[*base, *overrides])
+    return load_config("local", overrides=[f"storage.root={root}", *TEST_SETTINGS, *overrides])
 
 
 @dataclass(frozen=True)
@@ -210,9 +222,7 @@ def training_overrides(root: Path, warehouse: Path, *extra: str) -> list[str]:
     return [
         f"storage.root={root}",
         f"storage.warehouse={warehouse}",
-        "environment=test",
-        "spark.master=local[2]",
-        "spark.shuffle_partitions=2",
+        *TEST_SETTINGS,
         f"loader.cache_dir={root / 'cache'}",
         "loader.num_workers=0",
         "train.vertebra.batch_size=2",
