@@ -17,11 +17,12 @@ once under ``.radlake/bench/``, reused by later runs):
   one fresh process with ``torch.set_num_threads(T)``, T the threads the Spark side uses in
   all (concurrent tasks x ``torch.get_num_threads()`` probed inside the Python workers), and
   one fresh process per Spark task slot with a worker's threads, each scoring its share of the
-  rows (rows i, i+n, ...) at the same time. Each has the rows already read into memory as a
-  pandas DataFrame and calls ``predict_rows(model, spec, rows, batch_size=B)`` of
-  :mod:`radlake.models.pyfunc` (``spec`` with ``score_threshold=S``, as the pyfunc's
-  ``predict`` makes it): the pyfunc's own decoding, pre- and post-processing, without Spark,
-  Arrow or MLflow. The limit is the faster layout.
+  rows (rows i, i+n, ...) at the same time. Each has the rows as stored already read into
+  memory as a pandas DataFrame and, in each timed pass, turns them into values as scoring does
+  (``model_input_rows``: rescaled or inverted frames decoded) and calls
+  ``predict_rows(model, spec, rows, batch_size=B)`` of :mod:`radlake.models.pyfunc` (``spec``
+  with ``score_threshold=S``, as the pyfunc's ``predict`` makes it): the pyfunc's own decoding,
+  pre- and post-processing, without Spark, Arrow or MLflow. The limit is the faster layout.
 
 The Spark side reads ``images`` split as ``radlake score`` splits it
 (``score.scan_tasks_per_slot`` tasks per slot, between the row groups that
@@ -118,7 +119,7 @@ def _ingested_as_now(root: Path) -> bool:
 
 
 def ensure_rows_file(view, path: Path) -> Path:
-    """The scored rows as one Parquet folder (``INPUT_COLUMNS``), for the limit process; written once per version."""
+    """The scored rows as one Parquet folder (as stored), for the limit process; written once per version."""
     if not (path / "_SUCCESS").is_file():
         if path.exists():
             shutil.rmtree(path)
@@ -203,22 +204,23 @@ def limit_main(args: argparse.Namespace) -> None:
     import pandas as pd
     import torch
 
-    from radlake.models.pyfunc import INPUT_COLUMNS, predict_rows
+    from radlake.models.model_input import model_input_rows
+    from radlake.models.pyfunc import predict_rows
 
     torch.set_num_threads(args.threads)
-    rows = pd.read_parquet(args.limit, columns=list(INPUT_COLUMNS))
+    rows = pd.read_parquet(args.limit)  # images rows as stored: values through their transform, as scoring does
     index, parts = (int(x) for x in args.part.split("/"))
     rows = rows.iloc[index::parts]  # this process's share of the rows
     mlflow.set_tracking_uri(args.tracking_uri)
     wrapper = mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model()
     model, spec = wrapper.model, replace(wrapper.spec, score_threshold=args.score_threshold)  # as predict(params=)
-    predict_rows(model, spec, rows.head(4 * args.batch_size), batch_size=args.batch_size)  # warm-up
+    predict_rows(model, spec, model_input_rows(rows.head(4 * args.batch_size)), batch_size=args.batch_size)  # warm-up
     print(json.dumps({"ready": True, "images": len(rows)}), flush=True)
     for line in sys.stdin:
         if line.strip() != "run":
             break
         with Timer() as timer:
-            out = predict_rows(model, spec, rows, batch_size=args.batch_size)
+            out = predict_rows(model, spec, model_input_rows(rows), batch_size=args.batch_size)
         result = {
             "images": len(out),
             "detections": sum(len(d) for d in out),
@@ -440,14 +442,13 @@ def _archive_and_root(images: int) -> tuple[Path, float, Path]:
     return archive, archive_s, root
 
 
-def _model_input(images):
-    """The detector's input columns of ``images`` rows: their values, as scoring gives them to the UDF."""
+def _stored_rows(images):
+    """``images`` rows as stored, with what makes them the detector's input: the stored pixels, their
+    transform (rescale, inversion) and pixel spacing. Both sides turn them into values first."""
     from radlake.dicom.pixels import VALUE_COLUMNS
     from radlake.ingest.schema import with_value_columns
-    from radlake.models.model_input import model_input_frames
-    from radlake.models.pyfunc import INPUT_COLUMNS
 
-    return model_input_frames(with_value_columns(images).select(*VALUE_COLUMNS, "pixel_spacing")).select(*INPUT_COLUMNS)
+    return with_value_columns(images).select(*VALUE_COLUMNS, "pixel_spacing")
 
 
 def _threads(timed: _Timed, parallelism: int, best_limit: dict) -> dict[str, Any]:
@@ -476,7 +477,8 @@ def _agreed_detections(first: dict, warm: list[dict], limits: list[dict]) -> dic
 def run(args: argparse.Namespace) -> dict:
     from pyspark.sql import functions as F
 
-    from radlake.models.pyfunc import detections_column
+    from radlake.models.model_input import model_input_frames
+    from radlake.models.pyfunc import INPUT_COLUMNS, detections_column
     from radlake.spark import scan_tasks_per_slot
     from radlake.tables import Table, table_ref
 
@@ -490,11 +492,12 @@ def run(args: argparse.Namespace) -> dict:
         ingest_s = ensure_ingested(spark, config, archive, root)
         images = table_ref(config, Table.IMAGES)
         version = images.version(spark)
-        view = _model_input(images.read(spark, version=version).where(SAGITTAL))
+        stored = _stored_rows(images.read(spark, version=version).where(SAGITTAL))
+        view = model_input_frames(stored).select(*INPUT_COLUMNS)
         n_images = view.count()
         if n_images < args.images:
             raise RuntimeError(f"only {n_images} sagittal images in {root}, fewer than --images={args.images}")
-        rows_path = ensure_rows_file(view, root / f"rows-v{version}")
+        rows_path = ensure_rows_file(stored, root / f"stored-rows-v{version}")
         uri = log_model(store, view.limit(1).toPandas())
 
         parallelism = spark.sparkContext.defaultParallelism
