@@ -156,10 +156,10 @@ def test_without_a_console_library_lines_are_logging_records(capsys, caplog):
         console.warn("a key was created")
 
 
-def test_a_command_console_puts_everything_back(tmp_path):
-    """In the same process (a job calling ``main``): streams, descriptors, logging, warnings and env are restored."""
+def _process_state() -> tuple:
+    """What a command console changes for its length: streams, descriptors 1 and 2, logging, warnings, env."""
     radlake_logger = logging.getLogger("radlake")
-    before = (
+    return (
         sys.stdout,
         sys.stderr,
         os.fstat(1).st_ino,
@@ -170,20 +170,15 @@ def test_a_command_console_puts_everything_back(tmp_path):
         warnings.showwarning,
         os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"),
     )
+
+
+def test_a_command_console_puts_everything_back(tmp_path):
+    """In the same process (a job calling ``main``): streams, descriptors, logging, warnings and env are restored."""
+    before = _process_state()
     with command_console(tmp_path) as made:
         assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
         assert sys.stderr is not before[1] and console.active()
-    after = (
-        sys.stdout,
-        sys.stderr,
-        os.fstat(1).st_ino,
-        os.fstat(2).st_ino,
-        list(radlake_logger.handlers),
-        radlake_logger.propagate,
-        list(logging.getLogger().handlers),
-        warnings.showwarning,
-        os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"),
-    )
+    after = _process_state()
     assert after == before and not console.active()
     assert made.log_path.parent == tmp_path / "logs"
 
