@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "radlake"
 #: The layers, bottom first: a package may import its own layer's packages only where
 #: :data:`ALLOWED_SIDEWAYS` says so, and any package of a lower layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "vocabulary", "summary", "console"),
+    ("errors", "vocabulary", "summary", "console", "worker_daemon"),
     ("spark",),
     ("dicom",),
     ("synth",),

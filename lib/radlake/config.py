@@ -220,6 +220,15 @@ class SparkConfig(_Section):
             "(job times change within noise). false: neither build nor use it."
         ),
     )
+    worker_preload: list[str] = Field(
+        default_factory=lambda: ["torch", "torchvision.models.detection", "mlflow.pyfunc"],
+        description=(
+            "Modules the Python worker daemon of a local session or standalone cluster imports before it forks "
+            "its workers (radlake.worker_daemon), so that no worker imports them again: a scoring UDF's worker "
+            "otherwise spends about 6 CPU-s importing torch, torchvision and MLflow, after every idle spell. "
+            "[]: pyspark's own daemon. Databricks and Spark Connect servers keep their own daemon."
+        ),
+    )
     extra: dict[str, str] = Field(default_factory=dict, description="Any other spark.* settings.")
     jars_dir: Path | None = Field(
         None, description="Delta Lake jars folder; default <python prefix>/share/radlake/jars (filled by make setup)."

@@ -55,6 +55,7 @@ from xml.etree import ElementTree
 
 from radlake.console import say
 from radlake.errors import SetupError
+from radlake.worker_daemon import PRELOAD_ENV
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -238,7 +239,7 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")
     )
-    for key, value in {**_session_settings(config), **sc.extra}.items():
+    for key, value in {**_session_settings(config), **_worker_daemon_settings(sc.worker_preload), **sc.extra}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
@@ -253,6 +254,20 @@ def _session_settings(config: RadlakeConfig) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(sc.arrow_batch_size),
         "spark.sql.session.timeZone": "UTC",
+    }
+
+
+def _worker_daemon_settings(modules: list[str]) -> dict[str, str]:
+    """Spark settings that make :mod:`radlake.worker_daemon` the executors' Python daemon, importing ``modules``.
+
+    The module list travels as an executor environment variable, which Spark sets on the
+    daemon's process (local sessions and cluster executors alike). No modules: pyspark's own daemon.
+    """
+    if not modules:
+        return {}
+    return {
+        "spark.python.daemon.module": "radlake.worker_daemon",
+        f"spark.executorEnv.{PRELOAD_ENV}": ",".join(modules),
     }
 
 

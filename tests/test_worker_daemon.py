@@ -1,0 +1,57 @@
+"""The executors' Python worker daemon (``radlake.worker_daemon``): the heavy libraries are imported
+once, in the daemon, and every forked worker has them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from radlake.spark import _worker_daemon_settings
+from radlake.worker_daemon import PRELOAD_ENV, preload
+
+
+def test_preload_imports_what_is_installed_and_skips_the_rest(monkeypatch):
+    assert preload("json, radlake_no_such_module ,,colorsys") == ["json", "colorsys"]
+    monkeypatch.setenv(PRELOAD_ENV, "radlake_no_such_module,json")
+    assert preload() == ["json"]
+
+
+def test_no_modules_keep_pysparks_own_daemon():
+    assert _worker_daemon_settings([]) == {}
+    settings = _worker_daemon_settings(["torch", "mlflow.pyfunc"])
+    assert settings == {
+        "spark.python.daemon.module": "radlake.worker_daemon",
+        f"spark.executorEnv.{PRELOAD_ENV}": "torch,mlflow.pyfunc",
+    }
+
+
+@pytest.mark.spark
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_are_forked_from_a_daemon_that_imported_torch(spark, config):
+    """The session's daemon is radlake's, its process has torch loaded (its shared library is mapped), and
+    the workers are its forks: none of them pays for the import."""
+    assert config.spark.worker_preload and "torch" in config.spark.worker_preload
+
+    # Defined here, so that it is pickled by value (the tests are no package the workers can import).
+    def daemon_of_this_worker(batches):
+        """Run in a Spark task: the worker's parent (the daemon), its command line and whether it has torch."""
+        import os
+
+        import pandas as pd
+
+        daemon = os.getppid()
+        cmdline = Path(f"/proc/{daemon}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        maps = Path(f"/proc/{daemon}/maps").read_text()
+        for batch in batches:
+            yield pd.DataFrame({"id": batch["id"], "cmdline": cmdline, "daemon_has_torch": "libtorch_cpu" in maps})
+
+    rows = (
+        spark.range(4, numPartitions=2)
+        .mapInPandas(daemon_of_this_worker, "id long, cmdline string, daemon_has_torch boolean")
+        .collect()
+    )
+    assert len(rows) == 4
+    assert all("-m radlake.worker_daemon" in r.cmdline for r in rows), rows[0].cmdline
+    assert all(r.daemon_has_torch for r in rows)
