@@ -68,31 +68,28 @@ SYNTH_SETTINGS = (
     "synth.zip_fraction=0.25",
     "synth.node_fraction=0.7",
 )
-PIPELINE_SETTINGS = {
-    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g"},
-    "loader": {"num_workers": 0},
-    "train": {
-        "vertebra": {  # enough epochs for some boxes in the review PNGs (at 2 it finds none)
-            "epochs": 12,
-            "image_size": 128,
-            "batch_size": 4,
-            "max_train_minutes": 4,
-            "val_images_logged": 1,
-            "score_threshold": 0.05,
-            "promotion_floors": {},
-        },
-        "schmorl": {
-            "epochs": 3,
-            "image_size": 64,
-            "batch_size": 8,
-            "max_train_minutes": 4,
-            "val_images_logged": 1,
-            "promotion_floors": {},
-        },
-    },
-    "crops": {"size": 64, "source": "both", "min_score": 0.05},
-    "score": {"vertebra_threshold": 0.05, "schmorl_threshold": 0.3},
-}
+#: The pipeline's settings (``--set``): the vertebra detector gets enough epochs for some boxes in the review
+#: PNGs (at 2 it finds none); the Schmorl detector 3; no promotion floors.
+PIPELINE_SETTINGS = (
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "spark.driver_memory=2g",
+    "loader.num_workers=0",
+    "train.vertebra.epochs=12",
+    "train.vertebra.image_size=128",
+    "train.vertebra.batch_size=4",
+    "train.vertebra.score_threshold=0.05",
+    "train.schmorl.epochs=3",
+    "train.schmorl.image_size=64",
+    "train.schmorl.batch_size=8",
+    *(f"train.{d}.{key}" for d in ("vertebra", "schmorl") for key in ("max_train_minutes=4", "val_images_logged=1")),
+    *(f"train.{d}.promotion_floors={{}}" for d in ("vertebra", "schmorl")),
+    "crops.size=64",
+    "crops.source=both",
+    "crops.min_score=0.05",
+    "score.vertebra_threshold=0.05",
+    "score.schmorl_threshold=0.3",
+)
 
 
 @dataclass
@@ -142,7 +139,6 @@ def _radlake(*args: str) -> None:
 
 def build_store(store: Path) -> None:
     """A synthetic archive and one tiny pipeline run in ``store`` (skipped when its marker says it is done)."""
-    import yaml
 
     marker = store / "ui-store.json"
     if marker.is_file():
@@ -154,10 +150,10 @@ def build_store(store: Path) -> None:
     overrides = [f"storage.root={store}"]
     _radlake("synth", "--out", str(archive), "--studies", "6", "--seed", "3", "--image-size", "128",
              *(a for s in SYNTH_SETTINGS for a in ("--set", s)), *(a for s in overrides for a in ("--set", s)))  # fmt: skip
-    conf = store / "conf.yml"
-    conf.write_text(yaml.safe_dump({**PIPELINE_SETTINGS, "storage": {"root": str(store)}}))
-    _radlake("pipeline", "--conf", str(conf), "--archive", str(archive), "--labels", str(archive / "labels.json"))
-    marker.write_text(json.dumps({"archive": str(archive), "conf": str(conf)}))
+    settings = [*overrides, *PIPELINE_SETTINGS]
+    _radlake("pipeline", "--archive", str(archive), "--labels", str(archive / "labels.json"),
+             *(a for s in settings for a in ("--set", s)))  # fmt: skip
+    marker.write_text(json.dumps({"archive": str(archive), "settings": settings}))
 
 
 @dataclass(frozen=True)

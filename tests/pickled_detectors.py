@@ -7,9 +7,7 @@ then, call for call) and check that it still loads and scores.
 
 from __future__ import annotations
 
-import json
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -19,26 +17,19 @@ import pandas as pd
 def log_pickled_detector(
     model, spec, *, input_example: pd.DataFrame, name: str = "model", registered_model_name: str | None = None
 ):
-    """Log ``model`` as the pickled pyfunc of before (``python_model=DetectorModel()``); returns the ``ModelInfo``."""
-    import torch
+    """Log ``model`` as the pickled pyfunc of before (``python_model=DetectorModel()``); returns the ``ModelInfo``.
 
-    import radlake
-    from radlake.models.pyfunc import INPUT_COLUMNS, REQUIREMENTS, DetectorModel, _signature
+    The artifacts, code paths, signature, example and requirements are what ``log_detector`` gives
+    (:func:`radlake.models.pyfunc.detector_log_arguments`): only the ``python_model`` differs.
+    """
+    from radlake.models.pyfunc import DetectorModel, detector_log_arguments
 
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "weights.pt"
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-        spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps(spec.as_dict(), indent=2))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=DetectorModel(),
-            artifacts={"weights": str(weights), "spec": str(spec_file)},
-            code_paths=[str(Path(radlake.__file__).parent)],
-            signature=_signature(spec),
-            input_example=input_example[list(INPUT_COLUMNS)].head(1),
-            pip_requirements=[f"{d}=={version(d)}" for d in REQUIREMENTS],
             registered_model_name=registered_model_name,
+            **detector_log_arguments(model, spec, input_example=input_example, folder=Path(tmp)),
         )
 
 

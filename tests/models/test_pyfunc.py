@@ -10,36 +10,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from pyspark.sql import functions as F
 
-from radlake.dicom.pixels import encode_pixels
-from radlake.models.detector import REGRESSION_BIAS, build_detector, vertebra_spec
+from radlake.models.detector import vertebra_spec
 from radlake.models.levels import LEVELS
 from radlake.models.pyfunc import log_detector, udf_result_type
+from seeded_detectors import seeded_case
 
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pyfunc")
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    experiment = mlflow.create_experiment("pyfunc-test", artifact_location=(root / "artifacts").as_uri())
-    spec = vertebra_spec(image_size=128, score_threshold=0.0, detections_per_image=5)
-    torch.manual_seed(0)
-    model = build_detector(spec)
-    # Untrained, FCOS's box distances come out of a ReLU over a zero-initialised conv, so some
-    # random draws give only empty boxes (dropped by the pyfunc). This test checks the pyfunc's
-    # mapping, not training: start the distances at one anchor size, as lesion detectors do.
-    torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
-    rng = np.random.default_rng(0)
-    rows = []
-    for height, width in ((200, 160), (96, 128)):
-        buf, dtype = encode_pixels(rng.integers(0, 4000, (height, width)).astype(np.float32))
-        rows.append({"pixels": buf, "dtype": dtype, "height": height, "width": width, "pixel_spacing": [0.7, 0.6]})
-    frame = pd.DataFrame(rows)
-    with mlflow.start_run(experiment_id=experiment):
-        info = log_detector(model, spec, input_example=frame)
-    return info.model_uri, frame, f"sqlite:///{root}/mlflow.db"
+    case = seeded_case(tmp_path_factory.mktemp("pyfunc"), "pyfunc-test")
+    with mlflow.start_run(experiment_id=case.experiment_id):
+        info = log_detector(case.model, case.spec, input_example=case.frames)
+    return info.model_uri, case.frames, mlflow.get_tracking_uri()
 
 
 def test_predicts_boxes_in_source_pixels(logged):

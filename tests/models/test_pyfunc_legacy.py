@@ -11,36 +11,22 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from pickled_detectors import is_pickled, log_pickled_detector
-from radlake.dicom.pixels import encode_pixels
-from radlake.models.detector import REGRESSION_BIAS, build_detector, vertebra_spec
 from radlake.models.pyfunc import DetectorModel, detections_column, log_detector
+from seeded_detectors import seeded_case
 
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
     """``(pickled_uri, from_code_uri, frames)``: one seeded detector registered both ways in a store of its own."""
-    root = tmp_path_factory.mktemp("pyfunc-legacy")
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    experiment = mlflow.create_experiment("pyfunc-legacy", artifact_location=(root / "artifacts").as_uri())
-    spec = vertebra_spec(image_size=96, score_threshold=0.0, detections_per_image=4)
-    torch.manual_seed(3)
-    model = build_detector(spec)
-    torch.nn.init.constant_(model.head.regression_head.bbox_reg.bias, REGRESSION_BIAS)
-    rng = np.random.default_rng(3)
-    rows = []
-    for height, width in ((120, 96), (80, 100)):
-        buf, dtype = encode_pixels(rng.integers(0, 3000, (height, width)).astype(np.float32))
-        rows.append({"pixels": buf, "dtype": dtype, "height": height, "width": width, "pixel_spacing": [0.8, 0.9]})
-    frames = pd.DataFrame(rows)
+    case = seeded_case(tmp_path_factory.mktemp("pyfunc-legacy"), "pyfunc-legacy")
+    frames = case.frames
     uris = []
-    with mlflow.start_run(experiment_id=experiment):
+    with mlflow.start_run(experiment_id=case.experiment_id):
         for log in (log_pickled_detector, log_detector):
-            info = log(model, spec, input_example=frames, registered_model_name="legacy_test_vertebra")
+            info = log(case.model, case.spec, input_example=frames, registered_model_name="legacy_test_vertebra")
             uris.append(f"models:/legacy_test_vertebra/{info.registered_model_version}")
     return uris[0], uris[1], frames
 

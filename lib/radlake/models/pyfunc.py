@@ -342,22 +342,34 @@ def log_detector(
     Logged from code (:data:`MODEL_CODE`, see the module docstring) with the weights and the
     spec as artifacts and radlake's package as ``code_paths``.
     """
+    with tempfile.TemporaryDirectory() as tmp:
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(MODEL_CODE),
+            registered_model_name=registered_model_name,
+            **detector_log_arguments(model, spec, input_example=input_example, folder=Path(tmp)),
+        )
+
+
+def detector_log_arguments(model, spec, *, input_example: pd.DataFrame, folder: Path) -> dict:
+    """What ``mlflow.pyfunc.log_model`` gets for a detector besides its name and its ``python_model``.
+
+    Writes the weights (``weights.pt``, CPU tensors) and the spec (``spec.json``) into
+    ``folder``, which must exist until the model is logged; returns the artifacts, radlake's
+    package as ``code_paths``, the signature, a one-row input example and the pinned requirements.
+    """
     import torch
 
     import radlake
 
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "weights.pt"
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-        spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps(spec.as_dict(), indent=2))
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(MODEL_CODE),
-            artifacts={"weights": str(weights), "spec": str(spec_file)},
-            code_paths=[str(Path(radlake.__file__).parent)],
-            signature=_signature(spec),
-            input_example=input_example[list(INPUT_COLUMNS)].head(1),
-            pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
-            registered_model_name=registered_model_name,
-        )
+    weights = folder / "weights.pt"
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+    spec_file = folder / "spec.json"
+    spec_file.write_text(json.dumps(spec.as_dict(), indent=2))
+    return {
+        "artifacts": {"weights": str(weights), "spec": str(spec_file)},
+        "code_paths": [str(Path(radlake.__file__).parent)],
+        "signature": _signature(spec),
+        "input_example": input_example[list(INPUT_COLUMNS)].head(1),
+        "pip_requirements": [f"{d}=={version(d)}" for d in REQUIREMENTS],
+    }
