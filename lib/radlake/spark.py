@@ -173,13 +173,18 @@ def _delta_jars(jars_dir: Path) -> list[Path]:
     return sorted(jars_dir.glob("*.jar")) if jars_dir.is_dir() else []
 
 
-def get_spark(config: RadlakeConfig) -> SparkSession:
+def get_spark(config: RadlakeConfig, *, worker_preload: Sequence[str] | None = None) -> SparkSession:
     """Return the Spark session radlake runs on.
 
     Parameters
     ----------
     config
         Supplies ``spark.*`` settings and ``storage.root`` (local mode only).
+    worker_preload
+        What the executors' Python worker daemon imports before it forks (a new local session
+        or standalone cluster only; see :mod:`radlake.worker_daemon`). Default
+        ``spark.worker_preload``; a command whose executors load no model (ingest, labels)
+        passes less, so that its executors never hold torch.
 
     Returns
     -------
@@ -239,7 +244,11 @@ def get_spark(config: RadlakeConfig) -> SparkSession:
         .config("spark.ui.enabled", "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")
     )
-    for key, value in {**_session_settings(config), **_worker_daemon_settings(sc.worker_preload), **sc.extra}.items():
+    for key, value in {
+        **_session_settings(config),
+        **_worker_daemon_settings(sc.worker_preload if worker_preload is None else list(worker_preload)),
+        **sc.extra,
+    }.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
