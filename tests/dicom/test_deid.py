@@ -315,3 +315,14 @@ def test_profile_tables_are_consistent():
     assert {"InstitutionName", "OtherPatientIDsSequence", "StudyDescription", "DeviceSerialNumber"} <= set(
         tables["remove"]
     )
+    table = Path(deid_module.__file__).with_name(deid_module.PROFILE_TABLE).read_text(encoding="utf-8")
+    keywords = [line.split("\t")[0] for line in table.splitlines() if line and not line.startswith("#")][1:]
+    assert keywords == sorted(keywords) and len(keywords) == sum(len(k) for k in tables.values())
+
+
+def test_profile_table_refuses_an_unknown_action(monkeypatch, tmp_path):
+    (tmp_path / "table.tsv").write_text("# header\nkeyword\taction\nPatientName\tblank\n", encoding="utf-8")
+    monkeypatch.setattr(deid_module, "PROFILE_TABLE", "table.tsv")
+    monkeypatch.setattr(deid_module.resources, "files", lambda _package: tmp_path)
+    with pytest.raises(RuntimeError, match="PatientName has the unknown action 'blank'"):
+        deid_module._read_profile()

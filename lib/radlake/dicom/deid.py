@@ -1,7 +1,8 @@
 """De-identification: the DICOM PS3.15 Basic Application Level Confidentiality Profile.
 
-:class:`Deidentifier` applies the attribute rules of PS3.15 Table E.1-1 (2024b) to a
-dataset and to every item of every sequence in it, with these options and choices:
+:class:`Deidentifier` applies the attribute rules of PS3.15 Table E.1-1 (2024b), kept as
+data in ``basic_profile.tsv`` beside this module (keyword and action), to a dataset and
+to every item of every sequence in it, with these options and choices:
 
 - **Retain UIDs Option** (113110): every UID is kept unchanged. SOPInstanceUID is the
   table key that labels and images refer to, and Study/Series UIDs group instances.
@@ -69,6 +70,7 @@ import hmac
 import os
 import re
 import warnings
+from importlib import resources
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, empty_value_for_VR
@@ -97,176 +99,32 @@ class DeidKeyError(RadlakeError):
     """No de-identification key is configured (the environment variable is unset or empty)."""
 
 
-# fmt: off
-# PS3.15 (2024b) Table E.1-1, sorted by keyword; U (UIDs, retained) is not listed, nor are the
-# attributes kept by the options (_PATIENT_CHARACTERISTICS_KEYWORDS, _DESCRIPTOR_KEYWORDS) and
-# PatientID / AccessionNumber (pseudonyms). Repeating groups (curves, overlays) are handled by
-# _removed_by_group. Removed: actions X, X/Z, X/D, X/Z/D (dates and times with a Z or D action
-# are in _MODIFIED_DATES_TIMES_KEYWORDS instead).
-_REMOVE_KEYWORDS = (
-    "AcquisitionComments", "AcquisitionContextSequence", "AcquisitionDeviceProcessingDescription",
-    "AcquisitionProtocolDescription", "ActualHumanPerformersSequence", "AdditionalPatientHistory",
-    "AddressTrial", "AdmissionID", "AdmittingDate", "AdmittingDiagnosesCodeSequence",
-    "AdmittingDiagnosesDescription", "AdmittingTime", "AffectedSOPInstanceUID", "Allergies",
-    "AnnotationGroupDescription", "ApprovalStatusDateTime", "Arbitrary", "AssertionExpirationDateTime",
-    "AuthorObserverSequence", "BarcodeValue", "BeamDescription", "BolusDescription", "BranchOfService",
-    "CalibrationDate", "CalibrationTime", "CameraOwnerName", "CassetteID", "CertifiedTimestamp",
-    "ClinicalTrialProtocolEthicsCommitteeApprovalNumber", "ClinicalTrialSeriesDescription",
-    "ClinicalTrialSeriesID", "ClinicalTrialTimePointDescription", "CommentsOnRadiationDose",
-    "CommentsOnThePerformedProcedureStep", "CompensatorDescription",
-    "ConfidentialityConstraintOnPatientDataDescription", "ConsultingPhysicianIdentificationSequence",
-    "ContainerComponentID", "ContainerDescription", "ContentCreatorIdentificationCodeSequence",
-    "ContrastBolusStartTime", "ContrastBolusStopTime", "ContributionDateTime", "ContributionDescription",
-    "CountryOfResidence", "CreationDate", "CreationTime", "CurrentObserverTrial", "CurrentPatientLocation",
-    "CurveDate", "CurveTime", "CustodialOrganizationSequence", "DataSetTrailingPadding",
-    "DateOfDocumentOrVerbalTransactionTrial", "DateOfInstallation", "DateOfLastCalibration",
-    "DateOfManufacture", "DateOfSecondaryCapture", "DateTimeOfLastCalibration", "DecompositionDescription",
-    "DerivationDescription", "DetectorID", "DeviceDescription", "DeviceSerialNumber",
-    "DeviceSettingDescription", "DigitalSignaturesSequence", "DischargeDate", "DischargeDiagnosisDescription",
-    "DischargeTime", "DisplacementReferenceLabel", "DistributionAddress", "DistributionName",
-    "DoseReferenceDescription", "EntityDescription", "EntityName", "EquipmentFrameOfReferenceDescription",
-    "EthicsCommitteeApprovalEffectivenessEndDate", "EthicsCommitteeApprovalEffectivenessStartDate",
-    "EthnicGroup", "ExpectedCompletionDateTime", "FilterLookupTableDescription",
-    "FindingsGroupRecordingDateTrial", "FindingsGroupRecordingTimeTrial", "FixationDeviceDescription",
-    "FractionGroupDescription", "FrameComments", "GPSAltitude", "GPSAltitudeRef", "GPSAreaInformation",
-    "GPSDOP", "GPSDateStamp", "GPSDestBearing", "GPSDestBearingRef", "GPSDestDistance", "GPSDestDistanceRef",
-    "GPSDestLatitude", "GPSDestLatitudeRef", "GPSDestLongitude", "GPSDestLongitudeRef", "GPSDifferential",
-    "GPSImgDirection", "GPSImgDirectionRef", "GPSLatitude", "GPSLatitudeRef", "GPSLongitude",
-    "GPSLongitudeRef", "GPSMapDatum", "GPSMeasureMode", "GPSProcessingMethod", "GPSSatellites", "GPSSpeed",
-    "GPSSpeedRef", "GPSStatus", "GPSTimeStamp", "GPSTrack", "GPSTrackRef", "GPSVersionID", "GantryID",
-    "GeneratorID", "HL7DocumentEffectiveTime", "HumanPerformerName", "HumanPerformerOrganization",
-    "IconImageSequence", "IdentifyingComments", "ImageComments", "ImagePresentationComments",
-    "ImagingServiceRequestComments", "Impressions", "InstanceCoercionDateTime", "InstanceOriginStatus",
-    "InstitutionAddress", "InstitutionCodeSequence", "InstitutionName", "InstitutionalDepartmentName",
-    "InstitutionalDepartmentTypeCodeSequence", "InsurancePlanIdentification", "IntendedFractionStartTime",
-    "IntendedRecipientsOfResultsIdentificationSequence", "InterpretationApprovalDate",
-    "InterpretationApprovalTime", "InterpretationApproverSequence", "InterpretationAuthor",
-    "InterpretationDiagnosisDescription", "InterpretationID", "InterpretationIDIssuer",
-    "InterpretationRecordedDate", "InterpretationRecordedTime", "InterpretationRecorder",
-    "InterpretationText", "InterpretationTranscriber", "InterpretationTranscriptionDate",
-    "InterpretationTranscriptionTime", "InterventionDrugStartTime", "InterventionDrugStopTime",
-    "IssueDateOfImagingServiceRequest", "IssueTimeOfImagingServiceRequest", "IssuerOfAdmissionID",
-    "IssuerOfAdmissionIDSequence", "IssuerOfClinicalTrialProtocolID", "IssuerOfClinicalTrialSeriesID",
-    "IssuerOfClinicalTrialSiteID", "IssuerOfClinicalTrialSubjectID", "IssuerOfClinicalTrialSubjectReadingID",
-    "IssuerOfClinicalTrialTimePointID", "IssuerOfPatientID", "IssuerOfServiceEpisodeID",
-    "IssuerOfServiceEpisodeIDSequence", "LabelText", "LastMenstrualDate", "LensMake", "LensModel",
-    "LensSerialNumber", "LensSpecification", "LongDeviceDescription", "MAC", "MakerNote", "MedicalAlerts",
-    "MedicalRecordLocator", "MilitaryRank", "ModifiedAttributesSequence", "ModifiedImageDate",
-    "ModifiedImageDescription", "ModifiedImageTime", "ModifyingDeviceID", "MultienergyAcquisitionDescription",
-    "NameOfPhysiciansReadingStudy", "NamesOfIntendedRecipientsOfResults", "NetworkID",
-    "NonconformingDataElementValue", "NonconformingModifiedAttributesSequence", "ObservationDateTrial",
-    "ObservationStartDateTime", "ObservationTimeTrial", "Occupation", "OperatorIdentificationSequence",
-    "OperatorsName", "OrderCallbackPhoneNumber", "OrderCallbackTelecomInformation", "OrderEnteredBy",
-    "OrderEntererLocation", "OriginalAttributesSequence", "Originator",
-    "OtherClinicalTrialProtocolIDsSequence", "OtherPatientIDs", "OtherPatientIDsSequence",
-    "OtherPatientNames", "OverlayDate", "OverlayTime", "ParticipantSequence", "PatientAddress",
-    "PatientBirthName", "PatientBirthTime", "PatientComments", "PatientInstitutionResidence",
-    "PatientInsurancePlanCodeSequence", "PatientMotherBirthName", "PatientPrimaryLanguageCodeSequence",
-    "PatientPrimaryLanguageModifierCodeSequence", "PatientReligiousPreference",
-    "PatientSetupPhotoDescription", "PatientSexNeutered", "PatientState", "PatientTelecomInformation",
-    "PatientTelephoneNumbers", "PatientTransportArrangements", "PatientTreatmentPreparationMethodDescription",
-    "PatientTreatmentPreparationProcedureParameterDescription", "PerformedLocation",
-    "PerformedProcedureStepDescription", "PerformedProcedureStepEndDate", "PerformedProcedureStepEndDateTime",
-    "PerformedProcedureStepEndTime", "PerformedProcedureStepID", "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartDateTime", "PerformedProcedureStepStartTime", "PerformedStationAETitle",
-    "PerformedStationGeographicLocationCodeSequence", "PerformedStationName",
-    "PerformedStationNameCodeSequence", "PerformingPhysicianIdentificationSequence",
-    "PerformingPhysicianName", "PersonAddress", "PersonTelecomInformation", "PersonTelephoneNumbers",
-    "PhysicianApprovingInterpretation", "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
-    "PhysiciansReadingStudyIdentificationSequence", "PlateID", "PositionAcquisitionTemplateDescription",
-    "PositionAcquisitionTemplateName", "PreMedication", "PregnancyStatus", "PrescriptionDescription",
-    "PresentationCreationDate", "PresentationCreationTime", "PriorTreatmentDoseDescription",
-    "ProcedureStepCancellationDateTime", "ProductExpirationDateTime", "PyramidDescription", "PyramidLabel",
-    "ROICreatorSequence", "ROIDateTime", "ROIDescription", "ROIGenerationDescription",
-    "ROIInterpreterSequence", "ROIObservationDateTime", "ROIObservationDescription", "ROIObservationLabel",
-    "RTPlanDescription", "RTPlanName", "RTTreatmentApproachLabel", "RadiopharmaceuticalStartDateTime",
-    "RadiopharmaceuticalStartTime", "RadiopharmaceuticalStopDateTime", "RadiopharmaceuticalStopTime",
-    "ReasonForOmissionDescription", "ReasonForRequestedProcedureCodeSequence", "ReasonForStudy",
-    "ReasonForTheImagingServiceRequest", "ReasonForTheRequestedProcedure", "ReasonForVisit",
-    "ReasonForVisitCodeSequence", "ReceivingAE", "ReferencedDigitalSignatureSequence",
-    "ReferencedPatientAliasSequence", "ReferencedPatientPhotoSequence", "ReferencedPatientSequence",
-    "ReferencedPerformedProcedureStepSequence", "ReferencedSOPInstanceMACSequence", "ReferencedStudySequence",
-    "ReferringPhysicianAddress", "ReferringPhysicianIdentificationSequence",
-    "ReferringPhysicianTelephoneNumbers", "RegionOfResidence", "RequestAttributesSequence",
-    "RequestedContrastAgent", "RequestedProcedureComments", "RequestedProcedureDescription",
-    "RequestedProcedureID", "RequestedProcedureLocation", "RequestedSeriesDescription", "RequestingAE",
-    "RequestingPhysician", "RequestingService", "RespiratoryMotionCompensationTechniqueDescription",
-    "ResponsibleOrganization", "ResponsiblePerson", "ResultsComments", "ResultsDistributionListSequence",
-    "ResultsID", "ResultsIDIssuer", "RetrieveAETitle", "ReviewerName", "SOPAuthorizationDateTime",
-    "ScheduledAdmissionDate", "ScheduledAdmissionTime", "ScheduledDischargeDate", "ScheduledDischargeTime",
-    "ScheduledHumanPerformersSequence", "ScheduledPatientInstitutionResidence",
-    "ScheduledPerformingPhysicianIdentificationSequence", "ScheduledPerformingPhysicianName",
-    "ScheduledProcedureStepDescription", "ScheduledProcedureStepEndDate", "ScheduledProcedureStepEndTime",
-    "ScheduledProcedureStepExpirationDateTime", "ScheduledProcedureStepID", "ScheduledProcedureStepLocation",
-    "ScheduledProcedureStepModificationDateTime", "ScheduledProcedureStepStartDate",
-    "ScheduledProcedureStepStartDateTime", "ScheduledProcedureStepStartTime", "ScheduledStationAETitle",
-    "ScheduledStationGeographicLocationCodeSequence", "ScheduledStationName",
-    "ScheduledStationNameCodeSequence", "ScheduledStudyLocation", "ScheduledStudyLocationAETitle",
-    "ScheduledStudyStartDate", "ScheduledStudyStartTime", "ScheduledStudyStopDate", "ScheduledStudyStopTime",
-    "ServiceEpisodeDescription", "ServiceEpisodeID", "SetupTechniqueDescription",
-    "ShieldingDeviceDescription", "SlideIdentifier", "SmokingStatus", "SourceManufacturer",
-    "SourceSerialNumber", "SpecialNeeds", "SpecimenAccessionNumber", "SpecimenDetailedDescription",
-    "SpecimenShortDescription", "StationAETitle", "StationName", "StructureSetDescription",
-    "StructureSetName", "StudyArrivalDate", "StudyArrivalTime", "StudyComments", "StudyCompletionDate",
-    "StudyCompletionTime", "StudyDescription", "StudyIDIssuer", "StudyReadDate", "StudyReadTime",
-    "StudyVerifiedDate", "StudyVerifiedTime", "SubstanceAdministrationDateTime", "TelephoneNumberTrial",
-    "TemplateLocalVersion", "TemplateVersion", "TextComments", "TextString",
-    "TimeOfDocumentCreationOrVerbalTransactionTrial", "TimeOfLastCalibration", "TimeOfSecondaryCapture",
-    "TimezoneOffsetFromUTC", "TopicAuthor", "TopicKeywords", "TopicSubject", "TopicTitle",
-    "TransducerIdentificationSequence", "TreatmentMachineName", "TreatmentSite", "TreatmentSites",
-    "UDISequence", "UniqueDeviceIdentifier", "VerbalSourceIdentifierCodeSequenceTrial", "VerbalSourceTrial",
-    "VisitComments", "WaveformFilterDescription", "XRayDetectorLabel",
-)
+#: PS3.15 Table E.1-1 as radlake applies it: one keyword a line with its action (remove, empty or
+#: shift); the file's header says which of the table's action codes each stands for.
+PROFILE_TABLE = "basic_profile.tsv"
+_PROFILE_ACTIONS = ("remove", "empty", "shift")
+
+
+def _read_profile() -> dict[str, tuple[str, ...]]:
+    """Action -> keywords of :data:`PROFILE_TABLE` (``#`` lines and the column header skipped)."""
+    text = (resources.files(__package__) / PROFILE_TABLE).read_text(encoding="utf-8")
+    rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
+    by_action: dict[str, list[str]] = {a: [] for a in _PROFILE_ACTIONS}
+    for keyword, action in rows[1:]:
+        if action not in by_action:
+            raise RuntimeError(f"{PROFILE_TABLE}: {keyword} has the unknown action {action!r}")
+        by_action[action].append(keyword)
+    return {a: tuple(k) for a, k in by_action.items()}
+
+
+_PROFILE = _read_profile()
+# Removed: actions X, X/Z, X/D, X/Z/D (dates and times with a Z or D action are shifted instead).
+_REMOVE_KEYWORDS = _PROFILE["remove"]
 # Emptied: actions Z, D, Z/D (a sequence becomes empty), and PatientBirthDate.
-_EMPTY_KEYWORDS = (
-    "AcquisitionFieldOfViewLabel", "AnnotationGroupLabel", "AnnotationGroupUID", "CertificateOfSigner",
-    "ClinicalTrialCoordinatingCenterName", "ClinicalTrialProtocolEthicsCommitteeName",
-    "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID", "ClinicalTrialSiteName",
-    "ClinicalTrialSponsorName", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
-    "ClinicalTrialTimePointID", "ConceptualVolumeCombinationDescription", "ConceptualVolumeDescription",
-    "ConsultingPhysicianName", "ContainerIdentifier", "ContentCreatorName", "ContentSequence",
-    "ContrastBolusAgent", "DestinationAE", "DeviceAlternateIdentifier", "DeviceLabel", "EncapsulatedDocument",
-    "EntityLabel", "EntityLongLabel", "FillerOrderNumberImagingServiceRequest", "FlowIdentifier",
-    "FlowIdentifierSequence", "FractionationNotes", "FrameOriginTimestamp", "GraphicAnnotationSequence",
-    "InterlockDescription", "InterlockOriginDescription", "IssuerOfTheContainerIdentifierSequence",
-    "IssuerOfTheSpecimenIdentifierSequence", "ManufacturerDeviceIdentifier", "ModifyingSystem",
-    "PatientBirthDate", "PatientName", "PersonIdentificationCodeSequence", "PersonName",
-    "PlacerOrderNumberImagingServiceRequest", "PrescriptionNotes", "PrescriptionNotesSequence",
-    "ROIInterpreter", "ROIName", "RTAccessoryDeviceSlotID", "RTAccessoryHolderSlotID",
-    "RTPhysicianIntentNarrative", "RTPlanLabel", "RTPrescriptionLabel", "RTToleranceSetLabel",
-    "RadiationDoseIdentificationLabel", "RadiationDoseInVivoMeasurementLabel",
-    "RadiationGenerationModeDescription", "RadiationGenerationModeLabel", "ReasonForSuperseding",
-    "ReasonForTheAttributeModification", "ReferringPhysicianName", "SelectorAEValue", "SelectorASValue",
-    "SelectorLOValue", "SelectorLTValue", "SelectorOBValue", "SelectorPNValue", "SelectorSHValue",
-    "SelectorSTValue", "SelectorUNValue", "SelectorURValue", "SelectorUTValue", "SourceIdentifier",
-    "SourceOfPreviousValues", "SpecimenIdentifier", "SpecimenPreparationSequence", "StructureSetLabel",
-    "StudyID", "TreatmentPositionGroupLabel", "TreatmentTechniqueNotes",
-    "TreatmentToleranceViolationDescription", "UserContentLabel", "UserContentLongLabel",
-    "VerifyingObserverIdentificationCodeSequence", "VerifyingObserverName", "VerifyingObserverSequence",
-    "VerifyingOrganization", "XRayDetectorID", "XRaySourceID",
-)
+_EMPTY_KEYWORDS = _PROFILE["empty"]
 # Dates, date-times and times whose action is Z or D (possibly with X): with the Modified
 # Dates option DA and DT are shifted, TM is kept.
-_MODIFIED_DATES_TIMES_KEYWORDS = (
-    "AcquisitionDate", "AcquisitionDateTime", "AcquisitionTime", "AssertionDateTime",
-    "AttributeModificationDateTime", "BeamHoldTransitionDateTime", "CalibrationDateTime", "ContentDate",
-    "ContentTime", "ContextGroupLocalVersion", "ContextGroupVersion", "Date", "DateOfLastDetectorCalibration",
-    "DateTime", "DecayCorrectionDateTime", "DigitalSignatureDateTime", "EffectiveDateTime",
-    "EndAcquisitionDateTime", "ExclusionStartDateTime", "FirstTreatmentDate", "FrameAcquisitionDateTime",
-    "FrameReferenceDateTime", "FunctionalSyncPulse", "HangingProtocolCreationDateTime",
-    "ImpedanceMeasurementDateTime", "InformationIssueDateTime", "InstanceCreationDate",
-    "InstanceCreationTime", "InstructionPerformedDateTime", "IntendedPhaseEndDate", "IntendedPhaseStartDate",
-    "InterlockDateTime", "MostRecentTreatmentDate", "ObservationDateTime", "OverrideDateTime",
-    "ParticipationDateTime", "RTPlanDate", "RTPlanTime", "RecordedRTControlPointDateTime",
-    "ReferencedDateTime", "ReviewDate", "ReviewTime", "SafePositionExitDate", "SafePositionExitTime",
-    "SafePositionReturnDate", "SafePositionReturnTime", "SelectorDAValue", "SelectorDTValue",
-    "SelectorTMValue", "SeriesDate", "SeriesTime", "SourceEndDateTime", "SourceStartDateTime",
-    "SourceStrengthReferenceDate", "SourceStrengthReferenceTime", "StartAcquisitionDateTime",
-    "StructureSetDate", "StructureSetTime", "StudyDate", "StudyTime", "Time", "TimeOfLastDetectorCalibration",
-    "TreatmentControlPointDate", "TreatmentControlPointTime", "TreatmentDate", "TreatmentTime",
-    "TreatmentToleranceViolationDateTime", "VerificationDateTime",
-)
-# fmt: on
+_MODIFIED_DATES_TIMES_KEYWORDS = _PROFILE["shift"]
 # Removed (X) or emptied (Z) by the table, but kept by the options of the module docstring.
 _PATIENT_CHARACTERISTICS_KEYWORDS = ("PatientAge", "PatientSex", "PatientSize", "PatientWeight")
 _DESCRIPTOR_KEYWORDS = ("SeriesDescription", "ProtocolName")
@@ -274,7 +132,7 @@ _DESCRIPTOR_KEYWORDS = ("SeriesDescription", "ProtocolName")
 
 def _tags(keywords: tuple[str, ...]) -> frozenset[int]:
     tags = {tag_for_keyword(k) for k in keywords}
-    if None in tags:  # a keyword pydicom does not know: a typo in the tables above
+    if None in tags:  # a keyword pydicom does not know: a typo in PROFILE_TABLE
         raise RuntimeError(f"unknown keywords: {[k for k in keywords if tag_for_keyword(k) is None]}")
     return frozenset(int(t) for t in tags)  # type: ignore[arg-type]
 
