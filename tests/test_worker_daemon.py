@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from radlake.spark import _worker_daemon_settings
+from radlake.spark import _preload_modules, _worker_daemon_settings
 from radlake.worker_daemon import PRELOAD_ENV, preload
 
 
@@ -25,6 +25,13 @@ def test_no_modules_keep_pysparks_own_daemon():
         "spark.python.daemon.module": "radlake.worker_daemon",
         f"spark.executorEnv.{PRELOAD_ENV}": "torch,mlflow.pyfunc",
     }
+
+
+def test_a_command_narrows_the_preload_but_cannot_turn_the_daemon_back_on():
+    default = ["torch", "mlflow.pyfunc"]
+    assert _preload_modules(default, None) == default
+    assert _preload_modules(default, ("pydicom",)) == ["pydicom"]  # radlake ingest, radlake labels
+    assert _preload_modules([], ("pydicom",)) == []  # --set spark.worker_preload=[]: pyspark's daemon
 
 
 @pytest.mark.spark

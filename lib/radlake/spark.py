@@ -184,7 +184,8 @@ def get_spark(config: RadlakeConfig, *, worker_preload: Sequence[str] | None = N
         What the executors' Python worker daemon imports before it forks (a new local session
         or standalone cluster only; see :mod:`radlake.worker_daemon`). Default
         ``spark.worker_preload``; a command whose executors load no model (ingest, labels)
-        passes less, so that its executors never hold torch.
+        passes less, so that its executors never hold torch. It cannot turn the daemon
+        back on: with ``spark.worker_preload=[]`` pyspark's own daemon is kept.
 
     Returns
     -------
@@ -246,7 +247,7 @@ def get_spark(config: RadlakeConfig, *, worker_preload: Sequence[str] | None = N
     )
     for key, value in {
         **_session_settings(config),
-        **_worker_daemon_settings(sc.worker_preload if worker_preload is None else list(worker_preload)),
+        **_worker_daemon_settings(_preload_modules(sc.worker_preload, worker_preload)),
         **sc.extra,
     }.items():
         builder = builder.config(key, value)
@@ -264,6 +265,17 @@ def _session_settings(config: RadlakeConfig) -> dict[str, str]:
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(sc.arrow_batch_size),
         "spark.sql.session.timeZone": "UTC",
     }
+
+
+def _preload_modules(configured: list[str], requested: Sequence[str] | None) -> list[str]:
+    """What the worker daemon imports: the command's list, else ``spark.worker_preload``.
+
+    An empty ``spark.worker_preload`` (pyspark's own daemon, the user's choice) stays empty
+    whatever a command asks.
+    """
+    if requested is None or not configured:
+        return list(configured)
+    return list(requested)
 
 
 def _worker_daemon_settings(modules: list[str]) -> dict[str, str]:
