@@ -8,7 +8,8 @@ transfer syntaxes (explicit and implicit VR, RLE, JPEG-LS, JPEG 2000), as the de
   (read, parse + de-identify the header with DICOM JSON, decode the sagittal MR frames,
   rescale) and writing the same columns to Parquet with pyarrow (the pixels with the codec of
   radlake's images table, ``ingest.images_compression``);
-- ``peer``: Databricks' pixels accelerator approach on ``local[2]``: ``binaryFile`` listing,
+- ``peer``: Databricks' pixels accelerator approach on ``local[2]`` (pyspark's own Python
+  worker daemon, as on any Spark; radlake's imports pydicom once): ``binaryFile`` listing,
   ``mapInPandas`` with ``dcmread(defer_size=1000, stop_before_pixels=True)`` and
   ``to_json_dict()``, appended to a Delta table (headers only, no pixels);
 - ``radlake``: ``run_ingest`` on ``local[2]`` (header + pixels + series + de-identification),
@@ -213,7 +214,13 @@ def _peer_parse(batches):
         yield pd.DataFrame(rows, columns=["path", "meta"])
 
 
-def _spark(root: Path, *overrides: str):
+def _spark(root: Path, *overrides: str, worker_preload: tuple[str, ...] = ()):
+    """A ``local[2]`` session with radlake's settings; ``worker_preload`` as ``get_spark`` takes it.
+
+    ``radlake ingest`` starts its session with ``NO_MODEL_PRELOAD`` (radlake's worker daemon,
+    pydicom imported once); the peer runs on pyspark's own worker daemon (``()``), as it would
+    on any Spark.
+    """
     from radlake.config import load_config
     from radlake.spark import get_spark
 
@@ -221,7 +228,7 @@ def _spark(root: Path, *overrides: str):
         overrides=[f"storage.root={root}", "spark.master=local[2]", "spark.shuffle_partitions=2", *overrides]
     )
     with Timer() as startup:
-        spark = get_spark(config)
+        spark = get_spark(config, worker_preload=worker_preload)
         spark.range(1).count()
     return spark, config, startup.seconds
 
@@ -247,10 +254,11 @@ def run_peer(archive: Path, root: Path) -> dict:
 
 def run_radlake(archive: Path, root: Path, overrides: tuple[str, ...] = ()) -> dict:
     from radlake.ingest.job import run_ingest
+    from radlake.worker_daemon import NO_MODEL_PRELOAD
 
     os.environ.setdefault("RADLAKE_DEID_KEY", "bench-key")
     with TreeMemory() as memory:
-        spark, config, startup = _spark(root, *overrides)
+        spark, config, startup = _spark(root, *overrides, worker_preload=NO_MODEL_PRELOAD)
         with Timer() as first:
             summary = run_ingest(spark, config, archive=str(archive))
         with Timer() as again:

@@ -3,13 +3,14 @@ once, in the daemon, and every forked worker has them."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from radlake.spark import _preload_modules, _worker_daemon_settings
-from radlake.worker_daemon import PRELOAD_ENV, preload
+from radlake.worker_daemon import PRELOAD_ENV, drop_bundled_zips, preload
 
 
 def test_preload_imports_what_is_installed_and_skips_the_rest(monkeypatch):
@@ -34,6 +35,21 @@ def test_a_command_narrows_the_preload_but_cannot_turn_the_daemon_back_on():
     assert _preload_modules([], ("pydicom",)) == []  # --set spark.worker_preload=[]: pyspark's daemon
 
 
+def test_the_zips_of_the_installed_pyspark_leave_the_path_and_others_stay(monkeypatch, tmp_path):
+    import pyspark
+
+    lib = Path(pyspark.__file__).parent / "python" / "lib"
+    bundled = sorted(str(p) for p in lib.glob("*.zip"))
+    assert any(p.endswith("pyspark.zip") for p in bundled) and any("py4j" in p for p in bundled)
+    other = str(tmp_path / "job_py_files.zip")  # a job's --py-files: not pyspark's, kept
+    monkeypatch.setattr(sys, "path", [*bundled, other, *sys.path])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([*bundled, other]))
+    monkeypatch.delitem(sys.modules, "pyspark")
+    assert drop_bundled_zips() == bundled
+    assert other in sys.path and not set(bundled) & set(sys.path)
+    assert os.environ["PYTHONPATH"] == other
+
+
 @pytest.mark.spark
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_are_forked_from_a_daemon_that_imported_torch(spark, config):
@@ -45,20 +61,36 @@ def test_workers_are_forked_from_a_daemon_that_imported_torch(spark, config):
     def daemon_of_this_worker(batches):
         """Run in a Spark task: the worker's parent (the daemon), its command line and whether it has torch."""
         import os
+        import sys
 
         import pandas as pd
+        import pyspark
 
         daemon = os.getppid()
         cmdline = Path(f"/proc/{daemon}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         maps = Path(f"/proc/{daemon}/maps").read_text()
         for batch in batches:
-            yield pd.DataFrame({"id": batch["id"], "cmdline": cmdline, "daemon_has_torch": "libtorch_cpu" in maps})
+            zips = [p for p in sys.path if p.endswith(".zip")]
+            yield pd.DataFrame(
+                {
+                    "id": batch["id"],
+                    "cmdline": cmdline,
+                    "daemon_has_torch": "libtorch_cpu" in maps,
+                    "pyspark_file": pyspark.__file__,
+                    "zips_on_path": ",".join(zips),
+                }
+            )
 
     rows = (
         spark.range(4, numPartitions=2)
-        .mapInPandas(daemon_of_this_worker, "id long, cmdline string, daemon_has_torch boolean")
+        .mapInPandas(
+            daemon_of_this_worker,
+            "id long, cmdline string, daemon_has_torch boolean, pyspark_file string, zips_on_path string",
+        )
         .collect()
     )
     assert len(rows) == 4
     assert all("-m radlake.worker_daemon" in r.cmdline for r in rows), rows[0].cmdline
     assert all(r.daemon_has_torch for r in rows)
+    # pyspark comes from the installed package, not from the pyspark.zip Spark puts on the workers' path
+    assert all(".zip" not in r.pyspark_file and "pyspark.zip" not in r.zips_on_path for r in rows), rows[0]

@@ -28,6 +28,7 @@ from radlake.config import RadlakeConfig, config_as_yaml, load_config
 from radlake.console import Console, command_console, echo
 from radlake.errors import RadlakeError
 from radlake.stops import Stopped, handle_stops
+from radlake.worker_daemon import NO_MODEL_PRELOAD
 
 Command = Callable[[argparse.Namespace, RadlakeConfig], int]
 
@@ -514,16 +515,11 @@ def _cmd_synth(args: argparse.Namespace, config: RadlakeConfig) -> int:
     return 0
 
 
-#: What the executors of a command that loads no model (ingest, labels) import before forking their
-#: Python workers: DICOM reading only, never torch (``get_spark(worker_preload=...)``).
-NO_MODEL_WORKERS = ("pydicom",)
-
-
 def _cmd_ingest(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.ingest.job import run_ingest
     from radlake.spark import get_spark
 
-    summary = run_ingest(get_spark(config, worker_preload=NO_MODEL_WORKERS), config, archive=args.archive)
+    summary = run_ingest(get_spark(config, worker_preload=NO_MODEL_PRELOAD), config, archive=args.archive)
     echo(json.dumps(summary.as_dict(), indent=2))
     _write_summary_json(args.summary_json, summary)
     return 0
@@ -534,7 +530,7 @@ def _cmd_labels_import(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.data.splits import import_labels_and_split
     from radlake.spark import get_spark
 
-    labels, splits = import_labels_and_split(get_spark(config, worker_preload=NO_MODEL_WORKERS), config, args.file)
+    labels, splits = import_labels_and_split(get_spark(config, worker_preload=NO_MODEL_PRELOAD), config, args.file)
     for rejected in labels.rejections:
         echo(f"rejected {rejected.item}: {rejected.reason}", err=True)
     summaries = {"labels": labels.as_dict(), "splits": splits.as_dict()}
@@ -547,7 +543,7 @@ def _cmd_labels_split(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.data.splits import assign_splits
     from radlake.spark import get_spark
 
-    summary = assign_splits(get_spark(config, worker_preload=NO_MODEL_WORKERS), config, force=args.force)
+    summary = assign_splits(get_spark(config, worker_preload=NO_MODEL_PRELOAD), config, force=args.force)
     echo(json.dumps(summary.as_dict(), indent=2))
     return 0
 
