@@ -38,9 +38,11 @@ def test_a_command_narrows_the_preload_but_cannot_turn_the_daemon_back_on():
 def test_the_zips_of_the_installed_pyspark_leave_the_path_and_others_stay(monkeypatch, tmp_path):
     import pyspark
 
-    lib = Path(pyspark.__file__).parent / "python" / "lib"
-    bundled = sorted(str(p) for p in lib.glob("*.zip"))
-    assert any(p.endswith("pyspark.zip") for p in bundled) and any("py4j" in p for p in bundled)
+    home = Path(pyspark.__file__).parent
+    zips = sorted(str(p) for p in (home / "python" / "lib").glob("*.zip"))
+    assert any(p.endswith("pyspark.zip") for p in zips) and any("py4j" in p for p in zips)
+    core_jar = str(next((home / "jars").glob("spark-core_*.jar")))  # on the workers' path too; no Python in it
+    bundled = [*zips, core_jar]
     other = str(tmp_path / "job_py_files.zip")  # a job's --py-files: not pyspark's, kept
     monkeypatch.setattr(sys, "path", [*bundled, other, *sys.path])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([*bundled, other]))
@@ -70,7 +72,7 @@ def test_workers_are_forked_from_a_daemon_that_imported_torch(spark, config):
         cmdline = Path(f"/proc/{daemon}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         maps = Path(f"/proc/{daemon}/maps").read_text()
         for batch in batches:
-            zips = [p for p in sys.path if p.endswith(".zip")]
+            zips = [p for p in sys.path if p.endswith((".zip", ".jar"))]
             yield pd.DataFrame(
                 {
                     "id": batch["id"],
@@ -92,5 +94,7 @@ def test_workers_are_forked_from_a_daemon_that_imported_torch(spark, config):
     assert len(rows) == 4
     assert all("-m radlake.worker_daemon" in r.cmdline for r in rows), rows[0].cmdline
     assert all(r.daemon_has_torch for r in rows)
-    # pyspark comes from the installed package, not from the pyspark.zip Spark puts on the workers' path
-    assert all(".zip" not in r.pyspark_file and "pyspark.zip" not in r.zips_on_path for r in rows), rows[0]
+    # pyspark comes from the installed package, not from the pyspark.zip Spark puts on the workers' path,
+    # and the spark-core jar Spark puts there too is gone
+    assert all(".zip" not in r.pyspark_file for r in rows), rows[0]
+    assert all("pyspark.zip" not in r.zips_on_path and ".jar" not in r.zips_on_path for r in rows), rows[0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import zipfile
 import zipimport
 from importlib.machinery import PathFinder
 
@@ -51,30 +52,26 @@ def preload(modules: str | None = None) -> list[str]:
 
 
 def drop_bundled_zips() -> list[str]:
-    """Take the zips of pyspark's own package (``pyspark.zip``, py4j's source zip) off ``sys.path``; return them.
+    """Take the archives of pyspark's own package off ``sys.path``; return them.
 
-    Spark puts ``$SPARK_HOME/python/lib/pyspark.zip`` and py4j's zip first on every Python
-    worker's path. With pyspark installed by pip, ``SPARK_HOME`` is the installed package, so
-    the zips hold the very code of site-packages, but served by zipimport: it compiles every
-    module from source (it keeps no bytecode), and each time a task calls
-    ``importlib.invalidate_caches()`` (pyspark's worker does, for every task) it reads the 3.5 MB
-    zip's directory again, once per sub-package imported from it: about 0.25 CPU-seconds a task
-    on this project's machine. A zip is dropped only when it lies inside the installed pyspark
-    package and the package it holds is importable without it; the zips of another Spark
-    distribution and the job's own ``--py-files`` stay. Call before pyspark is imported.
+    Spark puts ``$SPARK_HOME/python/lib/pyspark.zip``, py4j's source zip and its own
+    ``spark-core`` jar (a relic of when the jar carried pyspark) first on every Python worker's
+    path. With pyspark installed by pip, ``SPARK_HOME`` is the installed package: the zips hold
+    the very code of site-packages, and the jar (5,000 entries) holds no Python at all. Served
+    by zipimport, they cost every task: it compiles modules from source (it keeps no bytecode),
+    and each ``importlib.invalidate_caches()`` (pyspark's worker calls it for every task) reads
+    each archive's directory again, once per package looked up in it: about 0.4 CPU-seconds a
+    task on this project's machine. Dropped: a zip inside the installed pyspark package whose
+    package is importable without it, and a jar there that holds no Python module. The archives
+    of another Spark distribution and the job's own ``--py-files`` stay. Call before pyspark is
+    imported.
     """
-    installed = [p for p in sys.path if not p.endswith(".zip")]
+    installed = [p for p in sys.path if not p.endswith((".zip", ".jar"))]
     spec = PathFinder.find_spec("pyspark", installed)
     if spec is None or not spec.submodule_search_locations or "pyspark" in sys.modules:
         return []
-    bundled = os.path.join(list(spec.submodule_search_locations)[0], "python", "lib") + os.sep
-    dropped = [
-        p
-        for p in sys.path
-        if p.startswith(bundled)
-        and p.endswith(".zip")
-        and PathFinder.find_spec(os.path.basename(p).split("-")[0].removesuffix(".zip"), installed) is not None
-    ]
+    home = list(spec.submodule_search_locations)[0] + os.sep
+    dropped = [p for p in sys.path if p.startswith(home) and _bundled_archive_is_redundant(p, installed)]
     sys.path[:] = [p for p in sys.path if p not in dropped]
     for key in [k for k in sys.path_importer_cache if k.startswith(tuple(dropped))]:
         del sys.path_importer_cache[key]
@@ -83,6 +80,20 @@ def drop_bundled_zips() -> list[str]:
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if os.path.abspath(p) not in dropped)
     return dropped
+
+
+def _bundled_archive_is_redundant(path: str, installed: list[str]) -> bool:
+    """Whether ``path`` (inside the installed pyspark) is a zip of an installed package or a jar without Python."""
+    if path.endswith(".zip"):
+        package = os.path.basename(path).split("-")[0].removesuffix(".zip")  # pyspark.zip, py4j-0.10.9.9-src.zip
+        return PathFinder.find_spec(package, installed) is not None
+    if path.endswith(".jar"):
+        try:
+            with zipfile.ZipFile(path) as jar:
+                return not any(name.endswith((".py", ".pyc")) for name in jar.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return False
+    return False
 
 
 if __name__ == "__main__":

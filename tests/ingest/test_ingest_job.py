@@ -92,6 +92,12 @@ def test_images_are_written_in_row_groups_of_the_configured_frames(spark, ingest
     groups = [m.row_group(i).num_rows for m in files for i in range(m.num_row_groups)]
     assert sum(groups) == _read(spark, cfg, Table.IMAGES).count()
     assert max(groups) == 4 and any(m.num_row_groups > 1 for m in files)
+    # a frame is never repeated: its pixels skip the dictionary the writer would try in every row group
+    assert properties["parquet.enable.dictionary#pixels"] == "false"
+    pixels = files[0].schema.to_arrow_schema().get_field_index("pixels")
+    plane = files[0].schema.to_arrow_schema().get_field_index("plane")
+    assert not any("DICTIONARY" in e for e in files[0].row_group(0).column(pixels).encodings)
+    assert any("DICTIONARY" in e for e in files[0].row_group(0).column(plane).encodings)
 
 
 def test_every_file_ends_in_exactly_one_table(spark, archive, ingested):
