@@ -86,6 +86,8 @@ class ClusterRun:
     frames_labelled: int
     summaries: dict[str, dict[str, Any]]
     stderr: dict[str, str]
+    #: Each command's log file (library and Spark logs, which its console leaves out), by step.
+    logs: dict[str, str]
     events_dir: Path
 
 
@@ -110,6 +112,13 @@ def radlake(step: str, *args: str, cluster, run_dir: Path, conf: Path) -> tuple[
             f"cluster logs:\n{cluster.logs()}"
         )
     return out.read_text(errors="replace"), err.read_text(errors="replace")
+
+
+def _log_file(stderr: str, cwd: Path) -> str:
+    """The text of the log file a quiet command named on its first line (``radlake <step>: log file <path> ...``)."""
+    found = re.search(r"log file (\S+)", stderr)
+    assert found, stderr[:500]
+    return (cwd / found.group(1)).read_text(errors="replace")
 
 
 def _last_json_object(text: str) -> dict[str, Any]:
@@ -158,12 +167,14 @@ def cluster_run(standalone_cluster, tmp_path_factory) -> ClusterRun:
         seconds[step] = round(time.monotonic() - started, 1)
         summaries[step] = _last_json_object(out) if step == "crops" else json.loads(summary.read_text())
     (run_dir / "seconds.json").write_text(json.dumps(seconds, indent=2))  # each command's wall time
+    logs = {step: _log_file(err, run_dir) for step, err in stderr.items()}
     return ClusterRun(
         config=load_config(str(conf)),
         instances_written=int(written.group(1)),
         frames_labelled=len(labels["images"]),
         summaries=summaries,
         stderr=stderr,
+        logs=logs,
         events_dir=events,
     )
 
@@ -201,11 +212,11 @@ def test_runs_finished_and_trainings_were_distributed(cluster_run):
         assert params["config.spark.master"].startswith("spark://127.0.0.1:")
         assert "test_map_50" in run.data.metrics  # logged by rank 0, a DDP process on the executor
         assert summary["registry"]["version"] == "1" and summary["registry"]["promoted"]
-        # TorchDistributor's own words for local_mode=False (local mode says "local training").
-        assert (
-            f"Started distributed training with {NUM_PROCESSES} executor processes"
-            in cluster_run.stderr[f"train-{detector}"]
-        )
+        # TorchDistributor's own words for local_mode=False (local mode says "local training"), in the
+        # command's log file: its console holds radlake's lines only
+        started = f"Started distributed training with {NUM_PROCESSES} executor processes"
+        assert started in cluster_run.logs[f"train-{detector}"]
+        assert started not in cluster_run.stderr[f"train-{detector}"]
         run_ids.append(run.info.run_id)
     assert {client.get_run(r).info.status for r in run_ids} == {"FINISHED"}
 
