@@ -77,8 +77,9 @@ def drop_bundled_zips() -> list[str]:
         del sys.path_importer_cache[key]
     for key in [k for k in zipimport._zip_directory_cache if k in dropped]:  # type: ignore[attr-defined]
         del zipimport._zip_directory_cache[key]  # type: ignore[attr-defined]
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if os.path.abspath(p) not in dropped)
+    if "PYTHONPATH" in os.environ:  # what the workers' own children (the decoder sandbox) start with
+        paths = os.environ["PYTHONPATH"].split(os.pathsep)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if os.path.abspath(p) not in dropped)
     return dropped
 
 
