@@ -29,6 +29,9 @@ def write_result(name: str, result: dict) -> dict:
     return result
 
 
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
 def _read(path: str) -> str:
     try:
         with open(path, "rb") as handle:
@@ -57,7 +60,7 @@ def _processes() -> dict[int, tuple[int, str]]:
 def _rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` (``/proc/<pid>/statm``'s resident pages, as ``VmRSS``); 0 if it is gone."""
     fields = _read(f"/proc/{pid}/statm").split()
-    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE") if len(fields) > 1 else 0
+    return int(fields[1]) * _PAGE_BYTES if len(fields) > 1 else 0
 
 
 class TreeMemory:
