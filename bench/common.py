@@ -15,7 +15,25 @@ WORK = Path(os.environ.get("RADLAKE_BENCH_DIR", Path(__file__).resolve().parents
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    """Where a result was measured: the CPU's model matters (torch's kernels differ by vector unit)."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and vector extensions from /proc/cpuinfo (Linux), else platform's word for it."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    vector = [f for f in ("avx2", "avx512f", "amx_tile") if f in fields.get("flags", "").split()]
+    return " ".join([fields.get("model name", platform.processor()), *vector]).strip()
 
 
 def write_result(name: str, result: dict) -> dict:
