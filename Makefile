@@ -22,7 +22,10 @@ TEST_WORKERS ?= 2
 
 .PHONY: setup check-prereqs demo test test-fast cluster-test connect-test bench ui-screenshots lint clean clean-all
 
+# The last step compiles radlake's own bytecode (only what changed): with PYTHONDONTWRITEBYTECODE set, as on
+# some CI images, every process (each command, each Spark Python worker) would compile lib/'s modules again.
 setup: check-prereqs $(VENV)/.radlake-installed $(VENV)/share/radlake/jars/COORDINATE
+	@$(BIN)/python -m compileall -q lib >/dev/null
 
 check-prereqs:
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else "radlake needs Python 3.11+, found %d.%d (set PYTHON=python3.x)" % v[:2])'
