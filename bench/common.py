@@ -30,8 +30,8 @@ def _cpu_model() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor()
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    first_cpu = text.split("\n\n", 1)[0]  # every processor's block repeats the same model and flags
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first_cpu.splitlines() if ":" in line)}
     vector = [f for f in ("avx2", "avx512f", "amx_tile") if f in fields.get("flags", "").split()]
     return " ".join([fields.get("model name", platform.processor()), *vector]).strip()
 
