@@ -193,7 +193,7 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     rows = _header_rows(run, headers)
     with task_progress(spark, "ingest: commits and pixel pass"):
         stored = _store_and_decode(run, headers, rows)
-    n_pixel_failures = _quarantine_pixel_failures(run, stored.pixel_failures)
+    n_pixel_failures = _quarantine_pixel_failures(run, stored)
     n_series = stored.n_stacks if run.created[Table.SERIES] else run.refs[Table.SERIES].read(spark).count()
     if not run.created[Table.IMAGES]:  # this run's images have their index from ``all_series``; older ones may move
         _refresh_slice_indices(spark, run.refs, stored.touched)
@@ -476,6 +476,9 @@ class _Stored:
     touched: DataFrame
     new_images: int
     pixel_failures: DataFrame | None
+    #: Frees the retried pixel tasks' lists (a broadcast) once ``pixel_failures`` is consumed: a task
+    #: that reads the persisted failures still carries their lineage, and with it the broadcast.
+    release_pixel_failures: Callable[[], None]
 
 
 def _store_and_decode(run: _IngestRun, headers: _Headers, rows: _HeaderRows) -> _Stored:
@@ -545,17 +548,18 @@ def _store_and_decode(run: _IngestRun, headers: _Headers, rows: _HeaderRows) -> 
         if records and not run.created[Table.IMAGES]:  # a table written before gets the newest columns and layout
             run.refs[Table.IMAGES].add_missing_columns(spark, S.IMAGES)
             run.refs[Table.IMAGES].set_properties(spark, _table_properties(run.config, Table.IMAGES))
-        new_images, pixel_failures = _pixel_stage(
+        new_images, pixel_failures, release = _pixel_stage(
             spark, run.config, run.refs, run.run_columns, run.run_id, records, all_instances
         )
     for commit in commits:
         commit.result()  # raises a background write's error
     run.phase("commits_and_pixels")
-    return _Stored(stacks, n_stacks, touched, new_images, pixel_failures)
+    return _Stored(stacks, n_stacks, touched, new_images, pixel_failures, release)
 
 
-def _quarantine_pixel_failures(run: _IngestRun, pixel_failures: DataFrame | None) -> int:
+def _quarantine_pixel_failures(run: _IngestRun, stored: _Stored) -> int:
     """The pixel pass's failures into quarantine (after its header MERGE: one writer per table at a time)."""
+    pixel_failures = stored.pixel_failures
     if pixel_failures is None:
         return 0
     n_failures = pixel_failures.count()
@@ -564,6 +568,7 @@ def _quarantine_pixel_failures(run: _IngestRun, pixel_failures: DataFrame | None
             run.spark, _quarantine_rows(pixel_failures, run.run_id, run.now), keys=["quarantine_id"]
         )
     unpersist(pixel_failures)
+    stored.release_pixel_failures()
     return n_failures
 
 
@@ -816,17 +821,18 @@ def _add_slice_indices(records: list[dict], stacks: list) -> None:
 
 def _pixel_stage(
     spark, config, refs, run_columns, run_id, records: list[dict], instances: DataFrame
-) -> tuple[int, DataFrame | None]:
+) -> tuple[int, DataFrame | None, Callable[[], None]]:
     """Decode the instances of ``records`` (from :func:`_pixel_todo`, with slice indices) and append their frames to ``images``.
 
     Returns the image rows written and, if some instance gave fewer frames than it holds,
     its pixel failures (persisted, with file size and time from ``instances``; not written
     here, so that the caller merges them into ``quarantine`` after the run's other
-    quarantine MERGE).
+    quarantine MERGE), and the function that frees the retried tasks' lists once the failures are
+    consumed (a no-op when there are none).
     """
     ic = config.ingest
     if not records:
-        return 0, None
+        return 0, None, _nothing
     settings = _pixel_settings(config)
     # Image rows written, and instances that gave fewer than their frames, counted on the
     # executors. When every instance gave exactly its frames, the pass needs no second look at
@@ -847,7 +853,7 @@ def _pixel_stage(
     release()
     expected = sum(r["expected_frames"] for r in records)
     if counts is not None and counts[1].value == 0 and counts[0].value == expected:
-        return expected, None
+        return expected, None, _nothing
     written = refs[Table.IMAGES].read(spark).where(F.col("ingest_run_id") == run_id).groupBy("sop_instance_uid")
     frames_written = {r[0]: int(r[1]) for r in written.count().collect()}
     n_images = sum(frames_written.values())
@@ -855,7 +861,7 @@ def _pixel_stage(
     # they hold (rare), decoded once more to record why.
     short = [r for r in records if frames_written.get(r["sop_instance_uid"], 0) < r["expected_frames"]]
     if not short:
-        return n_images, None
+        return n_images, None, _nothing
     retried, release = _decode_tasks(spark, short, settings, ic)
     failures = persist(  # small: no pixels
         retried.where("kind = 'failure'")
@@ -868,9 +874,12 @@ def _pixel_stage(
             "error_message",
         )
     )
-    failures.count()  # decoded now, while the task lists are still held
-    release()
-    return n_images, failures
+    failures.count()  # decoded now, once
+    return n_images, failures, release
+
+
+def _nothing() -> None:
+    pass
 
 
 def _decode_tasks(
