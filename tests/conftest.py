@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +47,14 @@ PIPELINE_FILES = _files_naming("project_run")
 
 
 PIPELINE_UNIT = "pipeline"
-#: The units of work that take longest (minutes each on 2 cores), longest first: they start first.
+#: The units of work that take longest (minutes each on 2 cores), in the order they start: the longest
+#: first, but the ingest job's tests (no labelled archive) second, so that the second worker has work
+#: while the first builds the labelled archive every other unit waits for (:func:`labelled_archive`).
 LONGEST_UNITS = (
     PIPELINE_UNIT,
+    "tests/ingest/test_ingest_job.py",
     "tests/test_stops.py",
     "tests/train/test_sweep.py",
-    "tests/ingest/test_ingest_job.py",
     "tests/score/test_score_job.py",
 )
 
@@ -138,8 +143,22 @@ SYNTH = {
 }
 
 
-#: What every test configuration sets: the ``test`` environment, Spark on 2 local cores, 2 shuffle partitions.
-TEST_SETTINGS = ("environment=test", "spark.master=local[2]", "spark.shuffle_partitions=2")
+#: Spark SQL evaluated without generated code, as Spark's own tests may (``spark.sql.codegen.factoryMode``
+#: is a setting for tests): on the tests' few rows, compiling each query's Java code costs more than it
+#: saves. Measured on 2 cores, in a new session: the labelled archive's ingest, labels import and split,
+#: then the ingest and import again: the JVM's CPU 77-85 s -> 54-67 s (two runs each). Commands,
+#: benchmarks, ``make cluster-test`` and ``make connect-test`` keep Spark's default, and so does
+#: ``tests/ingest/test_real_files.py``.
+INTERPRETED_SQL = {"spark.sql.codegen.factoryMode": "NO_CODEGEN", "spark.sql.codegen.wholeStage": "false"}
+
+#: What every test configuration sets: the ``test`` environment, Spark on 2 local cores, 2 shuffle
+#: partitions, SQL interpreted (:data:`INTERPRETED_SQL`).
+TEST_SETTINGS = (
+    "environment=test",
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    *(f"spark.extra.{key}={value}" for key, value in INTERPRETED_SQL.items()),
+)
 
 
 def data_config(root: Path, *overrides: str) -> RadlakeConfig:
@@ -162,15 +181,38 @@ class LabelledArchive:
 
 
 @pytest.fixture(scope="session")
-def labelled_archive(spark, tmp_path_factory) -> LabelledArchive:
-    """Generate, ingest and label a 4-study archive once, in a storage root of its own."""
+def labelled_archive(spark, tmp_path_factory, worker_id) -> LabelledArchive:
+    """Generate, ingest and label a 4-study archive once per test run, in a storage root of its own.
+
+    Under pytest-xdist the first worker that needs it builds it in the run's shared temporary
+    folder while the others wait on a file lock; then each worker takes its own copy of the
+    storage root (tests write their own tables and MLflow runs there). The archive's files
+    are shared: tests read them, none writes them.
+    """
+    if worker_id == "master":  # no xdist: build it where this process works
+        return _build_labelled_archive(spark, tmp_path_factory.mktemp("data-archive"))
+    shared = tmp_path_factory.getbasetemp().parent / "labelled-archive"
+    built = shared / "built.pickle"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build fails
+        if not built.is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # what a failed build left
+            # Its fields, not the object: each worker may import this file under another module name.
+            built.parent.mkdir(parents=True)
+            built.write_bytes(pickle.dumps(vars(_build_labelled_archive(spark, shared))))
+    archive = LabelledArchive(**pickle.loads(built.read_bytes()))
+    root = tmp_path_factory.mktemp("data-archive") / "radlake"
+    shutil.copytree(archive.config.storage.root_dir, root, ignore=shutil.ignore_patterns("spark-tmp"))
+    return replace(archive, config=data_config(root))
+
+
+def _build_labelled_archive(spark, root: Path) -> LabelledArchive:
     from radlake.data.labels import import_labels
     from radlake.data.splits import assign_splits
     from radlake.ingest.job import run_ingest
     from radlake.synth.archive import generate_archive
     from radlake.synth.params import SynthConfig
 
-    root = tmp_path_factory.mktemp("data-archive")
     archive = root / "archive"
     summary = generate_archive(archive, SynthConfig(**SYNTH))
     cfg = data_config(root / "radlake")
@@ -233,6 +275,12 @@ def training_overrides(root: Path, warehouse: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def test_settings() -> tuple[str, ...]:
+    """:data:`TEST_SETTINGS` as a fixture, for the tests that build their own overrides or command lines."""
+    return TEST_SETTINGS
+
+
+@pytest.fixture(scope="session")
 def tiny_training() -> Callable[..., list[str]]:
     """:func:`training_overrides` as a fixture: ``tiny_training(root, warehouse, "train.vertebra.epochs=2")``."""
     return training_overrides
@@ -270,7 +318,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Tiny training settings for the pipeline run (what is checked is traceability, not model quality).
 PIPELINE_SETTINGS = {
     "environment": "test",
-    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g"},
+    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g", "extra": INTERPRETED_SQL},
     "loader": {"num_workers": 0},
     "train": {
         "vertebra": {

@@ -196,9 +196,9 @@ def test_table_aligns_text_left_and_numbers_right():
 
 
 @pytest.mark.spark
-def test_synth_and_ingest_print_radlake_lines_only_and_verbose_shows_the_rest(tmp_path):
+def test_synth_and_ingest_print_radlake_lines_only_and_verbose_shows_the_rest(test_settings, tmp_path):
     """``synth`` and ``ingest``: the JVM's and the libraries' lines go to the log; ``--verbose`` prints them."""
-    sets = ["--set", "spark.master=local[2]", "--set", "spark.shuffle_partitions=2", "--set", "spark.driver_memory=1g"]
+    sets = [x for item in (*test_settings, "spark.driver_memory=1g") for x in ("--set", item)]
     archive = tmp_path / "archive"
     small = ["--set", "synth.image_sizes=[128]", "--set", "synth.sagittal_slices=5"]
     synth = _radlake(["synth", "--out", str(archive), "--studies", "2", "--image-size", "128", *small], tmp_path)

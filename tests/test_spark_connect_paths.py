@@ -135,7 +135,7 @@ def test_tables_through_sql_match_the_delta_api(spark, config, monkeypatch, tmp_
         TableRef(Table.SPLITS, None, str(tmp_path / "none")).version(spark)
 
 
-def test_ingest_through_the_connect_paths_equals_the_classic_ingest(spark, tmp_path, monkeypatch):
+def test_ingest_through_the_connect_paths_equals_the_classic_ingest(spark, test_settings, tmp_path, monkeypatch):
     """The whole job: task lists as rows, counts from the written images, tables through SQL."""
     from radlake.config import load_config
     from radlake.ingest.job import run_ingest
@@ -157,7 +157,7 @@ def test_ingest_through_the_connect_paths_equals_the_classic_ingest(spark, tmp_p
         if kind == "connect":
             monkeypatch.setattr(radlake.spark, "is_connect", lambda spark: True)
             monkeypatch.setattr(radlake.tables, "is_connect", lambda spark: True)
-        base = [f"storage.root={tmp_path / kind}", "spark.master=local[2]", "spark.shuffle_partitions=2"]
+        base = [f"storage.root={tmp_path / kind}", *test_settings]
         base.append("ingest.image_rule=modality = 'MR'")  # also the Enhanced MR with a cut frame
         cfg = load_config(overrides=base)
         summary = run_ingest(spark, cfg, archive=str(archive)).as_dict()

@@ -37,6 +37,18 @@ class RealFiles:
     summary: Any
 
 
+@pytest.fixture(scope="module", autouse=True)
+def generated_code(spark):
+    """This module runs Spark SQL as commands do, with generated code (the other tests interpret it:
+    ``INTERPRETED_SQL`` in ``conftest.py``)."""
+    before = {key: spark.conf.get(key) for key in ("spark.sql.codegen.factoryMode", "spark.sql.codegen.wholeStage")}
+    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")
+    spark.conf.set("spark.sql.codegen.wholeStage", "true")
+    yield
+    for key, value in before.items():
+        spark.conf.set(key, value)
+
+
 @pytest.fixture(scope="module")
 def real_files(spark, tmp_path_factory) -> RealFiles:
     root = tmp_path_factory.mktemp("real-files")

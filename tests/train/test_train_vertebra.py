@@ -35,7 +35,7 @@ NO_FLOORS = "train.vertebra.promotion_floors={}"
 
 
 @pytest.fixture(scope="module")
-def trained(spark, labelled_archive, tmp_path_factory):
+def trained(spark, labelled_archive, test_settings, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     from radlake.config import load_config
 
@@ -43,9 +43,7 @@ def trained(spark, labelled_archive, tmp_path_factory):
         "local",
         overrides=[
             f"storage.root={labelled_archive.config.storage.root}",
-            "environment=test",
-            "spark.master=local[2]",
-            "spark.shuffle_partitions=2",
+            *test_settings,
             f"loader.cache_dir={root / 'cache'}",
             *TRAIN,
             NO_FLOORS,
