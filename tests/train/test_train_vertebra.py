@@ -77,7 +77,7 @@ def test_an_untrained_model_is_refused_as_champion_even_on_an_empty_registry(tra
     assert "test_map_50" in tags["radlake.floor_failures"] and tags["radlake.promoted"] == "false"
 
 
-def test_run_logs_params_metrics_data_and_artifacts(trained):
+def test_run_logs_params_metrics_data_and_artifacts(spark, trained):
     cfg, result = trained
     client = mlflow.MlflowClient()
     run = client.get_run(result.run_id)
@@ -90,8 +90,11 @@ def test_run_logs_params_metrics_data_and_artifacts(trained):
     assert [m.step for m in history] == [0, 1]
     assert all(m.value > 0 for m in history)
     assert len(client.get_metric_history(result.run_id, "val_map_50")) == 2
-    inputs = {d.dataset.name for d in run.inputs.dataset_inputs}
-    assert {name.split("@")[0] for name in inputs} == {"images", "annotations", "splits"}
+    inputs = {d.dataset.name.split("@")[0]: d.dataset for d in run.inputs.dataset_inputs}
+    assert inputs.keys() == {"images", "annotations", "splits"}
+    for dataset in inputs.values():  # the table's rows at its pinned version, counted by the JVM
+        rows = spark.read.format("delta").option("versionAsOf", int(dataset.name.split("@v")[1]))
+        assert json.loads(dataset.profile) == {"num_rows": rows.load(json.loads(dataset.source)["path"]).count()}
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {"plots/training_curves.png", "plots/precision_recall_test.png"} <= artifacts
     assert len(client.list_artifacts(result.run_id, "plots/val_examples")) >= 1
