@@ -260,7 +260,9 @@ def add_images(spark) -> Callable[[RadlakeConfig, Sequence[Frame]], None]:
 
 def training_overrides(root: Path, warehouse: Path, *extra: str) -> list[str]:
     """Overrides for a tiny vertebra training on the labelled archive's tables (``warehouse``), its MLflow
-    store and caches under ``root``: validation every epoch, no images logged, no loader workers."""
+    store and caches under ``root``: validation every epoch, no images logged, no loader workers, one DDP
+    process (under ``torchrun``, as with two). The tests of two processes (their gradients averaged, the
+    torchrun banner, a stop taking both down) say ``train.vertebra.num_processes=2`` in ``extra``."""
     return [
         f"storage.root={root}",
         f"storage.warehouse={warehouse}",
@@ -270,6 +272,7 @@ def training_overrides(root: Path, warehouse: Path, *extra: str) -> list[str]:
         "train.vertebra.batch_size=2",
         "train.vertebra.val_every_epochs=1",
         "train.vertebra.val_images_logged=0",
+        "train.vertebra.num_processes=1",
         *extra,
     ]
 
@@ -315,7 +318,8 @@ def make_config() -> Callable[..., RadlakeConfig]:
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: Tiny training settings for the pipeline run (what is checked is traceability, not model quality).
+#: Tiny training settings for the pipeline run (what is checked is traceability, not model quality; one
+#: DDP process each: two are tested by the vertebra training's tests and the stopped pipeline's).
 PIPELINE_SETTINGS = {
     "environment": "test",
     "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g", "extra": INTERPRETED_SQL},
@@ -326,6 +330,7 @@ PIPELINE_SETTINGS = {
             "image_size": 128,
             "batch_size": 2,
             "max_train_minutes": 4,
+            "num_processes": 1,
             "val_images_logged": 1,
             "score_threshold": 0.05,  # an undertrained model still gives boxes to crop
             "promotion_floors": {},  # and is promoted, so that every later step runs
@@ -335,6 +340,7 @@ PIPELINE_SETTINGS = {
             "image_size": 64,
             "batch_size": 8,
             "max_train_minutes": 4,
+            "num_processes": 1,
             "val_images_logged": 1,
             "promotion_floors": {},
         },

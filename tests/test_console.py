@@ -233,6 +233,7 @@ def test_a_training_prints_epochs_and_the_promotion_verdict_only(tiny_training, 
         warehouse,
         "train.vertebra.epochs=2",
         "train.vertebra.image_size=64",
+        "train.vertebra.num_processes=2",  # torchrun's banner is for more than one process
         "train.vertebra.val_images_logged=1",
         "train.vertebra.promotion_floors={test_map_50: 1.01}",  # never reached: the verdict is a warning
         "models.vertebra=console_vertebra",
