@@ -55,6 +55,24 @@ def test_empty_frame_has_the_schema_and_is_pruned_from_joins_and_unions_at_plann
     assert joined.where("content_sha256 IS NULL").count() == 3
 
 
+def test_local_frame_holds_the_rows_as_created_and_reads_them_without_python_tasks(spark):
+    from datetime import UTC, datetime
+
+    from radlake.data.schema import SPLITS
+    from radlake.spark import local_frame
+
+    when = datetime(2026, 12, 6, 1, 2, 3, 456789, tzinfo=UTC)
+    rows = [("1.2.3", "train", 7, when, "run-a"), ("1.2.4", None, None, None, "run-a")]
+    frame = local_frame(spark, rows, SPLITS)
+    assert frame.schema == SPLITS
+    assert frame.collect() == spark.createDataFrame(rows, SPLITS).collect()
+    assert local_frame(spark, [(1, b"\x00\xff", 2)], "n int, data binary, x double").first() == (1, b"\x00\xff", 2.0)
+    assert local_frame(spark, [], "n int").count() == 0
+    # pyspark's createDataFrame(list) reads its rows through a Python RDD, so through Python workers
+    lineage = [f._jdf.queryExecution().toRdd().toDebugString() for f in (frame, spark.createDataFrame(rows, SPLITS))]
+    assert "PythonRDD" not in lineage[0] and "PythonRDD" in lineage[1], lineage
+
+
 def test_tables_are_readable_without_spark(spark, config):
     """Any Delta reader (here delta-rs, no JVM) reads what radlake writes."""
     from deltalake import DeltaTable

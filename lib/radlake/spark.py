@@ -50,7 +50,7 @@ import urllib.request
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from radlake.console import say
@@ -566,6 +566,32 @@ def file_sources(df: DataFrame) -> list[str] | None:
         roots = index.rootPaths()
         found.append(f"{index.toString()} {[roots.apply(j).toString() for j in range(roots.size())]}")
     return sorted(found)
+
+
+def local_frame(spark: SparkSession, rows: Sequence[Sequence[Any]], schema: StructType | str) -> DataFrame:
+    """A DataFrame of rows held on the driver (tuples in ``schema``'s column order), built without Python tasks.
+
+    In a classic session ``spark.createDataFrame(rows, schema)`` ships the rows as a Python RDD:
+    the first job that reads them runs Python tasks, and so starts a Python worker daemon of their
+    own kind on each executor (the one of a session's ``mapInArrow`` tasks is another), which
+    imports ``spark.worker_preload`` first: about 8 s on this project's 2-core machine for a
+    list of level names. Here the rows go to the JVM as one Arrow table (pyspark's Arrow path),
+    which the JVM reads itself. Over Spark Connect, ``createDataFrame`` already sends local rows
+    in the plan, and is used as it is. ``schema``: a ``StructType`` or a DDL string.
+    """
+    if is_connect(spark):
+        return spark.createDataFrame(list(rows), schema)
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import _parse_datatype_string
+
+    struct = _parse_datatype_string(schema) if isinstance(schema, str) else schema
+    arrow = to_arrow_schema(struct)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(arrow)
+    table = pa.Table.from_arrays(
+        [pa.array(list(values), type=field.type) for values, field in zip(columns, arrow, strict=True)], schema=arrow
+    )
+    return spark.createDataFrame(table, struct)
 
 
 def empty_frame(spark: SparkSession, schema: StructType) -> DataFrame:

@@ -80,7 +80,7 @@ from radlake.config import RadlakeConfig
 from radlake.data.schema import ANNOTATIONS
 from radlake.errors import ConfigError, RadlakeError
 from radlake.models.levels import LEVELS
-from radlake.spark import persist, unpersist
+from radlake.spark import local_frame, persist, unpersist
 from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import Endplate, LabelClass
@@ -412,7 +412,7 @@ def _label_actions(
     """
     checked = _check_boxes(spark, parsed.boxes, images)
     target = stored.select("annotation_id", "source_file", "sop_instance_uid", "frame_index")
-    frames = spark.createDataFrame(parsed.frames, "sop_instance_uid string, frame_index int")
+    frames = local_frame(spark, parsed.frames, "sop_instance_uid string, frame_index int")
     boxes = checked.join(
         target.select("annotation_id", F.lit(True).alias("_exists")), "annotation_id", "left"
     ).withColumns(
@@ -673,7 +673,7 @@ def _check_boxes(spark: SparkSession, boxes: list[LabelBox], images: DataFrame) 
     # Valid boxes sort first within an id, so a valid box ranked > 1 repeats an earlier valid box.
     first_seq = Window.partitionBy("annotation_id").orderBy(F.col("_reason").isNotNull(), "_seq")
     checked = (
-        spark.createDataFrame(rows, _BOX_ROWS)
+        local_frame(spark, rows, _BOX_ROWS)
         .join(meta, ["sop_instance_uid", "frame_index"], "left")
         .withColumns(
             {

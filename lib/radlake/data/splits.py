@@ -49,6 +49,7 @@ from radlake.config import RadlakeConfig
 from radlake.console import say
 from radlake.data.schema import SPLITS
 from radlake.errors import RadlakeError
+from radlake.spark import local_frame
 from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import Split
@@ -254,8 +255,8 @@ def assign_splits(spark: SparkSession, config: RadlakeConfig, *, force: bool = F
     )
     run_id = uuid.uuid4().hex
     now = datetime.now(UTC)
-    rows = spark.createDataFrame(
-        [(uid, split.value, labels.split_seed, now, run_id) for uid, split in sorted(drawn.items())], SPLITS
+    rows = local_frame(
+        spark, [(uid, split.value, labels.split_seed, now, run_id) for uid, split in sorted(drawn.items())], SPLITS
     )
     if rebuild:
         ref.overwrite(rows)

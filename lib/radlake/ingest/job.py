@@ -65,6 +65,7 @@ from radlake.spark import (
     counters,
     default_parallelism,
     empty_frame,
+    local_frame,
     map_task_lists,
     on_databricks,
     persist,
@@ -540,7 +541,7 @@ def _store_and_decode(run: _IngestRun, headers: _Headers, rows: _HeaderRows) -> 
         records = todo.result()
         untouched = {r["series_key"] for r in records} - {row["series_key"] for row in stack_slices} - {None}
         if untouched and not run.created[Table.SERIES]:
-            keys = spark.createDataFrame([(key,) for key in sorted(untouched)], "series_key string")
+            keys = local_frame(spark, [(key,) for key in sorted(untouched)], "series_key string")
             older = run.stored(Table.SERIES).join(keys, "series_key", "left_semi").select("series_key", "slices")
             stack_slices += older.collect()
         _add_slice_indices(records, stack_slices)
@@ -713,8 +714,8 @@ def _compare_copies(
         for copy in copies[1:]:
             mine = found[(uid, copy["path"], copy["member"])]
             decisions.append((uid, copy["path"], copy["member"], *_decide(mine, reference)))
-    decided = spark.createDataFrame(
-        decisions, "sop_instance_uid string, path string, member string, _decision string, _reason string"
+    decided = local_frame(
+        spark, decisions, "sop_instance_uid string, path string, member string, _decision string, _reason string"
     )
     c, d = classified.alias("c"), F.broadcast(decided).alias("d")
     same_copy = (

@@ -25,6 +25,7 @@ from radlake.dicom.pixels import VALUE_COLUMNS
 from radlake.ingest.schema import with_value_columns
 from radlake.models.levels import LEVELS
 from radlake.score.schema import model_pair_filter
+from radlake.spark import local_frame
 from radlake.tables import Table, struct_fields, table_ref
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ def transfer_syntaxes(spark: SparkSession, config: RadlakeConfig) -> DataFrame:
     """Instances per transfer syntax, with its name from pydicom's UID dictionary."""
     from pydicom.uid import UID_dictionary
 
-    names = spark.createDataFrame(
+    names = local_frame(
+        spark,
         [(uid, entry[0]) for uid, entry in UID_dictionary.items() if entry[1] == "Transfer Syntax"],
         "transfer_syntax_uid string, transfer_syntax string",
     )
@@ -261,7 +263,7 @@ def level_counts(spark: SparkSession, config: RadlakeConfig, model_pair: Sequenc
             F.round(F.max("f.max_score"), 3).alias("max_score"),
         )
     )
-    levels = spark.createDataFrame(list(enumerate(LEVELS)), "order int, level string")
+    levels = local_frame(spark, list(enumerate(LEVELS)), "order int, level string")
     return (
         levels.join(found, "level", "left")
         .fillna(0, subset=["series_with_nodes", "nodes", "frames"])
