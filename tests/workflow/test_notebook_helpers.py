@@ -85,5 +85,6 @@ def test_start_loads_the_conf_and_starts_spark_only_when_used(tmp_path, monkeypa
     assert nb.config.storage.root_dir == tmp_path and nb.out_dir == tmp_path / "out"
     assert nb._spark is None  # a notebook reading only MLflow never starts Spark
     calls = []
-    monkeypatch.setattr("radlake.spark.get_spark", lambda config: calls.append(config) or "session")
-    assert nb.spark == "session" and nb.spark == "session" and calls == [nb.config]
+    monkeypatch.setattr("radlake.spark.get_spark", lambda config, **kw: calls.append((config, kw)) or "session")
+    assert nb.spark == "session" and nb.spark == "session"
+    assert calls == [(nb.config, {"worker_preload": ("pydicom",)})]  # the notebooks run no model on executors

@@ -149,11 +149,18 @@ class Notebook:
 
     @property
     def spark(self) -> SparkSession:
-        """The Spark session of :attr:`config` (Databricks' own there), started on first use."""
+        """The Spark session of :attr:`config` (Databricks' own there), started on first use.
+
+        Started locally, its Python workers preload DICOM reading only (``NO_MODEL_PRELOAD``): the
+        notebooks run no model on the executors (training runs on the driver, review reads the
+        stored findings). A model run there from a notebook's session still works, each worker
+        importing torch itself.
+        """
         if self._spark is None:
             from radlake.spark import get_spark
+            from radlake.worker_daemon import NO_MODEL_PRELOAD
 
-            self._spark = get_spark(self.config)
+            self._spark = get_spark(self.config, worker_preload=NO_MODEL_PRELOAD)
         return self._spark
 
     @classmethod
