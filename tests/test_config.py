@@ -101,3 +101,17 @@ def test_cli_flag_shorthands_are_validated(tmp_path, capsys):
 def test_cli_config_prints_resolved_values(capsys):
     assert main(["config", "--json", "--set", "spark.driver_memory=6g"]) == 0
     assert '"driver_memory": "6g"' in capsys.readouterr().out
+
+
+def test_the_demo_trains_fixed_epochs_without_a_time_cap_unless_set_otherwise():
+    from radlake.cli import command_config, get_args_parser
+
+    parse = get_args_parser().parse_args
+    demo = command_config(parse(["demo", "--out", "a", "--studies", "3"]))
+    assert (demo.train.vertebra.epochs, demo.train.vertebra.max_train_minutes) == (24, None)
+    assert (demo.train.schmorl.epochs, demo.train.schmorl.max_train_minutes) == (6, None)
+    assert demo.synth.studies == 3
+    chosen = command_config(parse(["demo", "--out", "a", "--set", "train.schmorl.max_train_minutes=5"]))
+    assert (chosen.train.schmorl.epochs, chosen.train.schmorl.max_train_minutes) == (6, 5)
+    train = command_config(parse(["train", "vertebra"]))  # other commands keep the configuration's caps
+    assert (train.train.vertebra.epochs, train.train.vertebra.max_train_minutes) == (30, 10)

@@ -404,7 +404,8 @@ def _add_demo(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "demo",
         parents=[common],
-        help="the pipeline end to end on a synthetic archive (what make demo runs)",
+        help="the pipeline end to end on a synthetic archive (what make demo runs); its trainings run a fixed "
+        "number of epochs with no time cap",
     )
     p.add_argument("--out", required=True, help="folder of the synthetic archive (reused when already written)")
     p.add_argument("--studies", type=int, help="number of synthetic studies")
@@ -446,8 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
-        overrides = list(args.overrides) + _flag_overrides(args)
-        config = load_config(args.conf, overrides=overrides)
+        config = command_config(args)
         with command_console(_log_root(args, config), verbose=args.verbose) as console:
             if console.log_path is not None:
                 console.line(
@@ -489,6 +489,20 @@ def _shown_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def command_config(args: argparse.Namespace) -> RadlakeConfig:
+    """The configuration a parsed command runs with: ``--conf``, the command's defaults, ``--set``, its flags."""
+    return load_config(args.conf, overrides=_command_defaults(args) + list(args.overrides) + _flag_overrides(args))
+
+
+def _command_defaults(args: argparse.Namespace) -> list[str]:
+    """Configuration a command sets before the user's ``--set`` overrides (which win): the demo's trainings."""
+    if args.command != "demo":
+        return []
+    from radlake.workflow.demo import DEMO_TRAINING
+
+    return list(DEMO_TRAINING)
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
