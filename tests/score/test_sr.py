@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+import radlake.score.sr
 from radlake.dicom.geometry import box_geometry
 from radlake.errors import RadlakeError
 from radlake.score.schema import PREDICTIONS
@@ -252,9 +253,15 @@ def test_default_pair_is_the_latest_and_an_older_pair_can_be_chosen(spark, predi
     assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (second.SOPInstanceUID, second.SeriesInstanceUID)
 
 
-def test_every_study_is_exported_by_default(spark, predicted, tmp_path):
+def test_every_study_is_exported_by_default_each_built_on_the_executors(spark, predicted, tmp_path, monkeypatch):
     cfg, boxes, _, _ = predicted
     studies = {f["study"] for f in boxes.values()}
+
+    def built_on_the_driver(*args, **kwargs):
+        raise AssertionError("an SR was built on the driver")
+
+    # The executors' Python workers import their own radlake.score.sr: this patch reaches the driver only.
+    monkeypatch.setattr(radlake.score.sr, "build_sr", built_on_the_driver)
     summary = export_sr(spark, cfg, out_dir=tmp_path)
     assert summary.studies == len(studies) and summary.studies_without_findings == 0
     assert {p.split("/")[-2] for p in summary.files} == studies
