@@ -150,6 +150,20 @@ STUDY_FINDINGS = StructType(
 )
 
 
+#: What an executor reports for each study it exported as DICOM SR (:func:`radlake.score.sr.export_sr`):
+#: the file it wrote (null: no frame with boxes and a known SOP class), the study's frames with boxes,
+#: those it could use, and the measurement groups of each kind.
+SR_EXPORTED = StructType(
+    struct_fields(
+        ("study_instance_uid", _S),
+        ("path", _S),
+        ("frames", _I),
+        ("usable_frames", _I),
+        ("vertebra_groups", _I),
+        ("schmorl_groups", _I),
+    )
+)
+
 #: The columns that name a model pair (pinned URIs): with the frame or the series, a row's key.
 MODEL_PAIR_KEYS = ("vertebra_model_uri", "schmorl_model_uri")
 

@@ -430,29 +430,19 @@ def export_sr(
     )
 
 
-def _exported_schema():
-    """What an executor reports for each study document it exported (the SR file is written there)."""
-    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
-
-    strings = ("study_instance_uid", "path")
-    counts = ("frames", "usable_frames", "vertebra_groups", "schmorl_groups")
-    return StructType(
-        [StructField(name, StringType()) for name in strings] + [StructField(name, IntegerType()) for name in counts]
-    )
-
-
 def _export_studies(spark: SparkSession, documents: DataFrame, target: Path) -> DataFrame:
-    """The study documents built and written as SR files on the executors; one row of :func:`_exported_schema` each.
+    """The study documents built and written as SR files on the executors; one row of ``SR_EXPORTED`` each.
 
     Round-robin over ``2 x`` the task slots, so that a few large studies do not all land in
     the one partition a small aggregation ends up in.
     """
     from functools import partial
 
+    from radlake.score.schema import SR_EXPORTED
     from radlake.spark import default_parallelism
 
     tasks = 2 * default_parallelism(spark)
-    return documents.repartition(tasks).mapInArrow(partial(_export_batches, target=str(target)), _exported_schema())
+    return documents.repartition(tasks).mapInArrow(partial(_export_batches, target=str(target)), SR_EXPORTED)
 
 
 def _export_batches(batches: Iterable[Any], *, target: str) -> Iterable[Any]:
@@ -460,14 +450,16 @@ def _export_batches(batches: Iterable[Any], *, target: str) -> Iterable[Any]:
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    schema = to_arrow_schema(_exported_schema())
+    from radlake.score.schema import SR_EXPORTED
+
+    schema, folder = to_arrow_schema(SR_EXPORTED), Path(target)
     for batch in batches:
-        rows = [_export_document(document, Path(target)) for document in batch.to_pylist()]
+        rows = [_export_document(document, folder) for document in batch.to_pylist()]
         yield pa.RecordBatch.from_pylist(rows, schema=schema)
 
 
 def _export_document(document: dict[str, Any], target: Path) -> dict[str, Any]:
-    """Build and write one study's SR (if a frame has boxes and a known SOP class); its row of :func:`_exported_schema`."""
+    """Build and write one study's SR (if a frame has boxes and a known SOP class); its row of ``SR_EXPORTED``."""
     frames = [f for f in document.pop("frames") or [] if f is not None]
     usable = [f for f in frames if f.get("sop_class_uid")]
     path = None
