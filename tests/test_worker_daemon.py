@@ -98,3 +98,38 @@ def test_workers_are_forked_from_a_daemon_that_imported_torch(spark, config):
     # and the spark-core jar Spark puts there too is gone
     assert all(".zip" not in r.pyspark_file for r in rows), rows[0]
     assert all("pyspark.zip" not in r.zips_on_path and ".jar" not in r.zips_on_path for r in rows), rows[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_stage_that_loads_no_model_gets_a_daemon_without_torch_in_a_session_that_has_one(spark):
+    """``executor_imports``: the functions made in the block run under a daemon of their own that did not
+    import torch; those made after it (and a DataFrame made in it, computed later) keep their daemon."""
+    from pyspark.sql import SparkSession
+
+    from radlake.spark import executor_imports
+
+    def daemon_of_this_worker(batches):
+        import os
+
+        import pandas as pd
+
+        daemon = os.getppid()
+        maps = Path(f"/proc/{daemon}/maps").read_text()
+        for batch in batches:
+            yield pd.DataFrame({"id": batch["id"], "daemon": daemon, "has_torch": "libtorch_cpu" in maps})
+
+    def probe(session: SparkSession):
+        return session.range(2, numPartitions=2).mapInPandas(
+            daemon_of_this_worker, "id long, daemon long, has_torch boolean"
+        )
+
+    environment = spark.sparkContext.environment
+    before = environment[PRELOAD_ENV]
+    with executor_imports(spark, ("pydicom",)):
+        light = probe(spark)
+        assert environment[PRELOAD_ENV] == "pydicom"
+    assert environment[PRELOAD_ENV] == before  # the session's own again
+    full = probe(spark).collect()
+    light_rows = light.collect()  # computed after the block: still the light daemon
+    assert {r.has_torch for r in full} == {True} and {r.has_torch for r in light_rows} == {False}
+    assert not {r.daemon for r in full} & {r.daemon for r in light_rows}

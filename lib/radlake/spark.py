@@ -292,6 +292,34 @@ def _worker_daemon_settings(modules: list[str]) -> dict[str, str]:
     }
 
 
+@contextmanager
+def executor_imports(spark: SparkSession, modules: Sequence[str]) -> Iterator[None]:
+    """Run the Python functions made in this block on workers forked from a daemon that imports ``modules``.
+
+    A stage whose executors load no model (ingest: DICOM reading only) says so here, so that
+    its tasks never wait for a daemon importing torch, torchvision and MLflow (about 6 s on
+    2 cores) when it runs in a session that also trains and scores (``radlake pipeline``, the
+    demo, a notebook). Spark keeps one Python worker daemon per set of worker environment
+    variables, and a Python function takes the session's variables when it is made: those
+    made here carry ``RADLAKE_WORKER_PRELOAD=<modules>`` and get a daemon of their own,
+    started on first use; those made before and after keep the session's. A DataFrame made
+    here keeps its daemon when it is computed later.
+
+    Narrows only radlake's daemon (:func:`get_spark`); on pyspark's own
+    (``spark.worker_preload=[]``), Databricks or Spark Connect it does nothing.
+    """
+    environment = None if is_connect(spark) else spark.sparkContext.environment
+    if not environment or not environment.get(PRELOAD_ENV):
+        yield
+        return
+    session_modules = environment[PRELOAD_ENV]
+    environment[PRELOAD_ENV] = ",".join(modules)
+    try:
+        yield
+    finally:
+        environment[PRELOAD_ENV] = session_modules
+
+
 def is_connect(spark: SparkSession) -> bool:
     """Whether ``spark`` is a Spark Connect session: no ``SparkContext``, RDD, broadcast or JVM handle.
 

@@ -65,6 +65,7 @@ from radlake.spark import (
     counters,
     default_parallelism,
     empty_frame,
+    executor_imports,
     local_frame,
     map_task_lists,
     on_databricks,
@@ -75,6 +76,7 @@ from radlake.spark import (
 from radlake.summary import Summary
 from radlake.tables import Table, table_ref
 from radlake.vocabulary import QuarantineStage
+from radlake.worker_daemon import NO_MODEL_PRELOAD
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -170,7 +172,15 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     radlake.ingest.listing.ArchiveNotFoundError
         If a local archive path does not exist.
     """
-    run = _open_run(spark, config, archive or config.ingest.archive)
+    # Its executors read DICOM only: in a session that also trains and scores (the pipeline, the demo, a
+    # notebook) its tasks get a worker daemon that imports pydicom, not one that imports torch.
+    with executor_imports(spark, NO_MODEL_PRELOAD):
+        return _ingest_steps(spark, config, archive or config.ingest.archive)
+
+
+def _ingest_steps(spark: SparkSession, config: RadlakeConfig, archive: str | None) -> IngestSummary:
+    """:func:`run_ingest`'s steps, in order."""
+    run = _open_run(spark, config, archive)
     say("ingest: listing %s", run.archive)
     listed = list_archive(spark, run.archive)
     files = (
