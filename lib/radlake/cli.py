@@ -533,7 +533,8 @@ def _cmd_ingest(args: argparse.Namespace, config: RadlakeConfig) -> int:
     from radlake.ingest.job import run_ingest
     from radlake.spark import get_spark
 
-    summary = run_ingest(get_spark(config, worker_preload=NO_MODEL_PRELOAD), config, archive=args.archive)
+    # run_ingest says itself what its executors import (pydicom only): the session keeps the configured list.
+    summary = run_ingest(get_spark(config), config, archive=args.archive)
     echo(json.dumps(summary.as_dict(), indent=2))
     _write_summary_json(args.summary_json, summary)
     return 0

@@ -297,9 +297,9 @@ def executor_imports(spark: SparkSession, modules: Sequence[str]) -> Iterator[No
     """Run the Python functions made in this block on workers forked from a daemon that imports ``modules``.
 
     A stage whose executors load no model (ingest: DICOM reading only) says so here, so that
-    its tasks never wait for a daemon importing torch, torchvision and MLflow (about 6 s on
+    its tasks never wait for a daemon importing torch, torchvision and MLflow (about 7 s on
     2 cores) when it runs in a session that also trains and scores (``radlake pipeline``, the
-    demo, a notebook). Spark keeps one Python worker daemon per set of worker environment
+    demo). Spark keeps one Python worker daemon per set of worker environment
     variables, and a Python function takes the session's variables when it is made: those
     made here carry ``RADLAKE_WORKER_PRELOAD=<modules>`` and get a daemon of their own,
     started on first use; those made before and after keep the session's. A DataFrame made

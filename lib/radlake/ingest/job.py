@@ -172,8 +172,8 @@ def run_ingest(spark: SparkSession, config: RadlakeConfig, *, archive: str | Non
     radlake.ingest.listing.ArchiveNotFoundError
         If a local archive path does not exist.
     """
-    # Its executors read DICOM only: in a session that also trains and scores (the pipeline, the demo, a
-    # notebook) its tasks get a worker daemon that imports pydicom, not one that imports torch.
+    # Its executors read DICOM only: in a session that also trains and scores (the pipeline, the demo)
+    # its tasks get a worker daemon that imports pydicom, not one that imports torch.
     with executor_imports(spark, NO_MODEL_PRELOAD):
         return _ingest_steps(spark, config, archive or config.ingest.archive)
 
