@@ -164,7 +164,7 @@ def run_in_memory(path: str, transform, collate, *, epochs: int, batch_size: int
     import pyarrow.parquet as pq
     import torch
 
-    from radlake.data.converter import read_meta
+    from radlake.data.cache_entry import read_meta
 
     rows = [
         r for f in read_meta(path)["files"] for r in pq.read_table(Path(path) / f["file"], columns=COLUMNS).to_pylist()

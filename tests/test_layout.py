@@ -1,4 +1,4 @@
-"""The package layout of lib/radlake: imports between its packages point one way.
+"""The package layout of lib/radlake: imports between its packages, and between its modules, point one way.
 
 Read from the source with :mod:`ast` (nothing is imported): every ``import radlake.x`` and
 ``from radlake.x import ...``, at module level or inside a function, counts; imports under
@@ -102,8 +102,21 @@ def package_imports(root: Path = PACKAGE) -> dict[str, dict[str, list[str]]]:
     return edges
 
 
+def module_imports(root: Path = PACKAGE) -> dict[str, dict[str, list[str]]]:
+    """module → imported module → the places (``file:line``) that import it; every module of ``root``."""
+    modules = {_module_name(path, root) for path in root.rglob("*.py")}
+    edges: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(root.rglob("*.py")):
+        source = _module_name(path, root)
+        for module, line in imported_modules(path, root):
+            place = f"{path.relative_to(root.parent)}:{line}"
+            if module in modules and module != source and place not in edges[source][module]:
+                edges[source][module].append(place)
+    return edges
+
+
 def cycles(edges: dict[str, dict[str, list[str]]]) -> list[list[str]]:
-    """The strongly connected groups of more than one package (Tarjan)."""
+    """The strongly connected groups of more than one package or module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -158,6 +171,14 @@ def test_no_import_cycle_between_packages():
     assert found == [], detail
 
 
+def test_no_import_cycle_between_modules():
+    """Inside a package too: what two modules both need lives below them, not in one of them."""
+    edges = module_imports()
+    found = cycles(edges)
+    detail = [f"{a} -> {b}: {edges[a][b][:3]}" for group in found for a in group for b in edges[a] if b in group]
+    assert found == [], detail
+
+
 def test_imports_point_down_the_layers():
     assert layer_violations(package_imports()) == []
 
@@ -178,6 +199,20 @@ def test_the_checks_see_a_cycle_and_an_upward_import(tmp_path):
     edges = package_imports(root)
     assert cycles(edges) == [["high", "low"]]
     assert edges["low"]["high"] == ["radlake/low/b.py:2"]
+
+
+def test_the_module_check_sees_a_cycle_inside_a_package(tmp_path):
+    """Two modules of one package that import each other (one of them inside a function) are a cycle."""
+    root = tmp_path / "radlake"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "a.py").write_text("from radlake.pkg.b import g\n")
+    (root / "pkg" / "b.py").write_text("def g():\n    return 1\n")
+    assert cycles(module_imports(root)) == []
+    (root / "pkg" / "b.py").write_text("def g():\n    from radlake.pkg.a import f\n    return f\n")
+    edges = module_imports(root)
+    assert cycles(edges) == [["radlake.pkg.a", "radlake.pkg.b"]]
+    assert edges["radlake.pkg.b"]["radlake.pkg.a"] == ["radlake/pkg/b.py:2"]
 
 
 @pytest.mark.parametrize("package", [name for layer in LAYERS for name in layer if name != "__main__"])

@@ -648,8 +648,7 @@ def _cmd_crops(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
 def _cmd_score(args: argparse.Namespace, config: RadlakeConfig) -> int:
 
-    from radlake.score.findings import format_summary
-    from radlake.score.job import score_archive
+    from radlake.score.job import format_summary, score_archive
     from radlake.spark import get_spark
 
     summary = score_archive(

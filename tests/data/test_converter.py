@@ -9,14 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
+from radlake.data.cache_entry import META_FILE, read_meta
 from radlake.data.converter import (
-    META_FILE,
     TMP_PREFIX,
     SparkDatasetConverter,
     cache_key,
     clean_cache,
     make_spark_converter,
-    read_meta,
 )
 
 ROWS = 103

@@ -14,13 +14,13 @@ import pytest
 from dicom_files import DATA_STORE, MR_SMALL, TEST_FILES
 from radlake.dicom import pixels as pixels_module
 from radlake.dicom.header import parse_header
+from radlake.dicom.integrity import decoded_size_bytes
 from radlake.dicom.pixels import (
     STORAGE_DTYPES,
     STORED_DTYPES,
     TRANSFORM_COLUMNS,
     FrameResult,
     decode_frames,
-    decoded_size_bytes,
     encode_pixels,
     encoded_frames,
     frame_values,

@@ -21,8 +21,8 @@ from radlake.dicom.geometry import Plane, classify_plane, order_slices, slice_po
 from radlake.errors import RadlakeError
 from radlake.synth.acquisition import rose_visible, to_stored
 from radlake.synth.archive import ArchiveExistsError, generate_archive, study_spine
+from radlake.synth.codecs import CODEC_UIDS, codec_available
 from radlake.synth.params import Codec, SynthConfig
-from radlake.synth.writer import CODEC_UIDS, codec_available
 
 CONFIG = SynthConfig(
     studies=3,

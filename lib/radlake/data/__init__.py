@@ -4,7 +4,8 @@
 - :mod:`.view`: a detector's training view at pinned table versions.
 - :mod:`.crops`: the ``vertebra_crops`` table the Schmorl's-node detector trains on.
 - :mod:`.converter` / :mod:`.loader`: petastorm's ``make_spark_converter`` and
-  ``make_torch_dataloader``, rebuilt on Spark and pyarrow.
+  ``make_torch_dataloader``, rebuilt on Spark and pyarrow; :mod:`.cache_entry`, what a cache
+  entry is on disk (the converter writes it, the loader reads it).
 - :mod:`.transforms`: decode, normalise, resample and augment one sample.
 
 May import: the foundation, :mod:`radlake.dicom`, :mod:`radlake.ingest.schema` (the ``images``

@@ -59,12 +59,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from radlake.data.cache_entry import META_FILE, entry_meta
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
     from torch.utils.data import DataLoader
 
-#: Metadata file of a complete cache entry.
-META_FILE = "_radlake_cache.json"
 #: Prefix of the folder a write goes to before it is renamed into place.
 TMP_PREFIX = ".tmp-"
 
@@ -143,17 +143,6 @@ def cache_key(df: DataFrame, source_versions: Mapping[str, Any] | None = None) -
     return h.hexdigest()
 
 
-def _entry_meta(path: Path) -> dict[str, Any] | None:
-    """The metadata of a complete entry at ``path``, or ``None`` if it is missing or incomplete."""
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-        if all((path / f["file"]).is_file() for f in meta["files"]):
-            return meta
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
 def make_spark_converter(
     df: DataFrame,
     *,
@@ -209,7 +198,7 @@ def make_spark_converter(
     versions = dict(source_versions or {})
     key = cache_key(df, versions)
     final = root / key
-    meta = _entry_meta(final)
+    meta = entry_meta(final)
     if meta is not None:
         return SparkDatasetConverter(final, key, int(meta["num_rows"]), meta.get("source_versions", {}), reused=True)
 
@@ -226,13 +215,13 @@ def make_spark_converter(
     )
     meta = _describe(tmp, key=key, versions=versions, schema=json.loads(df.schema.json()))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
-    if final.exists() and _entry_meta(final) is None:  # an incomplete entry left by hand or a crash
+    if final.exists() and entry_meta(final) is None:  # an incomplete entry left by hand or a crash
         shutil.rmtree(final, ignore_errors=True)
     try:
         tmp.rename(final)
     except OSError:  # another process completed the same entry first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
-        done = _entry_meta(final)
+        done = entry_meta(final)
         if done is None:
             raise
         return SparkDatasetConverter(final, key, int(done["num_rows"]), done.get("source_versions", {}), reused=True)
@@ -255,23 +244,6 @@ def _describe(folder: Path, *, key: str, versions: dict[str, Any], schema: dict[
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": files,
     }
-
-
-def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata (``_radlake_cache.json``) of the complete cache entry at ``path``.
-
-    Keys: ``key``, ``source_versions``, ``schema`` (Spark schema JSON), ``num_rows``,
-    ``created_at`` (ISO 8601, UTC) and ``files`` (``[{"file": name, "rows": [rows per row group]}]``).
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` is not a complete cache entry.
-    """
-    meta = _entry_meta(Path(path))
-    if meta is None:
-        raise FileNotFoundError(f"{path} is not a complete radlake loader cache entry (missing {META_FILE} or files)")
-    return meta
 
 
 def clean_cache(

@@ -38,6 +38,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from radlake.data.cache_entry import read_meta
+
 #: A row of the cache as the transform sees it: column name → Python value.
 Row = dict[str, Any]
 
@@ -89,8 +91,6 @@ class DeltaIterableDataset(IterableDataset):
         collate_fn: Callable[[list[Any]], Any] | None = None,
         drop_last: bool = True,
     ) -> None:
-        from radlake.data.converter import read_meta
-
         if batch_size < 1:
             raise ValueError(f"Argument 'batch_size' must be >= 1, got {batch_size}")
         if world_size < 1:

@@ -44,6 +44,7 @@ __all__ = [
     "Dimensions",
     "Located",
     "check_pixel_data",
+    "decoded_size_bytes",
     "deflated_dataset",
     "locate_pixel_data",
     "native_pixel_bytes",
@@ -57,6 +58,21 @@ _ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 #: Explicit VRs whose length field is 4 bytes after 2 reserved bytes (PS3.5 7.1.2).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+def decoded_size_bytes(
+    rows: int | None, columns: int | None, frames: int | None, samples: int | None, bits_allocated: int | None
+) -> int:
+    """Bytes that decoding every frame would take: rows x columns x frames x samples x bytes per sample.
+
+    Missing values count as 1 frame, 1 sample, 16 bits; 1-bit data counts one byte
+    per pixel (pydicom unpacks it to uint8).
+
+    >>> decoded_size_bytes(512, 512, 100, 1, 16)
+    52428800
+    """
+    bytes_per_sample = max(1, (int(bits_allocated or 16) + 7) // 8)
+    return int(rows or 0) * int(columns or 0) * max(1, int(frames or 1)) * max(1, int(samples or 1)) * bytes_per_sample
 
 
 class Damage:
@@ -234,8 +250,6 @@ def check_pixel_data(
         return None  # no pixel data (a structured report, a presentation state)
     if dims is None:
         return None  # no dimensions to check against: the pixel pass reports what it cannot decode
-    from radlake.dicom.pixels import decoded_size_bytes
-
     decoded = decoded_size_bytes(dims.rows, dims.columns, dims.frames, dims.samples, dims.bits_allocated)
     if decoded > max_decoded_bytes:
         return Failure(

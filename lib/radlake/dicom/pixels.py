@@ -63,7 +63,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -78,11 +78,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from radlake.dicom.header import HeaderResult, read_dataset
+from radlake.dicom.integrity import decoded_size_bytes
 from radlake.dicom.sources import Failure
 from radlake.vocabulary import QuarantineStage
-
-if TYPE_CHECKING:
-    from radlake.dicom.header import HeaderResult
 
 #: Storage dtypes of :func:`encode_pixels`, in the order tried (little-endian on disk): every
 #: ``dtype`` an ``images`` row (of this version or an earlier one), a crop or a model's input holds.
@@ -183,21 +182,6 @@ class FrameResult:
     error: Failure | None = None
 
 
-def decoded_size_bytes(
-    rows: int | None, columns: int | None, frames: int | None, samples: int | None, bits_allocated: int | None
-) -> int:
-    """Bytes that decoding every frame would take: rows x columns x frames x samples x bytes per sample.
-
-    Missing values count as 1 frame, 1 sample, 16 bits; 1-bit data counts one byte
-    per pixel (pydicom unpacks it to uint8).
-
-    >>> decoded_size_bytes(512, 512, 100, 1, 16)
-    52428800
-    """
-    bytes_per_sample = max(1, (int(bits_allocated or 16) + 7) // 8)
-    return int(rows or 0) * int(columns or 0) * max(1, int(frames or 1)) * max(1, int(samples or 1)) * bytes_per_sample
-
-
 def _too_large(size: int, limit: int) -> tuple[int, None, Failure]:
     message = f"decoded pixels would take {size} bytes, limit {limit}"
     return 0, None, Failure(QuarantineStage.PIXELS, "TooLarge", message)
@@ -227,7 +211,7 @@ def decode_frames(
         Its parsed header, if at hand: the size check then runs on its columns
         before the file is parsed again.
     max_decoded_bytes: int
-        Limit on :func:`decoded_size_bytes` of the whole instance: larger instances
+        Limit on :func:`~radlake.dicom.integrity.decoded_size_bytes` of the whole instance: larger instances
         give one ``TooLarge`` failure and nothing is decoded or allocated.
 
     Yields
@@ -274,8 +258,6 @@ def _frames(data: bytes, header: HeaderResult | None, max_decoded_bytes: int, *,
             yield _too_large(size, max_decoded_bytes)
             return
     try:
-        from radlake.dicom.header import read_dataset
-
         ds = read_dataset(data, stop_before_pixels=False)
         if 0x00080018 not in ds:  # SOPInstanceUID: pydicom gives up silently on some corrupt pixel data
             message = "the instance could not be read in full (corrupt or truncated data)"

@@ -28,7 +28,7 @@ request pipe closes.
 
 Example
 -------
->>> box = Sandbox("radlake.dicom.pixels:decoded_size_bytes", timeout_s=60)
+>>> box = Sandbox("radlake.dicom.integrity:decoded_size_bytes", timeout_s=60)
 >>> list(box.call(512, 512, 1, 1, 16))  # a target's return value that is not an iterator is one item
 [524288]
 >>> box.close()

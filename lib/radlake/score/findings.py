@@ -1,9 +1,8 @@
-"""``study_findings``: the findings of each series for one model pair, rebuilt from ``predictions``;
-the findings summary and its terminal table."""
+"""``study_findings``: the findings of each series for one model pair, rebuilt from ``predictions``,
+and the findings summary of a score run."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +16,6 @@ from radlake.vocabulary import LevelStatus
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-    from radlake.score.job import ScoreSummary
 
 
 def update_study_findings(
@@ -112,23 +109,6 @@ def findings_summary(
         }
         for r in rows
     ]
-
-
-def format_summary(summary: ScoreSummary) -> str:
-    """A few lines for the terminal: what was scored, the findings, where the tables are."""
-    lines = [
-        f"Scored {summary.frames_scored} frames with {summary.vertebra_model['uri']} + {summary.schmorl_model['uri']} "
-        f"({summary.frames_already_scored} already scored, skipped {json.dumps(summary.skipped)}) "
-        f"in {summary.seconds:.0f} s: {summary.vertebrae} vertebrae, {summary.schmorl_nodes} Schmorl's nodes "
-        f"on {summary.frames_with_nodes} frames; {summary.series_with_nodes} series with nodes.",
-    ]
-    for f in summary.findings:
-        levels = ", ".join(f"{level} {score:.2f}" for level, score in f["levels"].items())
-        lines.append(f"  study {f['study_instance_uid']}  series {f['series_key']}: {levels}")
-    lines.append(
-        f"Tables: predictions {summary.tables['predictions']}, study_findings {summary.tables['study_findings']}"
-    )
-    return "\n".join(lines)
 
 
 def _level_sort(array_col: str, key: str | None = None) -> Any:

@@ -46,6 +46,7 @@ review PNGs and DICOM SR of its ``score.artifact_studies`` top studies
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -109,6 +110,23 @@ class ScoreSummary(Summary):
     findings: list[dict] = field(default_factory=list)
     #: Paths of the review PNGs and SR files logged into the run (:mod:`radlake.score.run_artifacts`).
     artifacts: list[str] = field(default_factory=list)
+
+
+def format_summary(summary: ScoreSummary) -> str:
+    """A few lines for the terminal: what was scored, the findings, where the tables are."""
+    lines = [
+        f"Scored {summary.frames_scored} frames with {summary.vertebra_model['uri']} + {summary.schmorl_model['uri']} "
+        f"({summary.frames_already_scored} already scored, skipped {json.dumps(summary.skipped)}) "
+        f"in {summary.seconds:.0f} s: {summary.vertebrae} vertebrae, {summary.schmorl_nodes} Schmorl's nodes "
+        f"on {summary.frames_with_nodes} frames; {summary.series_with_nodes} series with nodes.",
+    ]
+    for f in summary.findings:
+        levels = ", ".join(f"{level} {score:.2f}" for level, score in f["levels"].items())
+        lines.append(f"  study {f['study_instance_uid']}  series {f['series_key']}: {levels}")
+    lines.append(
+        f"Tables: predictions {summary.tables['predictions']}, study_findings {summary.tables['study_findings']}"
+    )
+    return "\n".join(lines)
 
 
 def score_note(summary: ScoreSummary) -> str:

@@ -9,13 +9,14 @@ vertebral body (with its level) and per Schmorl's node in every sagittal image.
 Modules, one job each:
 
 * :mod:`~radlake.synth.params`: :class:`~radlake.synth.params.SynthConfig`, the settings.
+* :mod:`~radlake.synth.codecs`: each codec's transfer syntax, and whether pydicom can write it here.
 * :mod:`~radlake.synth.shapes`: signed-distance solids in local frames.
 * :mod:`~radlake.synth.anatomy`: the per-study random spine, lesions and soft tissue.
 * :mod:`~radlake.synth.protocol`: scanner and series planning (planes, timing, storage).
 * :mod:`~radlake.synth.render`: rasterising a slice and measuring its boxes.
 * :mod:`~radlake.synth.acquisition`: bias field, blur, ghosts, Rician noise, quantisation.
 * :mod:`~radlake.synth.phi`: fake patient identities.
-* :mod:`~radlake.synth.writer`: DICOM datasets and transfer syntaxes.
+* :mod:`~radlake.synth.writer`: DICOM datasets and their bytes.
 * :mod:`~radlake.synth.labels`: the ``labels.json`` schema and writer.
 * :mod:`~radlake.synth.archive`: :func:`~radlake.synth.archive.generate_archive`, zips and worker processes.
 

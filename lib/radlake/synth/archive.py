@@ -45,12 +45,13 @@ from radlake.errors import RadlakeError
 from radlake.summary import Summary
 from radlake.synth.acquisition import BiasField, acquire, rose_visible, sample_bias, to_stored
 from radlake.synth.anatomy import Fracture, Spine, sample_spine
+from radlake.synth.codecs import CODEC_UIDS
 from radlake.synth.labels import image_entry, write_labels
 from radlake.synth.params import SynthConfig
 from radlake.synth.phi import sample_identity
 from radlake.synth.protocol import SeriesKind, SeriesPlan, plan_study
 from radlake.synth.render import RenderedSlice, SliceGeometry, half_grid, render_slice, upsample_half
-from radlake.synth.writer import CODEC_UIDS, InstanceContext, encode_instance, file_name, make_uid
+from radlake.synth.writer import InstanceContext, encode_instance, file_name, make_uid
 
 __all__ = ["ArchiveExistsError", "SynthSummary", "generate_archive", "study_spine"]
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from radlake.dicom.geometry import slice_normal
 from radlake.synth.anatomy import Spine
+from radlake.synth.codecs import codec_available
 from radlake.synth.params import Codec, SynthConfig
 from radlake.synth.render import SliceGeometry
 
@@ -184,8 +185,6 @@ def _stack(
 
 
 def _available(codecs: tuple[Codec, ...]) -> list[Codec]:
-    from radlake.synth.writer import codec_available  # the writer owns pydicom
-
     found = [c for c in codecs if codec_available(c)]
     return found or [Codec.EXPLICIT]
 

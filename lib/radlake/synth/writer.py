@@ -16,50 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    UID,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    MRImageStorage,
-    RLELossless,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from radlake.synth.acquisition import StoredImage
-from radlake.synth.params import Codec
+from radlake.synth.codecs import CODEC_UIDS
 from radlake.synth.phi import Identity
 from radlake.synth.protocol import Scanner, SeriesPlan
 from radlake.synth.render import SliceGeometry
 
-__all__ = ["CODEC_UIDS", "InstanceContext", "codec_available", "encode_instance", "file_name", "make_uid"]
-
-#: Transfer syntax UID of each codec.
-CODEC_UIDS: dict[Codec, UID] = {
-    Codec.EXPLICIT: ExplicitVRLittleEndian,
-    Codec.IMPLICIT: ImplicitVRLittleEndian,
-    Codec.RLE: RLELossless,
-    Codec.JPEG_LS: JPEGLSLossless,
-    Codec.JPEG_2000: JPEG2000Lossless,
-}
+__all__ = ["InstanceContext", "encode_instance", "file_name", "make_uid"]
 
 #: Prefix of every UID the generator makes (pydicom's, followed by the hash of the entropy).
 UID_PREFIX = pydicom.uid.PYDICOM_ROOT_UID
-
-
-def codec_available(codec: Codec | str) -> bool:
-    """True if pydicom can write ``codec`` here (uncompressed always; others need their plugin)."""
-    codec_ = Codec(codec)
-    uid = CODEC_UIDS[codec_]
-    if not uid.is_compressed:
-        return True
-    from pydicom.pixels import get_encoder  # only compressed syntaxes have encoders
-
-    try:
-        return bool(get_encoder(uid).is_available)
-    except (NotImplementedError, ValueError):
-        return False
 
 
 def make_uid(*parts: object) -> str:

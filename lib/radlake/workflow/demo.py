@@ -218,8 +218,7 @@ def _held_out_check(spark, config: RadlakeConfig, out: Path, result, *, workers:
 
 def _findings(spark, config: RadlakeConfig, score: dict) -> None:
     """The scoring run's findings summary, the SR export of every scored study, review PNGs of the top one."""
-    from radlake.score.findings import format_summary
-    from radlake.score.job import ScoreSummary
+    from radlake.score.job import ScoreSummary, format_summary
     from radlake.score.review import write_review
     from radlake.score.sr import export_sr
 
